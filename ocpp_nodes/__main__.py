@@ -1,0 +1,100 @@
+"""``ocpp-nodes serve``: the daemon that the Node-RED shim starts.
+
+The token comes in the environment (``OCPP_NODES_TOKEN``), never on the
+command line. When stdin is a pipe, the daemon exits as soon as it closes:
+the shim holds the other end, so the daemon never outlives Node-RED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+
+from . import IPC_PROTOCOL, __version__
+from .ipc.server import DaemonServer
+
+TOKEN_VARIABLE = "OCPP_NODES_TOKEN"
+
+
+def _stdin_is_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+async def _wait_for_stdin_eof() -> None:
+    loop = asyncio.get_running_loop()
+    closed = loop.create_future()
+
+    class _Watcher(asyncio.Protocol):
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+    await loop.connect_read_pipe(_Watcher, sys.stdin)
+    await closed
+
+
+async def serve(socket_path: str, token: str) -> None:
+    server = DaemonServer(token)
+    await server.listen_unix(socket_path)
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "socket": socket_path,
+                "pid": os.getpid(),
+                "version": __version__,
+                "protocol": IPC_PROTOCOL,
+            }
+        ),
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.create_task(stop.wait())]
+    if _stdin_is_pipe():
+        waiters.append(asyncio.create_task(_wait_for_stdin_eof()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    await server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ocpp-nodes", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the daemon for a Node-RED shim")
+    serve_parser.add_argument("--socket", required=True, help="path of the Unix socket to create")
+    serve_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    token = os.environ.pop(TOKEN_VARIABLE, "")
+    if not token:
+        print(f"ocpp-nodes: set {TOKEN_VARIABLE} to the shim's token", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(args.socket, token))
+    except OSError as exc:
+        print(f"ocpp-nodes: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""The daemon's side of the shim<->daemon socket (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from .framing import MAX_FRAME_SIZE, FrameDecoder, FrameError, encode
+from .server import DaemonServer, FrameHost, ShimConnection
+
+__all__ = [
+    "DaemonServer",
+    "FrameDecoder",
+    "FrameError",
+    "FrameHost",
+    "MAX_FRAME_SIZE",
+    "ShimConnection",
+    "encode",
+]

@@ -1,0 +1,69 @@
+"""Frames between the shim and the daemon: 4-byte big-endian length + msgpack map.
+
+Sans-I/O: :class:`FrameDecoder` takes bytes as they arrive and returns whole
+frames; :func:`encode` makes the bytes of one frame. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+__all__ = ["FrameDecoder", "FrameError", "MAX_FRAME_SIZE", "encode"]
+
+#: The largest frame body either side accepts.
+MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+_LENGTH = struct.Struct(">I")
+
+
+class FrameError(Exception):
+    """The byte stream is broken: the connection must be dropped."""
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """The bytes of ``frame`` on the socket. Raises ``FrameError`` when too large."""
+    body = msgpack.packb(frame, use_bin_type=True)
+    if len(body) > MAX_FRAME_SIZE:
+        raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
+    return _LENGTH.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream.
+
+    Args:
+        max_frame_size: announced lengths above this raise ``FrameError``.
+    """
+
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Take received bytes; return the frames they complete, in order.
+
+        Raises:
+            FrameError: a frame is too large, is not msgpack, or is not a map.
+        """
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > self.max_frame_size:
+                raise FrameError(f"frame of {length} bytes exceeds {self.max_frame_size}")
+            end = _LENGTH.size + length
+            if len(self._buffer) < end:
+                break
+            body = bytes(self._buffer[_LENGTH.size : end])
+            del self._buffer[:end]
+            try:
+                frame = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            except Exception as exc:  # msgpack raises several unrelated types
+                raise FrameError(f"frame is not msgpack: {exc}") from None
+            if not isinstance(frame, dict):
+                raise FrameError("frame is not a msgpack map")
+            frames.append(frame)
+        return frames

@@ -1,0 +1,254 @@
+"""The daemon's local socket: handshake, node registry, frame dispatch.
+
+Theory of operation (frame types in docs/architecture.md):
+
+1. A shim connects and must first send ``hello`` with the token the daemon
+   was started with; anything else gets ``reject`` and the connection closes.
+2. ``create`` makes a node (CS or CSMS) and starts it; ``input`` hands it a
+   message; ``close`` stops it and answers ``closed``. Each node writes back
+   through a :class:`FrameHost`: ``send``, ``status``, ``done``, ``log``.
+3. The nodes of a shim connection live as long as it: when it closes, all of
+   them stop (their ports and station connections are released).
+4. A broken stream (oversized frame, bad msgpack) drops that connection; the
+   daemon carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+from typing import Any
+
+from .. import IPC_PROTOCOL, __version__
+from ..nodes import CsmsNode, CsNode, OcppNode
+from .framing import FrameDecoder, FrameError, encode
+
+__all__ = ["DaemonServer", "FrameHost", "ShimConnection"]
+
+log = logging.getLogger(__name__)
+
+# Properties of a Node-RED msg that the engine reads or gives back.
+_MSG_FIELDS = ("_msgid", "payload", "topic", "ocpp", "customData", "_linkSource")
+
+
+class FrameHost:
+    """:class:`~ocpp_nodes.nodes.NodeHost` of one node: writes frames to its shim."""
+
+    def __init__(self, connection: ShimConnection, node_id: str) -> None:
+        self.connection = connection
+        self.node_id = node_id
+
+    def send(self, port: int, msg: dict[str, Any]) -> None:
+        self.connection.write({"t": "send", "node": self.node_id, "port": port, "msg": msg})
+
+    def status(
+        self, fill: str | None = None, shape: str | None = None, text: str | None = None
+    ) -> None:
+        frame: dict[str, Any] = {"t": "status", "node": self.node_id}
+        for key, value in (("fill", fill), ("shape", shape), ("text", text)):
+            if value is not None:
+                frame[key] = value
+        self.connection.write(frame)
+
+    def done(self, seq: int, error: str | None = None) -> None:
+        frame: dict[str, Any] = {"t": "done", "node": self.node_id, "seq": seq}
+        if error is not None:
+            frame["error"] = error
+        self.connection.write(frame)
+
+    def log(self, level: str, text: str, msg: dict[str, Any] | None = None) -> None:
+        frame: dict[str, Any] = {"t": "log", "node": self.node_id, "level": level, "text": text}
+        if msg is not None:
+            frame["msg"] = msg
+        self.connection.write(frame)
+
+
+class ShimConnection:
+    """One shim on the socket and the nodes it created."""
+
+    def __init__(
+        self, token: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.token = token
+        self.reader = reader
+        self.writer = writer
+        self.nodes: dict[str, OcppNode] = {}
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._greeted = False
+
+    def write(self, frame: dict[str, Any]) -> None:
+        if self.writer.is_closing():
+            return
+        try:
+            data = encode(frame)
+        except (FrameError, TypeError, ValueError) as exc:
+            log.error("cannot encode a %s frame: %s", frame.get("t"), exc)
+            if frame.get("t") == "done":
+                self.write({**{k: frame[k] for k in ("t", "node", "seq")}, "error": str(exc)})
+            return
+        self.writer.write(data)
+
+    async def serve(self) -> None:
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = await self.reader.read(256 * 1024)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    if not await self._dispatch(frame):
+                        return
+                await self.writer.drain()
+        except FrameError as exc:
+            log.warning("dropping shim connection: %s", exc)
+        except ConnectionError as exc:
+            log.info("shim connection lost: %s", exc)
+        finally:
+            await self.close_all()
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    async def _dispatch(self, frame: dict[str, Any]) -> bool:
+        """Handle one frame; False ends the connection."""
+        kind = frame.get("t")
+        if not self._greeted:
+            return self._greet(frame)
+        if kind == "input":
+            self._input(frame)
+        elif kind == "create":
+            await self._create(frame)
+        elif kind == "close":
+            node_id = str(frame.get("node"))
+            self._stopping[node_id] = asyncio.create_task(self._close(node_id))
+        else:
+            log.warning("ignoring unknown frame type %r", kind)
+        return True
+
+    def _greet(self, frame: dict[str, Any]) -> bool:
+        token = frame.get("token")
+        if frame.get("t") != "hello" or not isinstance(token, str):
+            reason = "the first frame must be hello"
+        elif not hmac.compare_digest(token.encode(), self.token.encode()):
+            reason = "wrong token"
+        elif frame.get("protocol") != IPC_PROTOCOL:
+            reason = (
+                f"protocol {frame.get('protocol')!r} not spoken; this daemon speaks {IPC_PROTOCOL}"
+            )
+        else:
+            self._greeted = True
+            self.write(
+                {
+                    "t": "welcome",
+                    "protocol": IPC_PROTOCOL,
+                    "version": __version__,
+                    "pid": os.getpid(),
+                }
+            )
+            return True
+        log.warning("refusing a shim connection: %s", reason)
+        self.write({"t": "reject", "reason": reason})
+        return False
+
+    def _input(self, frame: dict[str, Any]) -> None:
+        node_id = str(frame.get("node"))
+        seq = frame.get("seq")
+        if not isinstance(seq, int):
+            log.warning("input frame without seq for node %s", node_id)
+            return
+        node = self.nodes.get(node_id)
+        msg = frame.get("msg")
+        if node is None:
+            FrameHost(self, node_id).done(seq, "this node is not running in the OCPP engine")
+            return
+        if not isinstance(msg, dict):
+            node.host.done(seq, "the message is not an object")
+            return
+        node.input(seq, {key: msg[key] for key in _MSG_FIELDS if key in msg})
+
+    async def _create(self, frame: dict[str, Any]) -> None:
+        node_id = str(frame.get("node"))
+        pending_stop = self._stopping.get(node_id)
+        if pending_stop is not None:
+            await pending_stop
+        if node_id in self.nodes:
+            await self._close(node_id, answer=False)
+        host = FrameHost(self, node_id)
+        config = frame.get("config") if isinstance(frame.get("config"), dict) else {}
+        credentials = frame.get("credentials") if isinstance(frame.get("credentials"), dict) else {}
+        node: OcppNode
+        if frame.get("type") == "CS":
+            target = frame.get("target") if isinstance(frame.get("target"), dict) else None
+            node = CsNode(node_id, config, credentials, target, host)
+        elif frame.get("type") == "CSMS":
+            node = CsmsNode(node_id, config, credentials, host)
+        else:
+            host.log("error", f"unknown node type {frame.get('type')!r}")
+            return
+        self.nodes[node_id] = node
+        try:
+            await node.start()
+        except Exception as exc:
+            log.exception("node %s failed to start", node_id)
+            host.status("red", "ring", "engine error")
+            host.log("error", f"failed to start: {exc}")
+
+    async def _close(self, node_id: str, answer: bool = True) -> None:
+        node = self.nodes.pop(node_id, None)
+        try:
+            if node is not None:
+                await node.stop()
+        except Exception:
+            log.exception("node %s failed to stop cleanly", node_id)
+        finally:
+            self._stopping.pop(node_id, None)
+            if answer:
+                self.write({"t": "closed", "node": node_id})
+
+    async def close_all(self) -> None:
+        await asyncio.gather(
+            *(self._close(node_id, answer=False) for node_id in list(self.nodes)),
+            *self._stopping.values(),
+            return_exceptions=True,
+        )
+
+
+class DaemonServer:
+    """Listens on a Unix socket for shims.
+
+    Args:
+        token: the secret a shim must present in ``hello``.
+    """
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.connections: set[ShimConnection] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def listen_unix(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        old_umask = os.umask(0o077)
+        try:
+            self._server = await asyncio.start_unix_server(self._accept, path=path)
+        finally:
+            os.umask(old_umask)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = ShimConnection(self.token, reader, writer)
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(
+            *(connection.close_all() for connection in list(self.connections)),
+            return_exceptions=True,
+        )

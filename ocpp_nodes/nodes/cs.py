@@ -1,0 +1,204 @@
+"""The CS node: a Charging Station that connects to a CSMS.
+
+Config (see docs/nodes.md): ``cbId``, the ``target-csms`` URL (or the
+``csms_url`` of older exports), password credential ``csms_pw`` (or an older
+export's plain ``csms_pw``), ``auto_connect``, ``ocpp_logging``,
+``ws_rt_minimum`` / ``ws_rt_repeat`` / ``ws_rt_rnd_range`` (reconnect
+back-off: wait minimum, doubling times, random range, in seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..rpc import CallReceived, OcppConnection
+from ..schemas import registry
+from ..transport import Backoff, ClientOptions, CsClient, OcppSession, station_url
+from ..transport.cs_client import ServerSocket
+from .base import PORT_COMMON, InputError, NodeHost, OcppNode
+
+__all__ = ["CsNode"]
+
+log = logging.getLogger(__name__)
+
+# What a node imported from an older export (no back-off fields) did.
+_LEGACY_BACKOFF = {"ws_rt_minimum": 1.0, "ws_rt_repeat": 2, "ws_rt_rnd_range": 0.0}
+
+
+def _setting(config: dict[str, Any], name: str) -> float:
+    try:
+        value = float(config.get(name))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float(_LEGACY_BACKOFF[name])
+    return value if value >= 0 else float(_LEGACY_BACKOFF[name])
+
+
+class CsNode(OcppNode):
+    kind = "CS"
+    peer_name = "CSMS"
+    own_name = "CS"
+    commands = ("connect", "close", "retrybackoff")
+
+    def __init__(
+        self,
+        node_id: str,
+        config: dict[str, Any],
+        credentials: dict[str, Any],
+        target: dict[str, Any] | None,
+        host: NodeHost,
+    ) -> None:
+        super().__init__(node_id, config, host)
+        self.cb_id = str(config.get("cbId") or "").strip()
+        self.csms_url = str((target or {}).get("url") or config.get("csms_url") or "").strip()
+        password = credentials.get("csms_pw") or config.get("csms_pw")
+        self.password: str | None = str(password) if password else None
+        self.auto_connect = bool(config.get("auto_connect"))
+        self.backoff = Backoff(
+            wait_minimum=_setting(config, "ws_rt_minimum"),
+            repeat_times=int(_setting(config, "ws_rt_repeat")),
+            random_range=_setting(config, "ws_rt_rnd_range"),
+        )
+        self.client: CsClient | None = None
+        self.session: OcppSession | None = None
+        self._online: bool | None = None
+
+    async def start(self) -> None:
+        if self.auto_connect:
+            self._connect()
+        else:
+            self.host.status("grey", "ring", "not connected")
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            await client.stop()
+
+    def _connect(self) -> bool:
+        """Start the client with the current settings; False (and a status) when they are bad."""
+        problem = self._config_problem()
+        if problem is not None:
+            self.host.status("red", "ring", problem[:20])
+            self.host.log("error", problem)
+            return False
+        self.client = CsClient(
+            ClientOptions(self.csms_url, self.cb_id, self.password),
+            self.backoff,
+            self._on_socket,
+            self._on_state,
+        )
+        self.client.start()
+        return True
+
+    def _config_problem(self) -> str | None:
+        if not self.cb_id:
+            return "cbId is empty"
+        if not self.csms_url:
+            return "no CSMS URL: pick a target CSMS"
+        try:
+            station_url(self.csms_url, self.cb_id)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    async def _on_socket(self, socket: ServerSocket) -> None:
+        connection = OcppConnection(
+            registry(self.ocpp_version),
+            call_timeout=self.message_timeout,
+            answer_timeout=self.message_timeout,
+        )
+        session = OcppSession(
+            self.cb_id,
+            connection,
+            socket,
+            self.handle_events,
+            self.log_frame if self.logging_enabled else None,
+        )
+        self.session = session
+        self.host.status("green", "dot", "connected")
+        self._announce(online=True)
+        try:
+            await session.run()
+        finally:
+            self.session = None
+            self._announce(online=False)
+
+    def _announce(self, online: bool) -> None:
+        """``msg.ocpp.websocket`` ONLINE / OFFLINE on port 1, once per change."""
+        if self._online is online:
+            return
+        self._online = online
+        self.host.send(
+            PORT_COMMON,
+            {"ocpp": {"websocket": "ONLINE" if online else "OFFLINE", "cbId": self.cb_id}},
+        )
+
+    def _on_state(self, state: str, detail: str) -> None:
+        if state == "connecting":
+            self.host.status("yellow", "ring", "connecting")
+        elif state == "failed":
+            self.host.log("warn", f"{self.cb_id}: {detail}")
+        elif state == "waiting":
+            self.host.status("red", "ring", f"retry in {detail}s")
+        elif state == "stopped":
+            self.host.status("grey", "dot", "stopped")
+
+    # -- input ----------------------------------------------------------------------
+
+    def _session_for(self, msg: dict[str, Any]) -> OcppSession:
+        if self.session is None:
+            raise InputError(f"{self.cb_id or 'CS'} is not connected to the CSMS")
+        return self.session
+
+    def _request_payload(self, cb_id: str, event: CallReceived) -> dict[str, Any]:
+        # The package we replace also put the station's cbId into the payload.
+        return {**super()._request_payload(cb_id, event), "cbId": cb_id}
+
+    def _command(self, seq: int, command: str, data: Any, msg: dict[str, Any]) -> bool:
+        settings = data if isinstance(data, dict) else {}
+        if command == "connect":
+            asyncio.get_running_loop().create_task(self._reconnect(seq, settings))
+            return False
+        if command == "close":
+            asyncio.get_running_loop().create_task(self._close(seq))
+            return False
+        if command == "retrybackoff":
+            self._set_backoff(settings)
+            return True
+        raise InputError(f"unknown command {command!r}: {self._command_list()}")
+
+    async def _reconnect(self, seq: int, settings: dict[str, Any]) -> None:
+        await self.stop()
+        if settings.get("cbId"):
+            self.cb_id = str(settings["cbId"])
+        if "password" in settings:
+            self.password = str(settings["password"]) if settings["password"] else None
+        if settings.get("csmsUrl"):
+            self.csms_url = str(settings["csmsUrl"])
+        if self._connect():
+            self.host.done(seq)
+        else:
+            self.host.done(seq, f"cannot connect: {self._config_problem()}")
+
+    async def _close(self, seq: int) -> None:
+        await self.stop()
+        self.host.done(seq)
+
+    def _set_backoff(self, settings: dict[str, Any]) -> None:
+        fields = {
+            "RetryBackOffWaitMinimum": "wait_minimum",
+            "RetryBackOffRandomRange": "random_range",
+            "RetryBackOffRepeatTimes": "repeat_times",
+        }
+        for key, attribute in fields.items():
+            if key not in settings:
+                continue
+            try:
+                value = float(settings[key])
+            except (TypeError, ValueError):
+                raise InputError(f"data.{key} must be a number of seconds") from None
+            if value < 0:
+                raise InputError(f"data.{key} must not be negative")
+            setattr(self.backoff, attribute, int(value) if attribute == "repeat_times" else value)
+        self.backoff.reset()

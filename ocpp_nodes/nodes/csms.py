@@ -1,0 +1,259 @@
+"""The CSMS node: a server that Charging Stations connect to.
+
+Config (see docs/nodes.md): ``port``, ``path``, ``ocpp_logging``, and the
+credential ``basic_auths``: a JSON object ``{cbId: password}`` as text. A
+station is routed by ``msg.payload.cbId``, else ``msg.ocpp.cbId``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from ..rpc import OcppConnection
+from ..schemas import registry
+from ..transport import AuthDecision, CsmsServer, OcppSession, ServerOptions
+from ..transport.csms_server import StationSocket
+from .base import InputError, NodeHost, OcppNode
+
+__all__ = ["CsmsNode", "parse_auth_list"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_auth_list(value: Any) -> dict[str, str]:
+    """The ``basic_auths`` credential as a dict; raises ``ValueError`` saying what is wrong."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"CS Auth list is not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError('CS Auth list must be a JSON object {"cbId": "password", ...}')
+    return dict(value)
+
+
+class CsmsNode(OcppNode):
+    kind = "CSMS"
+    peer_name = "CS"
+    own_name = "CSMS"
+    commands = (
+        "connections",
+        "cmds",
+        "command",
+        "commands",
+        "get_auth_list",
+        "set_auth_list",
+        "get_auth_cs",
+        "get_auth_user",
+        "set_auth_cs",
+        "set_auth_user",
+        "ws_close",
+        "ws_open",
+    )
+
+    def __init__(
+        self,
+        node_id: str,
+        config: dict[str, Any],
+        credentials: dict[str, Any],
+        host: NodeHost,
+    ) -> None:
+        super().__init__(node_id, config, host)
+        self.path = str(config.get("path") or "")
+        self.port_problem: str | None = None
+        try:
+            self.port = int(str(config.get("port")))
+            if not 0 < self.port < 65536:
+                raise ValueError
+        except ValueError:
+            self.port = 0
+            self.port_problem = f"port {config.get('port')!r} is not a TCP port number"
+        self.auth_problem: str | None = None
+        try:
+            self.auth_list = parse_auth_list(credentials.get("basic_auths"))
+        except ValueError as exc:
+            self.auth_list = {}
+            self.auth_problem = str(exc)
+        self.server: CsmsServer | None = None
+        self.stations: dict[str, OcppSession] = {}
+        self.connected_since: dict[str, str] = {}
+
+    async def start(self) -> None:
+        if self.auth_problem:
+            self.host.log("error", self.auth_problem)
+        if self.port_problem:
+            self.host.status("red", "ring", "bad port")
+            self.host.log("error", self.port_problem)
+            return
+        await self._listen()
+
+    async def _listen(self) -> bool:
+        server = CsmsServer(
+            ServerOptions(host=None, port=self.port, path=self.path),
+            self._authenticate,
+            self._on_station,
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            self.host.status("red", "ring", f"port {self.port} busy"[:20])
+            self.host.log("error", f"cannot listen on port {self.port}: {exc.strerror or exc}")
+            return False
+        self.server = server
+        self._show_count()
+        return True
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.stop()
+
+    def _show_count(self) -> None:
+        if self.server is None:
+            self.host.status("grey", "ring", "not listening")
+        else:
+            self.host.status(
+                "green", "dot" if self.stations else "ring", f"{len(self.stations)} connected"
+            )
+
+    def _authenticate(self, cb_id: str, credentials: tuple[str, str] | None) -> AuthDecision:
+        expected = self.auth_list.get(cb_id)
+        if expected is None:
+            return AuthDecision.UNKNOWN_IDENTITY
+        if credentials is None:
+            return AuthDecision.BAD_CREDENTIALS
+        user, password = credentials
+        user_ok = hmac.compare_digest(user.encode(), cb_id.encode())
+        password_ok = hmac.compare_digest(password.encode(), expected.encode())
+        return AuthDecision.ACCEPT if user_ok and password_ok else AuthDecision.BAD_CREDENTIALS
+
+    async def _on_station(self, cb_id: str, socket: StationSocket, remote: str) -> None:
+        previous = self.stations.get(cb_id)
+        if previous is not None:  # the newest connection of an identity wins
+            await previous.close(1000, "replaced by a newer connection")
+        connection = OcppConnection(
+            registry(self.ocpp_version),
+            call_timeout=self.message_timeout,
+            answer_timeout=self.message_timeout,
+        )
+        session = OcppSession(
+            cb_id,
+            connection,
+            socket,
+            self.handle_events,
+            self.log_frame if self.logging_enabled else None,
+            remote=remote,
+        )
+        self.stations[cb_id] = session
+        self.connected_since[cb_id] = datetime.now(timezone.utc).isoformat()
+        self._show_count()
+        try:
+            await session.run()
+        finally:
+            if self.stations.get(cb_id) is session:
+                del self.stations[cb_id]
+                self.connected_since.pop(cb_id, None)
+            self._show_count()
+
+    # -- input ----------------------------------------------------------------------
+
+    def _session_for(self, msg: dict[str, Any]) -> OcppSession:
+        payload = msg.get("payload")
+        cb_id = payload.get("cbId") if isinstance(payload, dict) else None
+        if not cb_id and isinstance(msg.get("ocpp"), dict):
+            cb_id = msg["ocpp"].get("cbId")
+        if not cb_id:
+            raise InputError("no station named: set msg.payload.cbId (or msg.ocpp.cbId)")
+        session = self.stations.get(cb_id)
+        if session is None:
+            raise InputError(f"station {cb_id!r} is not connected")
+        return session
+
+    def _command(self, seq: int, command: str, data: Any, msg: dict[str, Any]) -> bool:
+        settings = data if isinstance(data, dict) else {}
+        if command == "connections":
+            self._reply_to_command(
+                msg,
+                connections={
+                    cb_id: {"since": self.connected_since.get(cb_id), "remote": session.remote}
+                    for cb_id, session in self.stations.items()
+                },
+            )
+        elif command in ("cmds", "command", "commands"):
+            self._reply_to_command(msg, commands=self._pending_calls())
+        elif command == "get_auth_list":
+            self._reply_to_command(msg, auth_list=dict(self.auth_list))
+        elif command == "set_auth_list":
+            try:
+                self.auth_list = parse_auth_list(data)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        elif command in ("get_auth_cs", "get_auth_user"):
+            name = self._station_name(settings)
+            self._reply_to_command(msg, auth_cs=self.auth_list.get(name, "NOT FOUND"))
+        elif command in ("set_auth_cs", "set_auth_user"):
+            name = self._station_name(settings)
+            password = settings.get("password")
+            if not isinstance(password, str) or not password:
+                raise InputError(f"{command} needs data.password")
+            self.auth_list[name] = password
+        elif command == "ws_close":
+            asyncio.get_running_loop().create_task(self._ws_close(seq, settings))
+            return False
+        elif command == "ws_open":
+            asyncio.get_running_loop().create_task(self._ws_open(seq))
+            return False
+        else:
+            raise InputError(f"unknown command {command!r}: {self._command_list()}")
+        return True
+
+    @staticmethod
+    def _station_name(settings: dict[str, Any]) -> str:
+        name = settings.get("name") or settings.get("cbId")
+        if not isinstance(name, str) or not name:
+            raise InputError("this command needs data.name, the station's cbId")
+        return name
+
+    def _pending_calls(self) -> list[dict[str, Any]]:
+        pending = []
+        for cb_id, session in self.stations.items():
+            calls = session.connection.calls
+            outstanding = [] if calls.outstanding is None else [calls.outstanding]
+            for call in [*outstanding, *calls.queued]:
+                pending.append(
+                    {
+                        "cbId": cb_id,
+                        "MessageId": call.message_id,
+                        "command": call.action,
+                        "sent": call is calls.outstanding,
+                    }
+                )
+        return pending
+
+    async def _ws_close(self, seq: int, settings: dict[str, Any]) -> None:
+        cb_id = settings.get("cbId")
+        if cb_id:
+            session = self.stations.get(cb_id)
+            if session is None:
+                self.host.done(seq, f"station {cb_id!r} is not connected")
+                return
+            await session.close(1000, "closed by the CSMS flow")
+        else:  # no station named: stop listening until ws_open
+            await self.stop()
+            self._show_count()
+        self.host.done(seq)
+
+    async def _ws_open(self, seq: int) -> None:
+        if self.server is not None or await self._listen():
+            self.host.done(seq)
+        else:
+            self.host.done(seq, f"cannot listen on port {self.port}")

@@ -1,0 +1,413 @@
+"""One OCPP-J connection's state: text in -> events out, calls in -> text out.
+
+Theory of operation:
+
+1. The transport feeds every received websocket message to
+   :meth:`OcppConnection.receive_text` and writes out whatever
+   :meth:`OcppConnection.data_to_send` returns, in order.
+2. A received CALL with a known action and a valid payload becomes
+   :class:`CallReceived` and is remembered until it is answered with
+   :meth:`send_result` or :meth:`send_error`, or its answer deadline passes.
+   Anything else that owes an answer (bad JSON, unknown message type, unknown
+   action, schema violation, duplicate id) is answered with the CALLERROR of
+   part 4, table 8 at once, and reported as :class:`PeerError` so the user
+   sees what the peer sent.
+3. CALLRESULT and CALLERROR frames settle our outstanding call
+   (:class:`ResultReceived`, :class:`ErrorReceived`); one for no call of ours
+   is reported as :class:`UnexpectedAnswer` and never delivered as current.
+   A CALLRESULT whose payload breaks the schema is :class:`ResultInvalid`.
+4. Our CALLs go through :class:`~ocpp_nodes.rpc.calls.PendingCalls`: one
+   outstanding, the rest queued. Payloads we send are validated first;
+   :class:`OutgoingError` means nothing went on the wire.
+5. :meth:`expire` ends calls and received requests whose time is up;
+   :meth:`next_deadline` says when to call it next.
+6. :meth:`connection_lost` ends every call of ours with :class:`CallAborted`.
+
+Time is an argument; message ids come from a factory that may be replaced.
+No I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..schemas import Direction, SchemaRegistry
+from .calls import OutgoingCall, PendingCalls, QueueFull
+from .frames import (
+    MAX_MESSAGE_ID_LENGTH,
+    Call,
+    CallError,
+    CallResult,
+    ErrorCode,
+    FrameError,
+    MessageType,
+    parse,
+    serialize,
+)
+
+__all__ = [
+    "CallAborted",
+    "CallReceived",
+    "CallTimedOut",
+    "ErrorReceived",
+    "Event",
+    "OcppConnection",
+    "OutgoingError",
+    "PeerError",
+    "ReceivedCall",
+    "RequestExpired",
+    "ResultInvalid",
+    "ResultReceived",
+    "UnexpectedAnswer",
+]
+
+
+@dataclass(frozen=True)
+class ReceivedCall:
+    """A CALL from the peer that waits for our answer."""
+
+    message_id: str
+    action: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class CallReceived:
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResultReceived:
+    call: OutgoingCall
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorReceived:
+    call: OutgoingCall
+    error_code: str
+    error_description: str
+    error_details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResultInvalid:
+    """The peer answered our call with a payload that breaks the schema."""
+
+    call: OutgoingCall
+    payload: dict[str, Any]
+    error_code: str
+    description: str
+
+
+@dataclass(frozen=True)
+class CallTimedOut:
+    call: OutgoingCall
+
+
+@dataclass(frozen=True)
+class CallAborted:
+    call: OutgoingCall
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerError:
+    """The peer sent something wrong; ``answer`` is the CALLERROR we sent, if any."""
+
+    description: str
+    answer: CallError | None
+
+
+@dataclass(frozen=True)
+class UnexpectedAnswer:
+    """A CALLRESULT or CALLERROR for no call of ours (late, or never sent)."""
+
+    message_id: str
+    message_type: int
+
+
+@dataclass(frozen=True)
+class RequestExpired:
+    """A received CALL was not answered in time; a later answer is refused."""
+
+    request: ReceivedCall
+
+
+Event = (
+    CallReceived
+    | ResultReceived
+    | ErrorReceived
+    | ResultInvalid
+    | CallTimedOut
+    | CallAborted
+    | PeerError
+    | UnexpectedAnswer
+    | RequestExpired
+)
+
+
+class OutgoingError(ValueError):
+    """What the flow asked us to send cannot be sent; nothing went on the wire."""
+
+
+class OcppConnection:
+    """The OCPP-J state of one websocket connection, in either role.
+
+    Args:
+        schemas: validators of the connection's OCPP version.
+        call_timeout: seconds our CALL waits for its answer.
+        answer_timeout: seconds a received CALL may wait for the flow's answer.
+        max_queued: calls that may wait behind the outstanding one.
+        new_message_id: factory of message ids for our CALLs.
+    """
+
+    def __init__(
+        self,
+        schemas: SchemaRegistry,
+        *,
+        call_timeout: float = 30.0,
+        answer_timeout: float = 30.0,
+        max_queued: int = 1000,
+        new_message_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.schemas = schemas
+        self.calls = PendingCalls(call_timeout, max_queued)
+        self.answer_timeout = answer_timeout
+        self.received: dict[str, ReceivedCall] = {}
+        self._new_message_id = new_message_id
+        self._outbox: list[str] = []
+
+    # -- bytes in, events out -------------------------------------------------
+
+    def receive_text(self, text: str | bytes, now: float) -> list[Event]:
+        """Take one websocket message from the peer.
+
+        Returns:
+            What it means for the user, in order. CALLERROR answers owed to
+            the peer are already in :meth:`data_to_send`.
+        """
+        try:
+            frame = parse(text)
+        except FrameError as exc:
+            return [self._reject(exc)]
+        if isinstance(frame, Call):
+            return [self._receive_call(frame, now)]
+        if isinstance(frame, CallResult):
+            return self._receive_result(frame, now)
+        return self._receive_error(frame, now)
+
+    def _reject(self, exc: FrameError) -> PeerError:
+        if exc.message_type in (MessageType.CALLRESULT, MessageType.CALLERROR):
+            # Never answer an answer (4.2.3 answers CALLs); just report it.
+            return PeerError(exc.description, None)
+        answer = CallError(exc.message_id, exc.error_code, exc.description)
+        self._outbox.append(serialize(answer))
+        return PeerError(exc.description, answer)
+
+    def _receive_call(self, frame: Call, now: float) -> Event:
+        if frame.message_id in self.received:
+            return self._reject(
+                FrameError(
+                    ErrorCode.RPC_FRAMEWORK_ERROR,
+                    f"a CALL with MessageId {frame.message_id} is already being handled",
+                    frame.message_id,
+                    MessageType.CALL,
+                )
+            )
+        if not self.schemas.knows(frame.action):
+            return self._reject(
+                FrameError(
+                    ErrorCode.NOT_IMPLEMENTED,
+                    f"{frame.action} is not an OCPP {self.schemas.version} action",
+                    frame.message_id,
+                    MessageType.CALL,
+                )
+            )
+        violation = self.schemas.validate(frame.action, Direction.REQUEST, frame.payload)
+        if violation is not None:
+            return self._reject(
+                FrameError(
+                    violation.error_code,
+                    f"{frame.action}: {violation.description}",
+                    frame.message_id,
+                    MessageType.CALL,
+                )
+            )
+        self.received[frame.message_id] = ReceivedCall(
+            frame.message_id, frame.action, now + self.answer_timeout
+        )
+        return CallReceived(frame.message_id, frame.action, frame.payload)
+
+    def _receive_result(self, frame: CallResult, now: float) -> list[Event]:
+        call, to_send = self.calls.settle(frame.message_id, now)
+        if call is None:
+            return [UnexpectedAnswer(frame.message_id, MessageType.CALLRESULT)]
+        self._put_on_wire(to_send)
+        violation = self.schemas.validate(call.action, Direction.RESPONSE, frame.payload)
+        if violation is not None:
+            return [
+                ResultInvalid(
+                    call,
+                    frame.payload,
+                    violation.error_code,
+                    f"{call.action} response: {violation.description}",
+                )
+            ]
+        return [ResultReceived(call, frame.payload)]
+
+    def _receive_error(self, frame: CallError, now: float) -> list[Event]:
+        call, to_send = self.calls.settle(frame.message_id, now)
+        if call is None:
+            return [UnexpectedAnswer(frame.message_id, MessageType.CALLERROR)]
+        self._put_on_wire(to_send)
+        return [ErrorReceived(call, frame.error_code, frame.error_description, frame.error_details)]
+
+    # -- calls in, bytes out --------------------------------------------------
+
+    def send_call(
+        self,
+        action: str,
+        payload: Any,
+        now: float,
+        *,
+        message_id: str | None = None,
+        context: Any = None,
+    ) -> OutgoingCall:
+        """Send a CALL now, or queue it behind the outstanding one.
+
+        Raises:
+            OutgoingError: unknown action, invalid payload, bad or duplicate
+                message id, or a full queue. Nothing was sent.
+        """
+        if not isinstance(action, str) or not self.schemas.knows(action):
+            raise OutgoingError(f"{action!r} is not an OCPP {self.schemas.version} action")
+        self._check_payload(action, Direction.REQUEST, payload)
+        if message_id is None:
+            message_id = self._new_message_id()
+        elif not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH:
+            raise OutgoingError(
+                f"MessageId must be a string of 1 to {MAX_MESSAGE_ID_LENGTH} characters"
+            )
+        elif self.calls.knows(message_id):
+            raise OutgoingError(f"MessageId {message_id} is already used by a pending request")
+        text = self._serialize(Call(message_id, action, payload))
+        call = OutgoingCall(message_id, action, payload, text, context)
+        try:
+            to_send = self.calls.submit(call, now)
+        except QueueFull as exc:
+            raise OutgoingError(str(exc)) from None
+        self._put_on_wire(to_send)
+        return call
+
+    def send_result(self, message_id: str, payload: Any) -> ReceivedCall:
+        """Answer the received CALL ``message_id`` with a CALLRESULT.
+
+        Raises:
+            OutgoingError: no such CALL waits for an answer (never received,
+                answered already, or expired), or the payload is invalid.
+        """
+        request = self._waiting(message_id)
+        self._check_payload(request.action, Direction.RESPONSE, payload)
+        self._outbox.append(self._serialize(CallResult(message_id, payload)))
+        del self.received[message_id]
+        return request
+
+    def send_error(
+        self,
+        message_id: str,
+        error_code: str,
+        description: str = "",
+        details: Any = None,
+    ) -> ReceivedCall:
+        """Answer the received CALL ``message_id`` with a CALLERROR.
+
+        Raises:
+            OutgoingError: no such CALL waits, or the error code is not one of
+                table 8, or details is not an object.
+        """
+        request = self._waiting(message_id)
+        if error_code not in ErrorCode.ALL:
+            raise OutgoingError(
+                f"errorCode {error_code!r} is not one of {', '.join(sorted(ErrorCode.ALL))}"
+            )
+        if details is None:
+            details = {}
+        if not isinstance(description, str) or not isinstance(details, dict):
+            raise OutgoingError("errorDescription must be a string and errorDetails an object")
+        self._outbox.append(
+            self._serialize(CallError(message_id, error_code, description, details))
+        )
+        del self.received[message_id]
+        return request
+
+    def data_to_send(self) -> list[str]:
+        """The frames to write to the websocket, in order; empties the outbox."""
+        outbox, self._outbox = self._outbox, []
+        return outbox
+
+    # -- time and loss --------------------------------------------------------
+
+    def expire(self, now: float) -> list[Event]:
+        """End whatever is past its deadline at ``now``."""
+        events: list[Event] = []
+        while True:
+            call, to_send = self.calls.expire(now)
+            if call is None:
+                break
+            events.append(CallTimedOut(call))
+            self._put_on_wire(to_send)
+        for message_id, request in list(self.received.items()):
+            if request.deadline <= now:
+                del self.received[message_id]
+                events.append(RequestExpired(request))
+        return events
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`expire` has work, or ``None``."""
+        deadlines = [request.deadline for request in self.received.values()]
+        call_deadline = self.calls.next_deadline()
+        if call_deadline is not None:
+            deadlines.append(call_deadline)
+        return min(deadlines, default=None)
+
+    def connection_lost(self, reason: str) -> list[Event]:
+        """End every call of ours and forget received CALLs; the socket is gone."""
+        self.received.clear()
+        self._outbox.clear()
+        return [CallAborted(call, reason) for call in self.calls.drain()]
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _waiting(self, message_id: Any) -> ReceivedCall:
+        request = self.received.get(message_id) if isinstance(message_id, str) else None
+        if request is None:
+            raise OutgoingError(
+                f"no received request with MessageId {message_id!r} waits for an answer "
+                "(never received, already answered, or expired)"
+            )
+        return request
+
+    def _check_payload(self, action: str, direction: Direction, payload: Any) -> None:
+        violation = self.schemas.validate(action, direction, payload)
+        if violation is not None:
+            raise OutgoingError(
+                f"{action} {direction.value.lower()} is invalid ({violation.error_code}): "
+                f"{violation.description}"
+            )
+
+    @staticmethod
+    def _serialize(frame: Call | CallResult | CallError) -> str:
+        try:
+            return serialize(frame)
+        except (TypeError, ValueError) as exc:
+            raise OutgoingError(f"payload cannot be sent as JSON: {exc}") from None
+
+    def _put_on_wire(self, call: OutgoingCall | None) -> None:
+        if call is not None:
+            self._outbox.append(call.text)

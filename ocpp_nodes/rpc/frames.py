@@ -1,0 +1,267 @@
+"""OCPP-J frames: parse text into CALL / CALLRESULT / CALLERROR, and back.
+
+Theory of operation (OCPP 2.0.1 part 4, section 4):
+
+1. A frame is a JSON array. ``[2, id, action, payload]`` is a CALL,
+   ``[3, id, payload]`` a CALLRESULT, ``[4, id, code, description, details]``
+   a CALLERROR.
+2. :func:`parse` turns text into one of the frame dataclasses or raises
+   :class:`FrameError`, which carries what the CALLERROR answer needs: the
+   error code of table 8 and the message id, ``"-1"`` when it could not be
+   read (4.2.3).
+3. Only the frame structure is checked here. Whether an action is known and
+   its payload valid is the connection's business (it knows the schemas).
+4. :func:`serialize` turns a frame into compact JSON text.
+
+No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+__all__ = [
+    "Call",
+    "CallError",
+    "CallResult",
+    "ErrorCode",
+    "Frame",
+    "FrameError",
+    "MAX_MESSAGE_ID_LENGTH",
+    "MessageType",
+    "UNREADABLE_ID",
+    "parse",
+    "serialize",
+]
+
+#: Message ids are ``string[36]`` (part 4, table 5).
+MAX_MESSAGE_ID_LENGTH = 36
+
+#: The id of a CALLERROR that answers a frame whose id could not be read.
+UNREADABLE_ID = "-1"
+
+
+class MessageType(IntEnum):
+    CALL = 2
+    CALLRESULT = 3
+    CALLERROR = 4
+
+
+class ErrorCode:
+    """The RPC framework error codes of part 4, table 8."""
+
+    FORMAT_VIOLATION = "FormatViolation"
+    GENERIC_ERROR = "GenericError"
+    INTERNAL_ERROR = "InternalError"
+    MESSAGE_TYPE_NOT_SUPPORTED = "MessageTypeNotSupported"
+    NOT_IMPLEMENTED = "NotImplemented"
+    NOT_SUPPORTED = "NotSupported"
+    OCCURRENCE_CONSTRAINT_VIOLATION = "OccurrenceConstraintViolation"
+    PROPERTY_CONSTRAINT_VIOLATION = "PropertyConstraintViolation"
+    PROTOCOL_ERROR = "ProtocolError"
+    RPC_FRAMEWORK_ERROR = "RpcFrameworkError"
+    SECURITY_ERROR = "SecurityError"
+    TYPE_CONSTRAINT_VIOLATION = "TypeConstraintViolation"
+
+    ALL = frozenset(
+        {
+            "FormatViolation",
+            "GenericError",
+            "InternalError",
+            "MessageTypeNotSupported",
+            "NotImplemented",
+            "NotSupported",
+            "OccurrenceConstraintViolation",
+            "PropertyConstraintViolation",
+            "ProtocolError",
+            "RpcFrameworkError",
+            "SecurityError",
+            "TypeConstraintViolation",
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Call:
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    message_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CallError:
+    message_id: str
+    error_code: str
+    error_description: str = ""
+    error_details: dict[str, Any] = field(default_factory=dict)
+
+
+Frame = Call | CallResult | CallError
+
+
+class FrameError(Exception):
+    """A frame that cannot be taken as a CALL, CALLRESULT or CALLERROR.
+
+    Attributes:
+        error_code: the table 8 code to answer with.
+        message_id: the frame's id, or ``"-1"`` when it could not be read.
+        description: what was wrong, for the CALLERROR and for the user.
+        message_type: the frame's type number when it could be read, so a
+            caller knows whether an answer is owed (never to a CALLRESULT or
+            CALLERROR).
+    """
+
+    def __init__(
+        self,
+        error_code: str,
+        description: str,
+        message_id: str = UNREADABLE_ID,
+        message_type: int | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.error_code = error_code
+        self.description = description
+        self.message_id = message_id
+        self.message_type = message_type
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse(text: str | bytes) -> Frame:
+    """Parse one websocket message into a frame.
+
+    Args:
+        text: the message as received (bytes are decoded as UTF-8).
+
+    Returns:
+        A :class:`Call`, :class:`CallResult` or :class:`CallError`.
+
+    Raises:
+        FrameError: the message is not a well-formed OCPP-J frame.
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, f"not valid JSON: {exc}"[:255]) from None
+    if not isinstance(data, list) or not data:
+        raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not a non-empty JSON array")
+    message_type = data[0]
+    if type(message_type) is not int:
+        raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, "MessageTypeId is not an integer")
+    message_id = _read_message_id(data, message_type)
+    if message_type == MessageType.CALL:
+        return _parse_call(data, message_id)
+    if message_type == MessageType.CALLRESULT:
+        return _parse_call_result(data, message_id)
+    if message_type == MessageType.CALLERROR:
+        return _parse_call_error(data, message_id)
+    raise FrameError(
+        ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED,
+        f"message type {message_type} is not supported",
+        message_id,
+        message_type,
+    )
+
+
+def _read_message_id(data: list[Any], message_type: int) -> str:
+    if len(data) < 2 or not isinstance(data[1], str) or not data[1]:
+        raise FrameError(
+            ErrorCode.RPC_FRAMEWORK_ERROR,
+            "MessageId could not be read",
+            UNREADABLE_ID,
+            message_type,
+        )
+    message_id: str = data[1]
+    if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise FrameError(
+            ErrorCode.RPC_FRAMEWORK_ERROR,
+            f"MessageId is longer than {MAX_MESSAGE_ID_LENGTH} characters",
+            UNREADABLE_ID,
+            message_type,
+        )
+    return message_id
+
+
+def _parse_call(data: list[Any], message_id: str) -> Call:
+    if len(data) != 4:
+        raise FrameError(
+            ErrorCode.RPC_FRAMEWORK_ERROR,
+            f"a CALL has 4 elements, this one has {len(data)}",
+            message_id,
+            MessageType.CALL,
+        )
+    action, payload = data[2], data[3]
+    if not isinstance(action, str) or not action:
+        raise FrameError(
+            ErrorCode.RPC_FRAMEWORK_ERROR, "Action is not a string", message_id, MessageType.CALL
+        )
+    if not isinstance(payload, dict):
+        raise FrameError(
+            ErrorCode.FORMAT_VIOLATION,
+            "payload is not a JSON object",
+            message_id,
+            MessageType.CALL,
+        )
+    return Call(message_id, action, payload)
+
+
+def _parse_call_result(data: list[Any], message_id: str) -> CallResult:
+    if len(data) != 3 or not isinstance(data[2], dict):
+        raise FrameError(
+            ErrorCode.RPC_FRAMEWORK_ERROR,
+            "a CALLRESULT is [3, id, {payload}]",
+            message_id,
+            MessageType.CALLRESULT,
+        )
+    return CallResult(message_id, data[2])
+
+
+def _parse_call_error(data: list[Any], message_id: str) -> CallError:
+    if (
+        len(data) != 5
+        or not isinstance(data[2], str)
+        or not isinstance(data[3], str)
+        or not isinstance(data[4], dict)
+    ):
+        raise FrameError(
+            ErrorCode.RPC_FRAMEWORK_ERROR,
+            "a CALLERROR is [4, id, code, description, {details}]",
+            message_id,
+            MessageType.CALLERROR,
+        )
+    return CallError(message_id, data[2], data[3], data[4])
+
+
+def serialize(frame: Frame) -> str:
+    """Compact JSON text of ``frame``.
+
+    Raises:
+        ValueError: the payload holds something JSON cannot carry (NaN ...).
+    """
+    body: list[Any]
+    if isinstance(frame, Call):
+        body = [MessageType.CALL.value, frame.message_id, frame.action, frame.payload]
+    elif isinstance(frame, CallResult):
+        body = [MessageType.CALLRESULT.value, frame.message_id, frame.payload]
+    else:
+        body = [
+            MessageType.CALLERROR.value,
+            frame.message_id,
+            frame.error_code,
+            frame.error_description[:255],
+            frame.error_details,
+        ]
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

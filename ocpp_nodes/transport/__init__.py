@@ -1,0 +1,22 @@
+"""Sockets: the CSMS server (aiohttp), the CS client (websockets), and the
+session that binds an OCPP-J connection to either."""
+
+from __future__ import annotations
+
+from .backoff import Backoff
+from .cs_client import ClientOptions, CsClient, station_url
+from .csms_server import AuthDecision, CsmsServer, ServerOptions
+from .session import OcppSession, SocketClosed, TextSocket
+
+__all__ = [
+    "AuthDecision",
+    "Backoff",
+    "ClientOptions",
+    "CsClient",
+    "CsmsServer",
+    "OcppSession",
+    "ServerOptions",
+    "SocketClosed",
+    "TextSocket",
+    "station_url",
+]

@@ -1,0 +1,171 @@
+"""The Charging Station side: a websockets client that keeps itself connected.
+
+The station connects to ``<CSMS url>/<percent-encoded cbId>`` (part 4,
+3.1.1) offering subprotocol ``ocpp2.0.1``, with the password only in an
+``Authorization: Basic`` header (never in the URL). ``wss://`` stays
+``wss://``. When the connection fails or is lost, it waits as
+:class:`~ocpp_nodes.transport.backoff.Backoff` says and tries again, until
+:meth:`CsClient.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from .backoff import Backoff
+from .session import SocketClosed
+
+__all__ = ["ClientOptions", "CsClient", "ServerSocket", "station_url"]
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = Subprotocol("ocpp2.0.1")
+
+
+def station_url(csms_url: str, cb_id: str) -> str:
+    """``csms_url`` + ``/`` + the percent-encoded identity.
+
+    Raises:
+        ValueError: the URL is not ``ws://`` or ``wss://`` with a host.
+    """
+    parts = urlsplit(csms_url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"CSMS URL must start with ws:// or wss:// and name a host: {csms_url!r}")
+    return f"{csms_url.rstrip('/')}/{quote(cb_id, safe='')}"
+
+
+class ServerSocket:
+    """:class:`TextSocket` over a websockets client connection."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes:
+        try:
+            return await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise SocketClosed(_describe_close(exc)) from None
+
+    async def send(self, text: str) -> None:
+        await self.ws.send(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason)
+
+
+def _describe_close(exc: ConnectionClosed) -> str:
+    if exc.rcvd is not None:
+        return f"closed by CSMS (code {exc.rcvd.code})"
+    return "connection lost"
+
+
+@dataclass
+class ClientOptions:
+    csms_url: str
+    cb_id: str
+    password: str | None
+    max_frame_size: int = 1024 * 1024
+    open_timeout: float = 10.0
+
+
+StateListener = Callable[[str, str], None]
+SocketHandler = Callable[[ServerSocket], Awaitable[None]]
+
+
+class CsClient:
+    """Connects, hands each open socket to ``on_socket``, reconnects after loss.
+
+    Args:
+        options: where and as whom to connect.
+        backoff: the reconnect policy (shared with the node, which may change it).
+        on_socket: awaited for the life of each connection.
+        on_state: told ``("connecting", "")``, ``("failed", why)``,
+            ``("waiting", seconds)`` and ``("stopped", "")``.
+    """
+
+    def __init__(
+        self,
+        options: ClientOptions,
+        backoff: Backoff,
+        on_socket: SocketHandler,
+        on_state: StateListener,
+    ) -> None:
+        self.options = options
+        self.backoff = backoff
+        self.on_socket = on_socket
+        self.on_state = on_state
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start connecting (no-op when already running)."""
+        if not self.running:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Close the connection and stop reconnecting."""
+        task, self._task = self._task, None
+        if task is not None:  # the task closes its websocket as it unwinds
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.on_state("stopped", "")
+
+    async def _run(self) -> None:
+        url = station_url(self.options.csms_url, self.options.cb_id)
+        headers = {}
+        if self.options.password is not None:
+            token = f"{self.options.cb_id}:{self.options.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+        while True:
+            self.on_state("connecting", "")
+            why = await self._connect_once(url, headers)
+            self.on_state("failed", why)
+            wait = self.backoff.next_wait()
+            self.on_state("waiting", f"{wait:.0f}")
+            await asyncio.sleep(wait)
+
+    async def _connect_once(self, url: str, headers: dict[str, str]) -> str:
+        try:
+            ws = await connect(
+                url,
+                subprotocols=[SUBPROTOCOL],
+                additional_headers=headers,
+                open_timeout=self.options.open_timeout,
+                max_size=self.options.max_frame_size,
+                user_agent_header=None,
+                close_timeout=2,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status == 401:
+                return "CSMS refused the credentials (HTTP 401)"
+            if status == 404:
+                return "CSMS does not know this cbId (HTTP 404)"
+            return f"CSMS answered HTTP {status}"
+        except (OSError, asyncio.TimeoutError) as exc:
+            return f"cannot connect: {exc or type(exc).__name__}"
+        except Exception as exc:
+            return f"handshake failed: {exc}"
+        if ws.subprotocol != SUBPROTOCOL:
+            await ws.close(1002, "subprotocol ocpp2.0.1 is required")
+            return f"CSMS did not select subprotocol ocpp2.0.1 (got {ws.subprotocol!r})"
+        self.backoff.reset()
+        try:
+            await self.on_socket(ServerSocket(ws))
+        finally:
+            await ws.close(1000, "station stopped")
+        return "connection lost"

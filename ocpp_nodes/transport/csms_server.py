@@ -1,0 +1,174 @@
+"""The CSMS side: an aiohttp server that Charging Stations connect to.
+
+A station connects to ``ws://host:port/<path>/<cbId>`` (part 4, 3.1.1) with
+HTTP Basic auth whose user is the cbId. The server decides before any
+upgrade: an identity it does not know gets 404 (3.2), a known identity with
+missing or wrong credentials gets 401. Once upgraded, the subprotocol must be
+``ocpp2.0.1``; a client that offered none we speak is closed at once (3.2).
+Everything after that is an :class:`~ocpp_nodes.transport.session.OcppSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from aiohttp import WSMsgType, web
+
+from .session import SocketClosed
+
+__all__ = ["AuthDecision", "CsmsServer", "StationSocket", "basic_auth_credentials", "route_for"]
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = "ocpp2.0.1"
+
+
+class AuthDecision(Enum):
+    ACCEPT = 200
+    UNKNOWN_IDENTITY = 404
+    BAD_CREDENTIALS = 401
+
+
+def basic_auth_credentials(header: str | None) -> tuple[str, str] | None:
+    """``(user, password)`` from an ``Authorization: Basic`` header, or ``None``."""
+    if not header:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def route_for(path: str) -> str:
+    """The aiohttp route of a node's ``path`` setting: ``"/ocpp"`` -> ``"/ocpp/{cbId}"``."""
+    prefix = "/".join(part for part in path.split("/") if part)
+    return f"/{prefix}/{{cbId}}" if prefix else "/{cbId}"
+
+
+class StationSocket:
+    """:class:`TextSocket` over an aiohttp ``WebSocketResponse``."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes:
+        msg = await self.ws.receive()
+        if msg.type is WSMsgType.TEXT:
+            return str(msg.data)
+        if msg.type is WSMsgType.BINARY:
+            return bytes(msg.data)
+        if msg.type is WSMsgType.ERROR:
+            raise SocketClosed(f"websocket error: {self.ws.exception()}")
+        code = self.ws.close_code
+        raise SocketClosed(f"closed by station (code {code})" if code else "closed")
+
+    async def send(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode("utf-8"))
+
+
+Authenticator = Callable[[str, tuple[str, str] | None], AuthDecision]
+StationHandler = Callable[[str, StationSocket, str], Awaitable[None]]
+
+
+@dataclass
+class ServerOptions:
+    host: str | None
+    port: int
+    path: str
+    max_frame_size: int = 1024 * 1024
+    compress: bool = True
+
+
+class CsmsServer:
+    """Listens for stations and hands each accepted websocket to ``on_station``.
+
+    Args:
+        options: where to listen and frame limits.
+        authenticate: decides on a cbId and its Basic credentials before the upgrade.
+        on_station: awaited with ``(cb_id, socket, remote)`` for the life of
+            the connection; the server closes the socket when it returns.
+    """
+
+    def __init__(
+        self, options: ServerOptions, authenticate: Authenticator, on_station: StationHandler
+    ) -> None:
+        self.options = options
+        self.authenticate = authenticate
+        self.on_station = on_station
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    async def start(self) -> None:
+        """Bind and listen. Raises ``OSError`` when the port cannot be had."""
+        app = web.Application()
+        app.router.add_get(route_for(self.options.path), self._handle)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.options.host, self.options.port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Close every station connection and release the port."""
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"CSMS node stopped")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        cb_id = request.match_info["cbId"]
+        decision = self.authenticate(
+            cb_id, basic_auth_credentials(request.headers.get("Authorization"))
+        )
+        if decision is AuthDecision.UNKNOWN_IDENTITY:
+            return web.Response(status=404, text="Unknown Charging Station identity")
+        if decision is AuthDecision.BAD_CREDENTIALS:
+            return web.Response(
+                status=401,
+                text="Access denied",
+                headers={"WWW-Authenticate": 'Basic realm="OCPP", charset="UTF-8"'},
+            )
+        ws = web.WebSocketResponse(
+            protocols=(SUBPROTOCOL,),
+            max_msg_size=self.options.max_frame_size,
+            compress=self.options.compress,
+            autoping=True,
+            timeout=3.0,  # seconds to wait for the close handshake of a stopping node
+        )
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=400, text="Expected a websocket upgrade")
+        await ws.prepare(request)
+        if ws.ws_protocol != SUBPROTOCOL:
+            await ws.close(code=1002, message=b"subprotocol ocpp2.0.1 is required")
+            return ws
+        self._sockets.add(ws)
+        remote = request.remote or ""
+        try:
+            await self.on_station(cb_id, StationSocket(ws), remote)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("station %s: handler failed", cb_id)
+        finally:
+            self._sockets.discard(ws)
+            await ws.close()
+        return ws

@@ -1,0 +1,189 @@
+"""An OCPP-J connection bound to a live websocket.
+
+The session is the only place where the sans-I/O core meets a socket: it
+feeds received messages to :class:`~ocpp_nodes.rpc.OcppConnection`, writes
+what the core wants sent (in order, through one writer task), and runs the
+core's deadlines on the event loop's clock. Both roles use it; the CSMS
+server and the CS client only differ in how the socket is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..rpc import Event, OcppConnection, OutgoingCall, ReceivedCall
+
+__all__ = ["OcppSession", "TextSocket", "SocketClosed"]
+
+log = logging.getLogger(__name__)
+
+
+class SocketClosed(Exception):
+    """The websocket is closed; ``reason`` says by whom and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TextSocket(Protocol):
+    """What a session needs from a websocket library."""
+
+    async def receive(self) -> str | bytes:
+        """The next message; raises :class:`SocketClosed` when the socket is done."""
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+EventHandler = Callable[["OcppSession", list[Event]], None]
+FrameLogger = Callable[["OcppSession", str, bool], None]
+
+
+class OcppSession:
+    """One station's connection, seen from either end.
+
+    Args:
+        cb_id: the station identity of the connection.
+        connection: the OCPP-J state (owned by this session from now on).
+        socket: the websocket.
+        on_events: called with what each received message or deadline means.
+        on_frame: called with each frame's text and ``True`` when it came from
+            the peer; ``None`` when nobody logs frames.
+    """
+
+    def __init__(
+        self,
+        cb_id: str,
+        connection: OcppConnection,
+        socket: TextSocket,
+        on_events: EventHandler,
+        on_frame: FrameLogger | None = None,
+        remote: str = "",
+    ) -> None:
+        self.cb_id = cb_id
+        self.remote = remote
+        self.connection = connection
+        self.socket = socket
+        self.on_events = on_events
+        self.on_frame = on_frame
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        self._outbox: deque[str] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # -- what the node layer calls ------------------------------------------
+
+    def send_call(
+        self, action: str, payload: Any, *, message_id: str | None = None, context: Any = None
+    ) -> OutgoingCall:
+        """Send (or queue) a CALL; raises ``OutgoingError`` when it cannot be sent."""
+        call = self.connection.send_call(
+            action, payload, self._loop.time(), message_id=message_id, context=context
+        )
+        self._flush()
+        return call
+
+    def send_result(self, message_id: str, payload: Any) -> ReceivedCall:
+        request = self.connection.send_result(message_id, payload)
+        self._flush()
+        return request
+
+    def send_error(
+        self, message_id: str, error_code: str, description: str = "", details: Any = None
+    ) -> ReceivedCall:
+        request = self.connection.send_error(message_id, error_code, description, details)
+        self._flush()
+        return request
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the websocket; :meth:`run` then ends and reports the loss."""
+        with contextlib.suppress(Exception):
+            await self.socket.close(code, reason)
+
+    # -- the loops -------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Read until the socket closes. Returns why it closed.
+
+        Every call still pending is ended with ``CallAborted`` before this returns.
+        """
+        writer = asyncio.create_task(self._write_loop())
+        reason = "connection closed"
+        try:
+            while True:
+                try:
+                    text = await self.socket.receive()
+                except SocketClosed as exc:
+                    reason = exc.reason
+                    break
+                if self.on_frame is not None:
+                    self.on_frame(self, text if isinstance(text, str) else repr(text), True)
+                events = self.connection.receive_text(text, self._loop.time())
+                self._flush()
+                self._deliver(events)
+        finally:
+            self.closed = True
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            if self._timer is not None:
+                self._timer.cancel()
+            self._deliver(self.connection.connection_lost(reason))
+        return reason
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            while self._outbox:
+                text = self._outbox.popleft()
+                try:
+                    await self.socket.send(text)
+                except Exception as exc:  # the reader sees the close and ends the session
+                    log.debug("%s: send failed: %s", self.cb_id, exc)
+                    self._outbox.clear()
+                    break
+                if self.on_frame is not None:
+                    self.on_frame(self, text, False)
+            self._outbox_ready.clear()
+
+    def _flush(self) -> None:
+        texts = self.connection.data_to_send()
+        if texts and not self.closed:
+            self._outbox.extend(texts)
+            self._outbox_ready.set()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.connection.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and not self.closed:
+            self._timer = self._loop.call_at(deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        events = self.connection.expire(self._loop.time())
+        self._flush()
+        self._deliver(events)
+
+    def _deliver(self, events: list[Event]) -> None:
+        if not events:
+            return
+        try:
+            self.on_events(self, events)
+        except Exception:  # a bug in a handler must not end the connection
+            log.exception("%s: handling %s failed", self.cb_id, events)

@@ -1,0 +1,130 @@
+"""A Python stand-in for the Node-RED shim, for tests of the real daemon.
+
+It starts ``python -m ocpp_nodes serve`` exactly as the shim does (private
+directory, token in the environment, stdin pipe), speaks the frame protocol
+of docs/architecture.md, and records what the daemon sends per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import sys
+import tempfile
+from collections import defaultdict
+from typing import Any
+
+from ocpp_nodes.ipc.framing import FrameDecoder, encode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ShimDouble:
+    def __init__(self) -> None:
+        self.frames: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.dones: dict[int, dict[str, Any]] = {}
+        self._seq = 0
+        self._changed = asyncio.Event()
+        self.process: asyncio.subprocess.Process | None = None
+        self.token = secrets.token_hex(32)
+
+    async def start(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="ocpp-nodes-test-")
+        os.chmod(self.directory, 0o700)
+        socket_path = os.path.join(self.directory, "daemon.sock")
+        env = {**os.environ, "OCPP_NODES_TOKEN": self.token}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocpp_nodes",
+            "serve",
+            "--socket",
+            socket_path,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        ready = json.loads(await asyncio.wait_for(self.process.stdout.readline(), 20))
+        assert ready["event"] == "ready"
+        self.pid = ready["pid"]
+        self.reader, self.writer = await asyncio.open_unix_connection(socket_path)
+        self._decoder = FrameDecoder()
+        self._reader_task = asyncio.create_task(self._read())
+        welcome = await self.handshake(self.token)
+        assert welcome["t"] == "welcome", welcome
+
+    async def handshake(self, token: str) -> dict[str, Any]:
+        self.write({"t": "hello", "protocol": 1, "token": token})
+        return await self.wait_for(lambda: self.frames.get("") and self.frames[""][-1])
+
+    def write(self, frame: dict[str, Any]) -> None:
+        self.writer.write(encode(frame))
+
+    async def _read(self) -> None:
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                self.frames[""].append({"t": "eof"})
+                self._changed.set()
+                return
+            for frame in self._decoder.feed(data):
+                self.frames[str(frame.get("node", ""))].append(frame)
+                if frame["t"] == "done":
+                    self.dones[frame["seq"]] = frame
+                self._changed.set()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> Any:
+        async def _loop() -> Any:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(_loop(), timeout)
+
+    def create(self, node_id: str, node_type: str, config: dict[str, Any], **extra: Any) -> None:
+        self.write({"t": "create", "node": node_id, "type": node_type, "config": config, **extra})
+
+    def input(self, node_id: str, msg: dict[str, Any]) -> int:
+        self._seq += 1
+        self.write({"t": "input", "node": node_id, "seq": self._seq, "msg": msg})
+        return self._seq
+
+    async def done(self, seq: int, timeout: float = 10.0) -> dict[str, Any]:
+        return await self.wait_for(lambda: self.dones.get(seq), timeout)
+
+    def sent(self, node_id: str, port: int | None = None) -> list[dict[str, Any]]:
+        return [
+            frame["msg"]
+            for frame in self.frames[node_id]
+            if frame["t"] == "send" and (port is None or frame["port"] == port)
+        ]
+
+    def statuses(self, node_id: str) -> list[str]:
+        return [f.get("text", "") for f in self.frames[node_id] if f["t"] == "status"]
+
+    async def close_node(self, node_id: str) -> None:
+        self.write({"t": "close", "node": node_id})
+        await self.wait_for(lambda: any(f["t"] == "closed" for f in self.frames[node_id]))
+
+    async def stop(self) -> None:
+        self.writer.close()
+        self._reader_task.cancel()
+        if self.process is not None and self.process.returncode is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except asyncio.TimeoutError:
+                self.process.kill()
+                await self.process.wait()

@@ -1,0 +1,301 @@
+"""The real daemon driven through its socket, with real websockets over loopback
+and a station built with the ``ocpp`` package as the peer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from typing import Any
+
+import pytest
+import websockets
+from ocpp.v201 import ChargePoint, call
+from websockets.asyncio.client import connect
+
+from tests.shim_double import ShimDouble, free_port
+
+BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M1", "vendorName": "V1"}}
+
+
+@pytest.fixture
+async def shim():
+    double = ShimDouble()
+    await double.start()
+    yield double
+    await double.stop()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def start_csms(shim: ShimDouble, auths: dict[str, str], logging: bool = False) -> int:
+    port = free_port()
+    import json
+
+    shim.create(
+        "csms",
+        "CSMS",
+        {"port": str(port), "path": "/ocpp", "ocpp_logging": logging},
+        credentials={"basic_auths": json.dumps(auths)},
+    )
+    await shim.wait_for(lambda: "0 connected" in shim.statuses("csms"))
+    return port
+
+
+async def answer_requests(shim: ShimDouble, node: str, answers: dict[str, dict[str, Any]]) -> None:
+    """Play the flow: answer each received request on port 0 from ``answers``."""
+    seen = 0
+    while True:
+        msgs = await shim.wait_for(
+            lambda: [m for m in shim.sent(node, 0) if m.get("topic", "").endswith("/Request")][
+                seen:
+            ]
+        )
+        for msg in msgs:
+            seen += 1
+            reply = dict(msg)
+            reply["payload"] = {
+                **msg["payload"],
+                "msgType": 3,
+                "data": answers[msg["ocpp"]["command"]],
+            }
+            shim.input(node, reply)
+
+
+async def test_station_from_ocpp_package_boots_against_csms_node(shim: ShimDouble) -> None:
+    port = await start_csms(shim, {"CP 1": "s3cret"}, logging=True)
+    flow = asyncio.create_task(
+        answer_requests(
+            shim,
+            "csms",
+            {
+                "BootNotification": {
+                    "currentTime": "2026-01-01T00:00:00Z",
+                    "interval": 42,
+                    "status": "Accepted",
+                }
+            },
+        )
+    )
+    async with connect(
+        f"ws://127.0.0.1:{port}/ocpp/CP%201",
+        subprotocols=["ocpp2.0.1"],
+        additional_headers=basic("CP 1", "s3cret"),
+    ) as ws:
+        assert ws.subprotocol == "ocpp2.0.1"
+        station = ChargePoint("CP 1", ws)
+        reader = asyncio.create_task(station.start())
+        result = await station.call(
+            call.BootNotification(
+                reason="PowerUp", charging_station={"model": "M1", "vendor_name": "V1"}
+            )
+        )
+        reader.cancel()
+    flow.cancel()
+    assert result.status == "Accepted" and result.interval == 42
+    request = next(m for m in shim.sent("csms", 0) if m.get("topic") == "CP 1/Request")
+    assert request["ocpp"]["cbId"] == "CP 1"
+    assert request["ocpp"]["ocppVersion"] == "2.0.1"
+    assert request["payload"]["command"] == "BootNotification"
+    assert request["payload"]["data"]["chargingStation"]["vendorName"] == "V1"
+    logged = shim.sent("csms", 2)
+    assert [entry["msgFrom"] for entry in logged[:2]] == ["CS", "CSMS"]
+    assert logged[0]["payload"][0] == 2 and logged[1]["payload"][0] == 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        (basic("CP1", "wrong"), 401),
+        (basic("OTHER", "s3cret"), 401),
+    ],
+)
+async def test_wrong_or_missing_credentials_get_401_before_upgrade(
+    shim: ShimDouble, headers: dict[str, str], status: int
+) -> None:
+    port = await start_csms(shim, {"CP1": "s3cret"})
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with connect(
+            f"ws://127.0.0.1:{port}/ocpp/CP1",
+            subprotocols=["ocpp2.0.1"],
+            additional_headers=headers,
+        ):
+            pass
+    assert info.value.response.status_code == status
+
+
+async def test_unknown_identity_gets_404(shim: ShimDouble) -> None:
+    port = await start_csms(shim, {"CP1": "s3cret"})
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with connect(
+            f"ws://127.0.0.1:{port}/ocpp/NOPE",
+            subprotocols=["ocpp2.0.1"],
+            additional_headers=basic("NOPE", "x"),
+        ):
+            pass
+    assert info.value.response.status_code == 404
+
+
+async def test_cs_node_and_csms_node_talk_with_custom_data_and_link_call(
+    shim: ShimDouble,
+) -> None:
+    port = await start_csms(shim, {"CS001": "pw"})
+    shim.create(
+        "cs",
+        "CS",
+        {"cbId": "CS001", "auto_connect": True, "ocpp_logging": True},
+        credentials={"csms_pw": "pw"},
+        target={"url": f"ws://127.0.0.1:{port}/ocpp", "name": "local"},
+    )
+    online = await shim.wait_for(
+        lambda: [m for m in shim.sent("cs", 0) if m.get("ocpp", {}).get("websocket") == "ONLINE"]
+    )
+    assert online
+    flow = asyncio.create_task(
+        answer_requests(
+            shim,
+            "csms",
+            {
+                "BootNotification": {
+                    "currentTime": "2026-01-01T00:00:00Z",
+                    "interval": 5,
+                    "status": "Accepted",
+                }
+            },
+        )
+    )
+    seq = shim.input(
+        "cs",
+        {
+            "_msgid": "m1",
+            "payload": {"command": "BootNotification", "data": BOOT, "MessageId": "boot-1"},
+            "customData": {"step": 1},
+        },
+    )
+    assert (await shim.done(seq)).get("error") is None
+    response = next(m for m in shim.sent("cs", 0) if m.get("topic") == "CS001/Response")
+    assert response["customData"] == {"step": 1}
+    assert response["ocpp"]["MessageId"] == "boot-1"
+    assert response["payload"]["data"]["interval"] == 5
+    flow.cancel()
+
+    # CSMS -> CS through a link call: the answer leaves port 2 with _linkSource
+    cs_flow = asyncio.create_task(
+        answer_requests(
+            shim,
+            "cs",
+            {
+                "GetVariables": {
+                    "getVariableResult": [
+                        {
+                            "attributeStatus": "Accepted",
+                            "component": {"name": "OCPPCommCtrlr"},
+                            "variable": {"name": "HeartbeatInterval"},
+                            "attributeValue": "10",
+                        }
+                    ]
+                }
+            },
+        )
+    )
+    link = [{"id": "linkcall1", "node": "abc"}]
+    seq = shim.input(
+        "csms",
+        {
+            "payload": {
+                "command": "GetVariables",
+                "cbId": "CS001",
+                "data": {
+                    "getVariableData": [
+                        {
+                            "component": {"name": "OCPPCommCtrlr"},
+                            "variable": {"name": "HeartbeatInterval"},
+                        }
+                    ]
+                },
+            },
+            "_linkSource": link,
+        },
+    )
+    assert (await shim.done(seq)).get("error") is None
+    linked = shim.sent("csms", 1)
+    assert linked and linked[0]["_linkSource"] == link
+    assert linked[0]["topic"] == "CS001/Response"
+    assert linked[0]["payload"]["data"]["getVariableResult"][0]["attributeValue"] == "10"
+    cs_flow.cancel()
+    await shim.close_node("cs")
+    await shim.close_node("csms")
+
+
+async def test_invalid_request_from_flow_ends_with_error_naming_the_field(shim: ShimDouble) -> None:
+    port = await start_csms(shim, {"CS001": "pw"})
+    shim.create(
+        "cs",
+        "CS",
+        {"cbId": "CS001", "auto_connect": True},
+        credentials={"csms_pw": "pw"},
+        target={"url": f"ws://127.0.0.1:{port}/ocpp"},
+    )
+    await shim.wait_for(lambda: "connected" in shim.statuses("cs"))
+    seq = shim.input(
+        "cs", {"payload": {"command": "BootNotification", "data": {"reason": "PowerUp"}}}
+    )
+    error = (await shim.done(seq))["error"]
+    assert "chargingStation" in error and "OccurrenceConstraintViolation" in error
+    seq = shim.input("cs", {"payload": {"data": {}}})
+    assert "payload.command" in (await shim.done(seq))["error"]
+    seq = shim.input("cs", {"payload": {"msgType": 99, "command": "bogus"}})
+    assert "connect" in (await shim.done(seq))["error"]
+
+
+async def test_cs_reconnects_after_the_csms_goes_away(shim: ShimDouble) -> None:
+    port = await start_csms(shim, {"CS001": "pw"})
+    shim.create(
+        "cs",
+        "CS",
+        {
+            "cbId": "CS001",
+            "auto_connect": True,
+            "ws_rt_minimum": 0.2,
+            "ws_rt_repeat": 0,
+            "ws_rt_rnd_range": 0,
+        },
+        credentials={"csms_pw": "pw"},
+        target={"url": f"ws://127.0.0.1:{port}/ocpp"},
+    )
+    await shim.wait_for(lambda: "connected" in shim.statuses("cs"))
+    await shim.close_node("csms")
+    await shim.wait_for(
+        lambda: any(m.get("ocpp", {}).get("websocket") == "OFFLINE" for m in shim.sent("cs", 0))
+    )
+    shim.create(
+        "csms",
+        "CSMS",
+        {"port": port, "path": "/ocpp"},
+        credentials={"basic_auths": '{"CS001": "pw"}'},
+    )
+    await shim.wait_for(lambda: shim.statuses("cs").count("connected") == 2, timeout=15)
+
+
+async def test_wrong_token_is_rejected_and_daemon_carries_on(shim: ShimDouble) -> None:
+    reader, writer = await asyncio.open_unix_connection(os.path.join(shim.directory, "daemon.sock"))
+    from ocpp_nodes.ipc.framing import FrameDecoder, encode
+
+    writer.write(encode({"t": "hello", "protocol": 1, "token": "0" * 64}))
+    data = await asyncio.wait_for(reader.read(), 5)
+    assert FrameDecoder().feed(data)[0] == {"t": "reject", "reason": "wrong token"}
+    writer.close()
+    port = await start_csms(shim, {"A": "b"})  # the good shim still works
+    assert port
+
+
+async def test_daemon_exits_when_stdin_closes() -> None:
+    double = ShimDouble()
+    await double.start()
+    assert double.process is not None and double.process.stdin is not None
+    double.process.stdin.close()
+    assert await asyncio.wait_for(double.process.wait(), 10) == 0
