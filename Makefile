@@ -1,0 +1,91 @@
+# The two commands of the README (`make demo`, `make test`) and what they need.
+#
+# `make setup` is idempotent: each install step leaves a stamp file inside what
+# it installed, and runs again only when its manifest is newer than the stamp
+# (or the installed tree was removed).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON3 ?= python3
+VENV := .venv
+VPY := $(CURDIR)/$(VENV)/bin/python
+PY_STAMP := $(VENV)/.ocpp-nodes-installed
+SHIM_STAMP := js_shim/node_modules/.ocpp-nodes-installed
+TOOLS_STAMP := tools/node/node_modules/.ocpp-nodes-installed
+NODE_RED := $(CURDIR)/tools/node/node_modules/.bin/node-red
+
+DEMO_DIR := .local/demo
+DEMO_PORT := 1880
+
+PY_SOURCES := ocpp_nodes tests scripts
+
+# Node's test runner picks these names when given a directory; listing them
+# here keeps the command the same on every Node version (22+ takes globs).
+SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.test.mjs' \
+	-o -name '*.test.cjs' -o -name '*-test.js' -o -name '*_test.js' -o -name 'test-*.js' \
+	-o -name 'test.js' \) 2>/dev/null | sort)
+
+.PHONY: help setup demo test test-py test-shim lint clean
+
+help:
+	@echo "make setup   install the Python venv and the npm packages (idempotent)"
+	@echo "make demo    start Node-RED on http://127.0.0.1:$(DEMO_PORT) with flows/demo.json"
+	@echo "make test    lint, then every test (Python and shim)"
+	@echo "make lint    ruff check, ruff format --check, mypy"
+
+setup: $(PY_STAMP) $(SHIM_STAMP) $(TOOLS_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON3) -m venv $(VENV)
+
+$(PY_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+$(SHIM_STAMP): js_shim/package.json $(wildcard js_shim/package-lock.json)
+	cd js_shim && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(TOOLS_STAMP): tools/node/package.json $(wildcard tools/node/package-lock.json)
+	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/mypy
+
+# Every suite runs even when an earlier one fails; the exit status is non-zero
+# if any failed.
+test: setup
+	@status=0; \
+	$(MAKE) --no-print-directory test-py || status=1; \
+	$(MAKE) --no-print-directory test-shim || status=1; \
+	$(MAKE) --no-print-directory lint || status=1; \
+	if [ $$status -ne 0 ]; then echo "make test: FAILED (see above)"; fi; \
+	exit $$status
+
+test-py: setup
+	OCPP_NODES_PYTHON=$(VPY) $(VPY) -m pytest -q
+
+test-shim: setup
+	@tests="$(SHIM_TESTS)"; \
+	if [ -z "$$tests" ]; then \
+		echo "tests/shim: no shim tests yet, skipping node --test"; \
+	else \
+		NODE_PATH=$(CURDIR)/tools/node/node_modules node --test $$tests; \
+	fi
+
+# Node-RED stays in the foreground (Ctrl-C stops it and the daemon with it);
+# the flow is deployed from the background as soon as the admin API answers.
+demo: setup
+	$(VPY) scripts/prepare_userdir.py --user-dir $(DEMO_DIR) --port $(DEMO_PORT) \
+		--python $(VPY) --check-port
+	$(VPY) scripts/deploy_flow.py flows/demo.json --url http://127.0.0.1:$(DEMO_PORT) &
+	@echo "Node-RED: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C to stop)"
+	exec $(NODE_RED) -u $(DEMO_DIR)
+
+clean:
+	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
