@@ -46,6 +46,7 @@ import deploy_flow  # noqa: E402
 import prepare_userdir  # noqa: E402
 
 __all__ = [
+    "MARKER_ENV",
     "NODE_RED_BIN",
     "NodeRed",
     "free_port",

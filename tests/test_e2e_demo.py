@@ -47,7 +47,7 @@ def _recorder(node_id: str, tab: str, tag: str) -> dict[str, Any]:
     code = (
         "const records = global.get('e2e_records') || [];\n"
         f"records.push({{tag: {json.dumps(tag)}, topic: msg.topic, payload: msg.payload,\n"
-        "    ocpp: msg.ocpp, msgFrom: msg.msgFrom, cbId: msg.cbId}});\n"
+        "    ocpp: msg.ocpp, msgFrom: msg.msgFrom, cbId: msg.cbId});\n"
         "global.set('e2e_records', records);\n"
         "return null;\n"
     )

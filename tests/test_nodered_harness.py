@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
-from tests.nodered import NodeRed, wait_until
+from tests.nodered import MARKER_ENV, NodeRed, wait_until
 
 pytestmark = pytest.mark.nodered
 
@@ -50,3 +55,22 @@ def test_shim_node_types_are_registered(nodered: NodeRed) -> None:
 
     types = wait_until(node_types, timeout=10, what="the shim's node set")
     assert {"CS", "CSMS", "target-csms"} <= types, nodered.log_tail()
+
+
+def test_stop_reports_and_kills_a_daemon_left_behind(nodered: NodeRed) -> None:
+    """The teardown check works: a marked `ocpp_nodes` process alive after stop is reported."""
+    env = dict(os.environ, **{MARKER_ENV: nodered.marker})
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "ocpp_nodes", "serve"],
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: stray.pid in nodered.daemon_pids(), timeout=5, what="the stray")
+        leftovers = nodered.stop(daemon_grace=0.5)
+        assert stray.pid in leftovers
+        assert stray.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait(timeout=5)
