@@ -50,9 +50,9 @@ async def answer_requests(shim: ShimDouble, node: str, answers: dict[str, dict[s
     seen = 0
     while True:
         msgs = await shim.wait_for(
-            lambda: [m for m in shim.sent(node, 0) if m.get("topic", "").endswith("/Request")][
-                seen:
-            ]
+            lambda seen=seen: [
+                m for m in shim.sent(node, 0) if m.get("topic", "").endswith("/Request")
+            ][seen:]
         )
         for msg in msgs:
             seen += 1

@@ -1,0 +1,265 @@
+"""The OCPP-J core, synchronously: text in, events and frames out, time as an argument."""
+
+from __future__ import annotations
+
+import json
+from itertools import count
+
+import pytest
+
+from ocpp_nodes.rpc import (
+    Call,
+    CallAborted,
+    CallError,
+    CallReceived,
+    CallResult,
+    CallTimedOut,
+    ErrorReceived,
+    FrameError,
+    OcppConnection,
+    OutgoingError,
+    PeerError,
+    RequestExpired,
+    ResultInvalid,
+    ResultReceived,
+    UnexpectedAnswer,
+    parse,
+    serialize,
+)
+from ocpp_nodes.schemas import registry
+
+BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
+BOOT_RESULT = {"currentTime": "2026-01-01T00:00:00Z", "interval": 300, "status": "Accepted"}
+
+
+def connection(**options: object) -> OcppConnection:
+    ids = count(1)
+    return OcppConnection(registry("2.0.1"), new_message_id=lambda: f"id{next(ids)}", **options)  # type: ignore[arg-type]
+
+
+# -- frames ---------------------------------------------------------------------
+
+
+def test_parse_each_frame_type() -> None:
+    assert parse('[2,"a","Heartbeat",{}]') == Call("a", "Heartbeat", {})
+    assert parse(b'[3,"a",{"x":1}]') == CallResult("a", {"x": 1})
+    assert parse('[4,"a","GenericError","boom",{}]') == CallError("a", "GenericError", "boom", {})
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "message_id"),
+    [
+        ("not json", "RpcFrameworkError", "-1"),
+        ('{"a": 1}', "RpcFrameworkError", "-1"),
+        ("[]", "RpcFrameworkError", "-1"),
+        ('["2","a","Heartbeat",{}]', "RpcFrameworkError", "-1"),
+        ("[2]", "RpcFrameworkError", "-1"),
+        ('[2,17,"Heartbeat",{}]', "RpcFrameworkError", "-1"),
+        ('[2,"' + "x" * 37 + '","Heartbeat",{}]', "RpcFrameworkError", "-1"),
+        ('[2,"a","Heartbeat"]', "RpcFrameworkError", "a"),
+        ('[2,"a",5,{}]', "RpcFrameworkError", "a"),
+        ('[2,"a","Heartbeat",[]]', "FormatViolation", "a"),
+        ('[5,"a","Heartbeat",{}]', "MessageTypeNotSupported", "a"),
+        ('[2,"a","Heartbeat",{"x":NaN}]', "RpcFrameworkError", "-1"),
+        (b'[2,"a","Heartbeat",{"x":"\xff"}]', "RpcFrameworkError", "-1"),
+    ],
+)
+def test_parse_rejects_with_the_code_and_id_of_part4(
+    text: str | bytes, code: str, message_id: str
+) -> None:
+    with pytest.raises(FrameError) as info:
+        parse(text)
+    assert (info.value.error_code, info.value.message_id) == (code, message_id)
+
+
+def test_serialize_is_compact_json_and_round_trips() -> None:
+    frame = CallError("a", "GenericError", "d" * 300, {})
+    text = serialize(frame)
+    assert text.startswith('[4,"a","GenericError","ddd')
+    assert len(json.loads(text)[3]) == 255
+    assert parse(serialize(Call("b", "Heartbeat", {}))) == Call("b", "Heartbeat", {})
+
+
+# -- received CALLs ---------------------------------------------------------------
+
+
+def test_valid_call_becomes_an_event_and_waits_for_the_answer() -> None:
+    conn = connection()
+    events = conn.receive_text(json.dumps([2, "m1", "BootNotification", BOOT]), now=0)
+    assert events == [CallReceived("m1", "BootNotification", BOOT)]
+    assert conn.data_to_send() == []
+    conn.send_result("m1", BOOT_RESULT)
+    assert json.loads(conn.data_to_send()[0]) == [3, "m1", BOOT_RESULT]
+    with pytest.raises(OutgoingError, match="already answered"):
+        conn.send_result("m1", BOOT_RESULT)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ([2, "m1", "NoSuchAction", {}], "NotImplemented"),
+        ([2, "m1", "BootNotification", {"reason": "PowerUp"}], "OccurrenceConstraintViolation"),
+        ([2, "m1", "BootNotification", {**BOOT, "reason": 5}], "TypeConstraintViolation"),
+        ([2, "m1", "BootNotification", {**BOOT, "reason": "Nope"}], "PropertyConstraintViolation"),
+        ([2, "m1", "BootNotification", {**BOOT, "extra": 1}], "FormatViolation"),
+        (
+            [
+                2,
+                "m1",
+                "BootNotification",
+                {**BOOT, "chargingStation": {"model": "M" * 21, "vendorName": "V"}},
+            ],
+            "PropertyConstraintViolation",
+        ),
+        ([7, "m1", "Heartbeat", {}], "MessageTypeNotSupported"),
+    ],
+)
+def test_bad_call_is_answered_with_the_callerror_of_table_8(frame: list, code: str) -> None:
+    conn = connection()
+    (event,) = conn.receive_text(json.dumps(frame), now=0)
+    assert isinstance(event, PeerError) and event.answer is not None
+    answer = json.loads(conn.data_to_send()[0])
+    assert answer[:3] == [4, "m1", code]
+    assert isinstance(answer[3], str) and answer[4] == {}
+
+
+def test_unreadable_frame_is_answered_with_id_minus_one() -> None:
+    conn = connection()
+    conn.receive_text("[2, oops", now=0)
+    assert json.loads(conn.data_to_send()[0])[:3] == [4, "-1", "RpcFrameworkError"]
+
+
+def test_duplicate_id_of_a_call_still_pending_is_refused() -> None:
+    conn = connection()
+    conn.receive_text(json.dumps([2, "m1", "Heartbeat", {}]), now=0)
+    (event,) = conn.receive_text(json.dumps([2, "m1", "Heartbeat", {}]), now=0)
+    assert isinstance(event, PeerError)
+    assert json.loads(conn.data_to_send()[0])[:3] == [4, "m1", "RpcFrameworkError"]
+    conn.send_result("m1", {"currentTime": "2026-01-01T00:00:00Z"})  # the first still waits
+
+
+def test_received_call_expires_and_a_late_answer_is_refused() -> None:
+    conn = connection(answer_timeout=10)
+    conn.receive_text(json.dumps([2, "m1", "Heartbeat", {}]), now=100)
+    assert conn.next_deadline() == 110
+    assert conn.expire(109.9) == []
+    (event,) = conn.expire(110)
+    assert isinstance(event, RequestExpired) and event.request.message_id == "m1"
+    with pytest.raises(OutgoingError):
+        conn.send_result("m1", {"currentTime": "2026-01-01T00:00:00Z"})
+
+
+def test_flow_can_answer_with_a_callerror() -> None:
+    conn = connection()
+    conn.receive_text(json.dumps([2, "m1", "Heartbeat", {}]), now=0)
+    conn.send_error("m1", "NotSupported", "no thanks", {"why": "test"})
+    assert json.loads(conn.data_to_send()[0]) == [
+        4,
+        "m1",
+        "NotSupported",
+        "no thanks",
+        {"why": "test"},
+    ]
+    conn.receive_text(json.dumps([2, "m2", "Heartbeat", {}]), now=0)
+    with pytest.raises(OutgoingError, match="errorCode"):
+        conn.send_error("m2", "Bogus")
+
+
+def test_invalid_response_from_the_flow_is_refused_and_nothing_is_sent() -> None:
+    conn = connection()
+    conn.receive_text(json.dumps([2, "m1", "BootNotification", BOOT]), now=0)
+    with pytest.raises(OutgoingError, match="interval"):
+        conn.send_result("m1", {"currentTime": "2026-01-01T00:00:00Z", "status": "Accepted"})
+    assert conn.data_to_send() == []
+    conn.send_result("m1", BOOT_RESULT)  # still answerable
+
+
+# -- our CALLs ------------------------------------------------------------------
+
+
+def test_one_outstanding_call_the_rest_queue_in_order() -> None:
+    conn = connection(call_timeout=30)
+    conn.send_call("Heartbeat", {}, now=0, context="a")
+    conn.send_call("Heartbeat", {}, now=1, context="b")
+    conn.send_call("Heartbeat", {}, now=2, context="c")
+    assert [json.loads(t)[1] for t in conn.data_to_send()] == ["id1"]
+    (event,) = conn.receive_text('[3,"id1",{"currentTime":"2026-01-01T00:00:00Z"}]', now=5)
+    assert isinstance(event, ResultReceived) and event.call.context == "a"
+    assert [json.loads(t)[1] for t in conn.data_to_send()] == ["id2"]
+    assert conn.next_deadline() == 35  # the clock starts when the call is sent
+
+
+def test_queue_is_bounded() -> None:
+    conn = connection(max_queued=1)
+    conn.send_call("Heartbeat", {}, now=0)
+    conn.send_call("Heartbeat", {}, now=0)
+    with pytest.raises(OutgoingError, match="wait"):
+        conn.send_call("Heartbeat", {}, now=0)
+
+
+def test_call_timeout_frees_the_queue_and_a_late_answer_is_dropped() -> None:
+    conn = connection(call_timeout=30)
+    conn.send_call("Heartbeat", {}, now=0, context="a")
+    conn.send_call("Heartbeat", {}, now=0, context="b")
+    conn.data_to_send()
+    (event,) = conn.expire(30)
+    assert isinstance(event, CallTimedOut) and event.call.context == "a"
+    assert [json.loads(t)[1] for t in conn.data_to_send()] == ["id2"]
+    (late,) = conn.receive_text('[3,"id1",{"currentTime":"2026-01-01T00:00:00Z"}]', now=31)
+    assert isinstance(late, UnexpectedAnswer)
+
+
+def test_callerror_from_peer_settles_the_call() -> None:
+    conn = connection()
+    conn.send_call("Heartbeat", {}, now=0, context="a")
+    (event,) = conn.receive_text('[4,"id1","InternalError","sorry",{"k":1}]', now=1)
+    assert isinstance(event, ErrorReceived)
+    assert (event.error_code, event.error_description, event.error_details) == (
+        "InternalError",
+        "sorry",
+        {"k": 1},
+    )
+
+
+def test_invalid_callresult_is_reported_not_delivered() -> None:
+    conn = connection()
+    conn.send_call("Heartbeat", {}, now=0)
+    conn.data_to_send()
+    (event,) = conn.receive_text('[3,"id1",{}]', now=1)
+    assert isinstance(event, ResultInvalid) and event.error_code == "OccurrenceConstraintViolation"
+    assert conn.data_to_send() == []  # an answer is never answered
+
+
+@pytest.mark.parametrize(
+    ("action", "payload", "options", "match"),
+    [
+        ("Nope", {}, {}, "not an OCPP 2.0.1 action"),
+        ("BootNotification", {"reason": "PowerUp"}, {}, "chargingStation"),
+        ("Heartbeat", {}, {"message_id": "x" * 37}, "MessageId"),
+        ("Heartbeat", {"x": float("nan")}, {}, "invalid"),
+    ],
+)
+def test_outgoing_call_is_checked_and_nothing_goes_out(
+    action: str, payload: dict, options: dict, match: str
+) -> None:
+    conn = connection()
+    with pytest.raises(OutgoingError, match=match):
+        conn.send_call(action, payload, now=0, **options)
+    assert conn.data_to_send() == []
+
+
+def test_user_message_id_is_used_and_must_be_unique_while_pending() -> None:
+    conn = connection()
+    conn.send_call("Heartbeat", {}, now=0, message_id="mine")
+    assert json.loads(conn.data_to_send()[0])[1] == "mine"
+    with pytest.raises(OutgoingError, match="already used"):
+        conn.send_call("Heartbeat", {}, now=0, message_id="mine")
+
+
+def test_connection_lost_aborts_every_call_in_order() -> None:
+    conn = connection()
+    for name in "abc":
+        conn.send_call("Heartbeat", {}, now=0, context=name)
+    events = conn.connection_lost("gone")
+    assert [e.call.context for e in events if isinstance(e, CallAborted)] == ["a", "b", "c"]
+    assert conn.next_deadline() is None
