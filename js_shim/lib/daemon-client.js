@@ -1,0 +1,649 @@
+"use strict";
+// The one connection between a Node-RED runtime and its ocpp-nodes daemon
+// (docs/architecture.md): spawns `python -m ocpp_nodes serve`, does the
+// hello/welcome handshake over a private Unix socket, forwards node
+// create/close/input frames, applies what comes back (send, status, done,
+// log, closed), and restarts the daemon with back-off when it goes away.
+// No OCPP knowledge lives here.
+
+const { spawn } = require("node:child_process");
+const crypto = require("node:crypto");
+const fs = require("node:fs");
+const net = require("node:net");
+const os = require("node:os");
+const path = require("node:path");
+const readline = require("node:readline");
+
+const { FrameDecoder, encodeFrame } = require("./framing");
+
+const PROTOCOL = 1;
+const READY_TIMEOUT_MS = 30000;
+const HANDSHAKE_TIMEOUT_MS = 10000;
+const CLOSE_TIMEOUT_MS = 5000;
+const BACKOFF_FIRST_MS = 1000;
+const BACKOFF_MAX_MS = 30000;
+// A daemon that stayed up this long was healthy: its next death starts the
+// back-off from the beginning again.
+const STABLE_AFTER_MS = 30000;
+// Inputs waiting for the engine to come up; beyond this they fail at once
+// rather than pile up in memory while Python is slow or broken.
+const MAX_QUEUED_INPUTS = 1000;
+const STDERR_TAIL_LINES = 20;
+// Only these message properties are read or given back by the engine; the
+// rest (an http request object, for instance) stays in Node-RED.
+const MSG_FIELDS = ["_msgid", "payload", "topic", "ocpp", "customData", "_linkSource"];
+
+const HELP_PYTHON =
+  "Set ocppNodes: { python: '/path/to/python' } in settings.js, or the environment " +
+  "variable OCPP_NODES_PYTHON, to a Python (>= 3.10) that can `import ocpp_nodes` " +
+  "(pip install ocpp-nodes), then restart Node-RED.";
+
+const STATUS_STARTING = { fill: "yellow", shape: "ring", text: "engine starting" };
+const STATUS_DOWN = { fill: "red", shape: "ring", text: "engine down" };
+const STATUS_NO_PYTHON = { fill: "red", shape: "ring", text: "no python" };
+const STATUS_FAILED = { fill: "red", shape: "ring", text: "engine failed" };
+
+function pickPython(RED) {
+  let fromSettings;
+  try {
+    fromSettings = RED.settings.ocppNodes && RED.settings.ocppNodes.python;
+  } catch {
+    // RED.settings throws for unknown keys in some Node-RED versions.
+    fromSettings = undefined;
+  }
+  return fromSettings || process.env.OCPP_NODES_PYTHON || "python3";
+}
+
+// The `create` frame of a node: its config as Node-RED gives it, minus the
+// editor's layout and wiring, plus its credentials.
+const EDITOR_ONLY = new Set(["x", "y", "z", "wires", "g"]);
+
+function createFrame(node, type, config) {
+  const nodeConfig = {};
+  for (const [key, value] of Object.entries(config)) {
+    if (!EDITOR_ONLY.has(key)) {
+      nodeConfig[key] = value;
+    }
+  }
+  return { t: "create", node: node.id, type, config: nodeConfig, credentials: node.credentials || {} };
+}
+
+function restrictMsg(msg) {
+  const out = {};
+  for (const key of MSG_FIELDS) {
+    if (msg[key] !== undefined) {
+      out[key] = msg[key];
+    }
+  }
+  return out;
+}
+
+class DaemonClient {
+  constructor(RED) {
+    this.RED = RED;
+    // idle: no daemon, none needed yet; starting: spawned, not welcomed yet;
+    // ready: handshake done; waiting: a ready daemon died, restart scheduled;
+    // failed: it could not start (restart scheduled unless hopeless);
+    // stopped: shut down for good.
+    this.state = "idle";
+    this.nodes = new Map(); // node id -> { node, createFrame, outputs }
+    this.pending = new Map(); // seq -> { nodeId, done }
+    this.queue = []; // frames waiting for the handshake
+    this.closeWaiters = new Map(); // node id -> [finish()]
+    this.seq = 0;
+    this.backoffMs = BACKOFF_FIRST_MS;
+    this.restartTimer = null;
+    this.attempt = null; // the current daemon process and its connection
+    this.lastFailure = "";
+  }
+
+  // ---- API for node files -------------------------------------------------
+
+  /** Start (or re-create) a node in the engine. createFrame is the full `create` frame. */
+  register(node, createFrame) {
+    const outputs = Number(createFrame.config && createFrame.config.outputs) || node.wires.length;
+    this.nodes.set(node.id, { node, createFrame, outputs });
+    if (this.state === "ready") {
+      this.write(createFrame);
+      return;
+    }
+    if (this.state === "failed" || this.state === "idle") {
+      // A deploy is the user's way to say "try again" after a fix.
+      this.clearRestartTimer();
+      this.start();
+    }
+    if (this.state === "starting") {
+      node.status(STATUS_STARTING);
+    } else if (this.state === "waiting") {
+      node.status(STATUS_DOWN);
+    }
+  }
+
+  /** Stop a node; done() once the engine released its ports (or after a timeout). */
+  deregister(node, done) {
+    const finished = () => {
+      this.failPendingOf(node.id, "node closed");
+      done();
+    };
+    this.nodes.delete(node.id);
+    if (this.state !== "ready") {
+      // Nothing runs for it in the engine; a restart will not re-create it.
+      finished();
+      return;
+    }
+    let called = false;
+    const finishOnce = () => {
+      if (called) {
+        return;
+      }
+      called = true;
+      clearTimeout(timer);
+      const waiters = this.closeWaiters.get(node.id) || [];
+      const rest = waiters.filter((w) => w !== finishOnce);
+      if (rest.length) {
+        this.closeWaiters.set(node.id, rest);
+      } else {
+        this.closeWaiters.delete(node.id);
+      }
+      finished();
+    };
+    const timer = setTimeout(() => {
+      node.warn(`OCPP engine did not confirm close within ${CLOSE_TIMEOUT_MS / 1000} s`);
+      finishOnce();
+    }, CLOSE_TIMEOUT_MS);
+    timer.unref();
+    const waiters = this.closeWaiters.get(node.id) || [];
+    waiters.push(finishOnce);
+    this.closeWaiters.set(node.id, waiters);
+    this.write({ t: "close", node: node.id });
+  }
+
+  /** Forward an input message; `done` is called when the engine answers with `done`. */
+  // eslint-disable-next-line no-unused-vars
+  input(node, msg, send, done) {
+    // Replies come later as `send` frames naming only node and port, so they
+    // go out through node.send; the per-input send() is not needed.
+    if (this.state === "failed" || this.state === "stopped") {
+      done(new Error(`OCPP engine not running: ${this.lastFailure || this.state}`));
+      return;
+    }
+    const seq = ++this.seq;
+    const frame = { t: "input", node: node.id, seq, msg: restrictMsg(msg) };
+    if (this.state === "ready") {
+      this.pending.set(seq, { nodeId: node.id, done });
+      this.write(frame);
+      return;
+    }
+    if (this.queue.length >= MAX_QUEUED_INPUTS) {
+      done(new Error("OCPP engine not ready: too many messages waiting"));
+      return;
+    }
+    this.pending.set(seq, { nodeId: node.id, done });
+    this.queue.push(frame);
+    if (this.state === "idle") {
+      this.start();
+    }
+  }
+
+  /** Kill the daemon for good (Node-RED stopping, or a test finishing). */
+  shutdown() {
+    this.state = "stopped";
+    this.clearRestartTimer();
+    this.endAttempt("OCPP engine shut down");
+  }
+
+  // ---- daemon lifecycle ---------------------------------------------------
+
+  start() {
+    this.state = "starting";
+    for (const { node } of this.nodes.values()) {
+      node.status(STATUS_STARTING);
+    }
+    const python = pickPython(this.RED);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ocpp-nodes-"));
+    fs.chmodSync(dir, 0o700);
+    const socketPath = path.join(dir, "daemon.sock");
+    const token = crypto.randomBytes(32).toString("hex");
+    const attempt = {
+      python,
+      dir,
+      socketPath,
+      token,
+      child: null,
+      socket: null,
+      decoder: new FrameDecoder(),
+      ready: false,
+      welcomed: false,
+      startedAt: 0,
+      stderrTail: [],
+      timer: null,
+      over: false,
+    };
+    this.attempt = attempt;
+
+    let child;
+    try {
+      child = spawn(python, ["-m", "ocpp_nodes", "serve", "--socket", socketPath], {
+        stdio: ["pipe", "pipe", "pipe"],
+        // `python -m` puts the working directory first on sys.path: run in
+        // the private dir so a stray ocpp_nodes folder where Node-RED was
+        // started cannot shadow the installed package.
+        cwd: dir,
+        env: { ...process.env, OCPP_NODES_TOKEN: token },
+        windowsHide: true,
+      });
+    } catch (err) {
+      this.failAttempt(attempt, err.code === "ENOENT" ? "no-python" : "failed", err.message);
+      return;
+    }
+    attempt.child = child;
+    // The daemon must never keep Node-RED (or a test run) alive by itself.
+    child.unref();
+    for (const stream of [child.stdin, child.stdout, child.stderr]) {
+      stream.unref?.();
+    }
+    // Writing to a dead daemon's stdin raises EPIPE; its exit is handled below.
+    child.stdin.on("error", () => {});
+
+    child.on("error", (err) => {
+      const kind = err.code === "ENOENT" ? "no-python" : "failed";
+      this.failAttempt(attempt, kind, `cannot run ${python}: ${err.message}`);
+    });
+    child.on("exit", (code, signal) => {
+      const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
+      if (!attempt.welcomed) {
+        const tail = attempt.stderrTail.join("\n");
+        this.failAttempt(attempt, "failed", `${python} ${how} before it was ready` +
+          (tail ? `:\n${tail}` : ""));
+      } else {
+        this.lostAttempt(attempt, `daemon ${how}`);
+      }
+    });
+
+    readline.createInterface({ input: child.stderr }).on("line", (line) => {
+      attempt.stderrTail.push(line);
+      if (attempt.stderrTail.length > STDERR_TAIL_LINES) {
+        attempt.stderrTail.shift();
+      }
+      const warn = /\b(WARNING|ERROR|CRITICAL|Traceback)\b/.test(line);
+      this.RED.log[warn ? "warn" : "info"](`[ocpp-nodes] ${line}`);
+    });
+    readline.createInterface({ input: child.stdout }).on("line", (line) => {
+      if (attempt.ready) {
+        this.RED.log.info(`[ocpp-nodes] ${line}`);
+        return;
+      }
+      let event;
+      try {
+        event = JSON.parse(line);
+      } catch {
+        event = null;
+      }
+      if (!event || event.event !== "ready") {
+        this.RED.log.info(`[ocpp-nodes] ${line}`);
+        return;
+      }
+      attempt.ready = true;
+      if (event.protocol !== PROTOCOL) {
+        this.failAttempt(attempt, "failed",
+          `daemon speaks protocol ${event.protocol}, this shim speaks ${PROTOCOL}`);
+        return;
+      }
+      this.connect(attempt, event.socket || socketPath);
+    });
+
+    attempt.timer = setTimeout(() => {
+      this.failAttempt(attempt, "failed",
+        `${python} did not report ready within ${READY_TIMEOUT_MS / 1000} s`);
+    }, READY_TIMEOUT_MS);
+    attempt.timer.unref();
+  }
+
+  connect(attempt, socketPath) {
+    clearTimeout(attempt.timer);
+    attempt.timer = setTimeout(() => {
+      this.failAttempt(attempt, "failed", "no handshake answer from the daemon");
+    }, HANDSHAKE_TIMEOUT_MS);
+    attempt.timer.unref();
+    const socket = net.createConnection(socketPath);
+    attempt.socket = socket;
+    socket.unref();
+    socket.on("connect", () => {
+      socket.write(encodeFrame({ t: "hello", protocol: PROTOCOL, token: attempt.token }));
+    });
+    socket.on("data", (chunk) => {
+      let frames;
+      try {
+        frames = attempt.decoder.push(chunk);
+      } catch (err) {
+        this.dropAttempt(attempt, `bad frame from daemon: ${err.message}`);
+        return;
+      }
+      for (const frame of frames) {
+        if (attempt.over) {
+          return;
+        }
+        this.onFrame(attempt, frame);
+      }
+    });
+    socket.on("error", (err) => {
+      this.dropAttempt(attempt, `socket error: ${err.message}`);
+    });
+    socket.on("close", () => {
+      this.dropAttempt(attempt, "socket closed");
+    });
+  }
+
+  onFrame(attempt, frame) {
+    if (!attempt.welcomed) {
+      if (frame.t === "welcome") {
+        this.onWelcome(attempt, frame);
+      } else if (frame.t === "reject") {
+        this.failAttempt(attempt, "failed", `daemon rejected the handshake: ${frame.reason}`);
+      } else {
+        this.failAttempt(attempt, "failed", `expected welcome, got ${String(frame.t)}`);
+      }
+      return;
+    }
+    switch (frame.t) {
+      case "send":
+        this.onSend(frame);
+        break;
+      case "status":
+        this.onStatus(frame);
+        break;
+      case "done":
+        this.onDone(frame);
+        break;
+      case "log":
+        this.onLog(frame);
+        break;
+      case "closed":
+        this.onClosed(frame);
+        break;
+      default:
+        this.RED.log.warn(`[ocpp-nodes] ignoring unknown frame type ${String(frame.t)}`);
+    }
+  }
+
+  onWelcome(attempt, frame) {
+    clearTimeout(attempt.timer);
+    attempt.welcomed = true;
+    attempt.startedAt = Date.now();
+    this.state = "ready";
+    this.lastFailure = "";
+    this.RED.log.info(`[ocpp-nodes] engine ${frame.version} ready (pid ${frame.pid})`);
+    for (const { createFrame } of this.nodes.values()) {
+      this.write(createFrame);
+    }
+    const queued = this.queue;
+    this.queue = [];
+    for (const inputFrame of queued) {
+      this.write(inputFrame);
+    }
+  }
+
+  onSend(frame) {
+    const entry = this.nodes.get(frame.node);
+    if (!entry || !Number.isInteger(frame.port) || frame.port < 0) {
+      return;
+    }
+    const out = new Array(Math.max(entry.outputs, frame.port + 1)).fill(null);
+    out[frame.port] = frame.msg;
+    entry.node.send(out);
+  }
+
+  onStatus(frame) {
+    const entry = this.nodes.get(frame.node);
+    if (!entry) {
+      return;
+    }
+    const status = {};
+    for (const key of ["fill", "shape", "text"]) {
+      if (frame[key] !== undefined && frame[key] !== null) {
+        status[key] = frame[key];
+      }
+    }
+    entry.node.status(status);
+  }
+
+  onDone(frame) {
+    const pending = this.pending.get(frame.seq);
+    if (!pending) {
+      return;
+    }
+    this.pending.delete(frame.seq);
+    if (frame.error) {
+      pending.done(new Error(frame.error));
+    } else {
+      pending.done();
+    }
+  }
+
+  onLog(frame) {
+    const entry = frame.node ? this.nodes.get(frame.node) : null;
+    const text = String(frame.text);
+    if (!entry) {
+      const level = { debug: "debug", info: "info", warn: "warn", error: "error" }[frame.level];
+      this.RED.log[level || "info"](`[ocpp-nodes] ${text}`);
+      return;
+    }
+    const node = entry.node;
+    switch (frame.level) {
+      case "debug":
+        node.debug(text);
+        break;
+      case "warn":
+        node.warn(text);
+        break;
+      case "error":
+        // With a msg, node.error reaches Catch nodes.
+        if (frame.msg) {
+          node.error(text, frame.msg);
+        } else {
+          node.error(text);
+        }
+        break;
+      default:
+        node.log(text);
+    }
+  }
+
+  onClosed(frame) {
+    const waiters = this.closeWaiters.get(frame.node);
+    if (waiters && waiters.length) {
+      waiters[0]();
+    }
+  }
+
+  write(frame) {
+    const socket = this.attempt && this.attempt.socket;
+    if (!socket || socket.destroyed) {
+      return;
+    }
+    let bytes;
+    try {
+      bytes = encodeFrame(frame);
+    } catch (err) {
+      // A message too big (or not encodable) fails that input alone.
+      if (frame.t === "input") {
+        const pending = this.pending.get(frame.seq);
+        this.pending.delete(frame.seq);
+        if (pending) {
+          pending.done(new Error(`cannot pass message to the OCPP engine: ${err.message}`));
+        }
+        return;
+      }
+      this.RED.log.error(`[ocpp-nodes] cannot encode ${frame.t} frame: ${err.message}`);
+      return;
+    }
+    socket.write(bytes);
+  }
+
+  // ---- failure handling ---------------------------------------------------
+
+  /** The daemon never got ready (or the handshake failed). */
+  failAttempt(attempt, kind, reason) {
+    if (attempt.over) {
+      return;
+    }
+    this.endAttempt(reason, attempt);
+    if (this.state === "stopped") {
+      return;
+    }
+    const firstInStreak = this.lastFailure === "";
+    this.lastFailure = reason;
+    const status = kind === "no-python" ? STATUS_NO_PYTHON : STATUS_FAILED;
+    for (const { node } of this.nodes.values()) {
+      node.status(status);
+    }
+    if (kind === "no-python") {
+      this.RED.log.error(`[ocpp-nodes] cannot start the OCPP engine: ${reason}. ${HELP_PYTHON}`);
+      // Retrying cannot make a missing interpreter appear; the next deploy will.
+      this.state = "failed";
+      return;
+    }
+    if (firstInStreak) {
+      this.RED.log.error(`[ocpp-nodes] the OCPP engine failed to start: ${reason}\n${HELP_PYTHON}`);
+    } else {
+      this.RED.log.warn(`[ocpp-nodes] the OCPP engine failed to start again: ${reason}`);
+    }
+    this.state = "failed";
+    this.scheduleRestart();
+  }
+
+  /** A ready daemon went away. */
+  lostAttempt(attempt, reason) {
+    if (attempt.over) {
+      return;
+    }
+    this.endAttempt(reason, attempt);
+    if (this.state === "stopped") {
+      return;
+    }
+    if (Date.now() - attempt.startedAt >= STABLE_AFTER_MS) {
+      this.backoffMs = BACKOFF_FIRST_MS;
+    }
+    this.RED.log.warn(`[ocpp-nodes] OCPP engine stopped (${reason}); restarting`);
+    for (const { node } of this.nodes.values()) {
+      node.status(STATUS_DOWN);
+    }
+    this.state = this.nodes.size ? "waiting" : "idle";
+    this.scheduleRestart();
+  }
+
+  /** The connection broke: whichever phase we were in decides the handling. */
+  dropAttempt(attempt, reason) {
+    if (attempt.welcomed) {
+      this.lostAttempt(attempt, reason);
+    } else {
+      this.failAttempt(attempt, "failed", reason);
+    }
+  }
+
+  /** Tear down one daemon process and end everything that was waiting on it. */
+  endAttempt(reason, attempt = this.attempt) {
+    if (!attempt || attempt.over) {
+      return;
+    }
+    attempt.over = true;
+    clearTimeout(attempt.timer);
+    if (attempt.socket) {
+      attempt.socket.destroy();
+    }
+    if (attempt.child && attempt.child.exitCode === null && attempt.child.signalCode === null) {
+      attempt.child.stdin.end();
+      attempt.child.kill("SIGTERM");
+    }
+    // Synchronous so it also happens from the process 'exit' handler.
+    fs.rmSync(attempt.dir, { recursive: true, force: true });
+    if (this.attempt === attempt) {
+      this.attempt = null;
+    }
+    const error = `OCPP engine stopped: ${reason}`;
+    this.queue = [];
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const { done } of pending) {
+      done(new Error(error));
+    }
+    const waiters = [...this.closeWaiters.values()].flat();
+    for (const finish of waiters) {
+      finish();
+    }
+  }
+
+  failPendingOf(nodeId, reason) {
+    for (const [seq, pending] of this.pending) {
+      if (pending.nodeId === nodeId) {
+        this.pending.delete(seq);
+        pending.done(new Error(reason));
+      }
+    }
+    this.queue = this.queue.filter((frame) => frame.node !== nodeId);
+  }
+
+  scheduleRestart() {
+    this.clearRestartTimer();
+    if (this.nodes.size === 0) {
+      // Nobody needs it now; the next register() starts it.
+      return;
+    }
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = null;
+      if (this.state === "waiting" || this.state === "failed") {
+        this.start();
+      }
+    }, delay);
+    this.restartTimer.unref();
+  }
+
+  clearRestartTimer() {
+    if (this.restartTimer) {
+      clearTimeout(this.restartTimer);
+      this.restartTimer = null;
+    }
+  }
+}
+
+// One client per runtime. Node-RED hands each node module its own RED object,
+// but they share RED.events, so that is the key.
+const clients = new Map();
+
+function getClient(RED) {
+  const key = RED.events || RED;
+  let client = clients.get(key);
+  if (!client) {
+    client = new DaemonClient(RED);
+    clients.set(key, client);
+  }
+  return client;
+}
+
+/** Process ids of the daemons running now (diagnostics and tests). */
+function daemonPids() {
+  const pids = [];
+  for (const client of clients.values()) {
+    const child = client.attempt && client.attempt.welcomed && client.attempt.child;
+    if (child) {
+      pids.push(child.pid);
+    }
+  }
+  return pids;
+}
+
+/** Stop every daemon; a later getClient() starts afresh. */
+function shutdownAll() {
+  for (const client of clients.values()) {
+    client.shutdown();
+  }
+  clients.clear();
+}
+
+// Node-RED stopping: the daemon also sees stdin close, but killing it here
+// makes the exit prompt even if the pipe lingers.
+process.once("exit", shutdownAll);
+
+module.exports = { getClient, shutdownAll, daemonPids, createFrame, DaemonClient };

@@ -1,0 +1,29 @@
+"use strict";
+// CS node: a charging station connected to a CSMS. The OCPP engine runs in the
+// ocpp-nodes daemon; this file only hands it the config and the messages.
+
+const { getClient, createFrame } = require("../lib/daemon-client");
+
+module.exports = function (RED) {
+  function OcppCsNode(config) {
+    RED.nodes.createNode(this, config);
+    const node = this;
+    const client = getClient(RED);
+
+    const frame = createFrame(node, "CS", config);
+    const target = config.csms ? RED.nodes.getNode(config.csms) : null;
+    if (target) {
+      frame.target = { url: target.url, name: target.name };
+    }
+    client.register(node, frame);
+
+    node.on("input", (msg, send, done) => client.input(node, msg, send, done));
+    node.on("close", (removed, done) => client.deregister(node, done));
+  }
+
+  RED.nodes.registerType("CS", OcppCsNode, {
+    credentials: {
+      csms_pw: { type: "password" },
+    },
+  });
+};
