@@ -99,7 +99,12 @@ class ShimConnection:
                 if not data:
                     break
                 for frame in decoder.feed(data):
-                    if not await self._dispatch(frame):
+                    try:
+                        carry_on = await self._dispatch(frame)
+                    except Exception:  # a bug in one frame's handling must not end the rest
+                        log.exception("handling a %r frame failed", frame.get("t"))
+                        continue
+                    if not carry_on:
                         return
                 await self.writer.drain()
         except FrameError as exc:
