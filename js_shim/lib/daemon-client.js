@@ -159,7 +159,6 @@ class DaemonClient {
   }
 
   /** Forward an input message; `done` is called when the engine answers with `done`. */
-  // eslint-disable-next-line no-unused-vars
   input(node, msg, send, done) {
     // Replies come later as `send` frames naming only node and port, so they
     // go out through node.send; the per-input send() is not needed.
@@ -229,6 +228,10 @@ class DaemonClient {
         // the private dir so a stray ocpp_nodes folder where Node-RED was
         // started cannot shadow the installed package.
         cwd: dir,
+        // Its own process group: a Ctrl-C in Node-RED's terminal must not
+        // stop the engine while Node-RED is still closing the nodes through
+        // it. Its life ends with stdin EOF or our kill instead.
+        detached: true,
         env: { ...process.env, OCPP_NODES_TOKEN: token },
         windowsHide: true,
       });
@@ -593,7 +596,8 @@ class DaemonClient {
     this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
-      if (this.state === "waiting" || this.state === "failed") {
+      const due = this.state === "waiting" || this.state === "failed";
+      if (due && this.nodes.size > 0) {
         this.start();
       }
     }, delay);
