@@ -208,6 +208,43 @@ test.describe("CS and CSMS nodes with the real daemon", needsDaemon, () => {
     assert.ok(msg.error.message, "the error has a message");
   });
 
+  test("inputs that arrive while the engine starts are queued, then answered", async () => {
+    shutdownAll();
+    const flow = [
+      { id: "tab", type: "tab", label: "test" },
+      {
+        id: "csms", z: "tab", x: 100, y: 100, type: "CSMS",
+        port: String(await freePort()), path: "/ocpp", outputs: 2, wires: [["csmsOut"], []],
+      },
+      { id: "csmsOut", z: "tab", x: 100, y: 100, type: "helper" },
+    ];
+    await helper.load(NODES, flow, {});
+    const csms = helper.getNode("csms");
+    assert.deepEqual(daemonPids(), [], "the daemon is not up yet");
+    const answer = waitFor(helper.getNode("csmsOut"), "input", (msg) => msg._msgid === "early-1",
+      "the answer to the queued command");
+    csms.receive({ _msgid: "early-1", payload: { msgType: 99, command: "connections" } });
+    const [msg] = await answer;
+    assert.deepEqual(msg.payload.connections, {});
+  });
+
+  test("closing a CSMS node releases its port before close completes", async () => {
+    const port = await freePort();
+    const flow = [
+      { id: "tab", type: "tab", label: "test" },
+      { id: "csms", z: "tab", x: 100, y: 100, type: "CSMS", port: String(port), path: "/ocpp", outputs: 2, wires: [[], []] },
+    ];
+    await helper.load(NODES, flow, {});
+    const csms = helper.getNode("csms");
+    await waitForStatus(csms, (status) => status.fill === "green", "CSMS listening");
+    await helper.unload();
+    await new Promise((resolve, reject) => {
+      const server = net.createServer();
+      server.on("error", reject);
+      server.listen(port, "127.0.0.1", () => server.close(resolve));
+    });
+  });
+
   test("when the daemon dies, nodes go red and come back after the restart", async () => {
     const cs = await loadStation();
     const [pid] = daemonPids();
