@@ -35,8 +35,8 @@ const MSG_FIELDS = ["_msgid", "payload", "topic", "ocpp", "customData", "_linkSo
 
 const HELP_PYTHON =
   "Set ocppNodes: { python: '/path/to/python' } in settings.js, or the environment " +
-  "variable OCPP_NODES_PYTHON, to a Python (>= 3.10) that can `import ocpp_nodes` " +
-  "(pip install ocpp-nodes), then restart Node-RED.";
+  "variable OCPP_NODES_PYTHON, to a Python (>= 3.10) that can `import ocpp_nodes`, " +
+  "then restart Node-RED.";
 
 const STATUS_STARTING = { fill: "yellow", shape: "ring", text: "engine starting" };
 const STATUS_DOWN = { fill: "red", shape: "ring", text: "engine down" };
@@ -490,7 +490,7 @@ class DaemonClient {
     if (attempt.over) {
       return;
     }
-    this.endAttempt(reason, attempt);
+    this.endAttempt(`OCPP engine failed to start: ${reason}`, attempt);
     if (this.state === "stopped") {
       return;
     }
@@ -520,7 +520,7 @@ class DaemonClient {
     if (attempt.over) {
       return;
     }
-    this.endAttempt(reason, attempt);
+    this.endAttempt(`OCPP engine stopped: ${reason}`, attempt);
     if (this.state === "stopped") {
       return;
     }
@@ -544,8 +544,8 @@ class DaemonClient {
     }
   }
 
-  /** Tear down one daemon process and end everything that was waiting on it. */
-  endAttempt(reason, attempt = this.attempt) {
+  /** Tear down one daemon process; everything waiting on it ends with `error`. */
+  endAttempt(error, attempt = this.attempt) {
     if (!attempt || attempt.over) {
       return;
     }
@@ -563,7 +563,6 @@ class DaemonClient {
     if (this.attempt === attempt) {
       this.attempt = null;
     }
-    const error = `OCPP engine stopped: ${reason}`;
     this.queue = [];
     const pending = [...this.pending.values()];
     this.pending.clear();

@@ -245,12 +245,22 @@ test.describe("CS and CSMS nodes with the real daemon", needsDaemon, () => {
     });
   });
 
-  test("when the daemon dies, nodes go red and come back after the restart", async () => {
+  test("when the daemon dies, inputs in flight fail, nodes go red, then come back", async () => {
     const cs = await loadStation();
     const [pid] = daemonPids();
+    // A request the CSMS flow never answers stays in flight.
+    const seen = waitFor(helper.getNode("csmsOut"), "input", (msg) => msg.topic === `${CB_ID}/Request`,
+      "the request at the CSMS");
+    const caught = waitFor(helper.getNode("caught"), "input", (msg) => msg._msgid === "inflight-1",
+      "the in-flight request's error");
+    cs.receive({ _msgid: "inflight-1", payload: { command: "Heartbeat", data: {} } });
+    await seen;
+
     const down = waitFor(cs, "call:status", (call) => statusOf(call).text === "engine down",
       "status engine down");
     process.kill(pid, "SIGKILL");
+    const [msg] = await caught;
+    assert.match(msg.error.message, /OCPP engine stopped/);
     await down;
     await waitFor(cs, "call:status", (call) => statusOf(call).fill === "green",
       "CS connected again after the restart", 20000);
