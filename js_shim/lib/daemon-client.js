@@ -198,16 +198,10 @@ class DaemonClient {
     for (const { node } of this.nodes.values()) {
       node.status(STATUS_STARTING);
     }
-    const python = pickPython(this.RED);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ocpp-nodes-"));
-    fs.chmodSync(dir, 0o700);
-    const socketPath = path.join(dir, "daemon.sock");
-    const token = crypto.randomBytes(32).toString("hex");
     const attempt = {
-      python,
-      dir,
-      socketPath,
-      token,
+      python: pickPython(this.RED),
+      dir: null,
+      token: crypto.randomBytes(32).toString("hex"),
       child: null,
       socket: null,
       decoder: new FrameDecoder(),
@@ -219,26 +213,38 @@ class DaemonClient {
       over: false,
     };
     this.attempt = attempt;
-
-    let child;
     try {
-      child = spawn(python, ["-m", "ocpp_nodes", "serve", "--socket", socketPath], {
-        stdio: ["pipe", "pipe", "pipe"],
-        // `python -m` puts the working directory first on sys.path: run in
-        // the private dir so a stray ocpp_nodes folder where Node-RED was
-        // started cannot shadow the installed package.
-        cwd: dir,
-        // Its own process group: a Ctrl-C in Node-RED's terminal must not
-        // stop the engine while Node-RED is still closing the nodes through
-        // it. Its life ends with stdin EOF or our kill instead.
-        detached: true,
-        env: { ...process.env, OCPP_NODES_TOKEN: token },
-        windowsHide: true,
-      });
+      attempt.dir = fs.mkdtempSync(path.join(os.tmpdir(), "ocpp-nodes-"));
+      fs.chmodSync(attempt.dir, 0o700);
+      this.spawnDaemon(attempt);
     } catch (err) {
+      // Never throw into Node-RED: a node constructor is calling us.
       this.failAttempt(attempt, err.code === "ENOENT" ? "no-python" : "failed", err.message);
       return;
     }
+    attempt.timer = setTimeout(() => {
+      this.failAttempt(attempt, "failed",
+        `${attempt.python} did not report ready within ${READY_TIMEOUT_MS / 1000} s`);
+    }, READY_TIMEOUT_MS);
+    attempt.timer.unref();
+  }
+
+  spawnDaemon(attempt) {
+    const { python } = attempt;
+    const socketPath = path.join(attempt.dir, "daemon.sock");
+    const child = spawn(python, ["-m", "ocpp_nodes", "serve", "--socket", socketPath], {
+      stdio: ["pipe", "pipe", "pipe"],
+      // `python -m` puts the working directory first on sys.path: run in the
+      // private dir so a stray ocpp_nodes folder where Node-RED was started
+      // cannot shadow the installed package.
+      cwd: attempt.dir,
+      // Its own process group: a Ctrl-C in Node-RED's terminal must not stop
+      // the engine while Node-RED is still closing the nodes through it. Its
+      // life ends with stdin EOF or our kill instead.
+      detached: true,
+      env: { ...process.env, OCPP_NODES_TOKEN: attempt.token },
+      windowsHide: true,
+    });
     attempt.child = child;
     // The daemon must never keep Node-RED (or a test run) alive by itself.
     child.unref();
@@ -252,54 +258,55 @@ class DaemonClient {
       const kind = err.code === "ENOENT" ? "no-python" : "failed";
       this.failAttempt(attempt, kind, `cannot run ${python}: ${err.message}`);
     });
-    child.on("exit", (code, signal) => {
+    // 'close' rather than 'exit': it comes after the last stderr line, which
+    // is what tells the user why a daemon died before it was ready.
+    child.on("close", (code, signal) => {
       const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
-      if (!attempt.welcomed) {
-        const tail = attempt.stderrTail.join("\n");
-        this.failAttempt(attempt, "failed", `${python} ${how} before it was ready` +
-          (tail ? `:\n${tail}` : ""));
-      } else {
+      if (attempt.welcomed) {
         this.lostAttempt(attempt, `daemon ${how}`);
-      }
-    });
-
-    readline.createInterface({ input: child.stderr }).on("line", (line) => {
-      attempt.stderrTail.push(line);
-      if (attempt.stderrTail.length > STDERR_TAIL_LINES) {
-        attempt.stderrTail.shift();
-      }
-      const warn = /\b(WARNING|ERROR|CRITICAL|Traceback)\b/.test(line);
-      this.RED.log[warn ? "warn" : "info"](`[ocpp-nodes] ${line}`);
-    });
-    readline.createInterface({ input: child.stdout }).on("line", (line) => {
-      if (attempt.ready) {
-        this.RED.log.info(`[ocpp-nodes] ${line}`);
         return;
       }
-      let event;
+      const tail = attempt.stderrTail.join("\n");
+      this.failAttempt(attempt, "failed",
+        `${python} ${how} before it was ready${tail ? `:\n${tail}` : ""}`);
+    });
+    readline.createInterface({ input: child.stderr })
+      .on("line", (line) => this.onStderrLine(attempt, line));
+    readline.createInterface({ input: child.stdout })
+      .on("line", (line) => this.onStdoutLine(attempt, line, socketPath));
+  }
+
+  onStderrLine(attempt, line) {
+    attempt.stderrTail.push(line);
+    if (attempt.stderrTail.length > STDERR_TAIL_LINES) {
+      attempt.stderrTail.shift();
+    }
+    const warn = /\b(WARNING|ERROR|CRITICAL|Traceback)\b/.test(line);
+    this.RED.log[warn ? "warn" : "info"](`[ocpp-nodes] ${line}`);
+  }
+
+  // The first stdout line of a healthy daemon is its JSON "ready" event;
+  // anything else there is only passed on to the log.
+  onStdoutLine(attempt, line, socketPath) {
+    let event = null;
+    if (!attempt.ready) {
       try {
         event = JSON.parse(line);
       } catch {
         event = null;
       }
-      if (!event || event.event !== "ready") {
-        this.RED.log.info(`[ocpp-nodes] ${line}`);
-        return;
-      }
-      attempt.ready = true;
-      if (event.protocol !== PROTOCOL) {
-        this.failAttempt(attempt, "failed",
-          `daemon speaks protocol ${event.protocol}, this shim speaks ${PROTOCOL}`);
-        return;
-      }
-      this.connect(attempt, event.socket || socketPath);
-    });
-
-    attempt.timer = setTimeout(() => {
+    }
+    if (!event || event.event !== "ready") {
+      this.RED.log.info(`[ocpp-nodes] ${line}`);
+      return;
+    }
+    attempt.ready = true;
+    if (event.protocol !== PROTOCOL) {
       this.failAttempt(attempt, "failed",
-        `${python} did not report ready within ${READY_TIMEOUT_MS / 1000} s`);
-    }, READY_TIMEOUT_MS);
-    attempt.timer.unref();
+        `daemon speaks protocol ${event.protocol}, this shim speaks ${PROTOCOL}`);
+      return;
+    }
+    this.connect(attempt, event.socket || socketPath);
   }
 
   connect(attempt, socketPath) {
@@ -558,8 +565,10 @@ class DaemonClient {
       attempt.child.stdin.end();
       attempt.child.kill("SIGTERM");
     }
-    // Synchronous so it also happens from the process 'exit' handler.
-    fs.rmSync(attempt.dir, { recursive: true, force: true });
+    if (attempt.dir) {
+      // Synchronous so it also happens from the process 'exit' handler.
+      fs.rmSync(attempt.dir, { recursive: true, force: true });
+    }
     if (this.attempt === attempt) {
       this.attempt = null;
     }
