@@ -75,7 +75,8 @@ test-shim: setup
 	if [ -z "$$tests" ]; then \
 		echo "tests/shim: no shim tests yet, skipping node --test"; \
 	else \
-		NODE_PATH=$(CURDIR)/tools/node/node_modules node --test $$tests; \
+		OCPP_NODES_PYTHON=$(VPY) NODE_PATH=$(CURDIR)/tools/node/node_modules \
+			node --test $$tests; \
 	fi
 
 # Node-RED stays in the foreground (Ctrl-C stops it and the daemon with it);

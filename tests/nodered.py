@@ -280,6 +280,18 @@ class NodeRed:
         except ValueError:
             return status, raw
 
+    def wait_for_endpoint(
+        self, method: str, path: str, body: object = None, timeout: float = 20.0
+    ) -> tuple[int, Any]:
+        """Repeat a request while it gets 404: a deploy's answer can come before its
+        `http in` routes exist. Returns the first other (status, body)."""
+
+        def probe() -> tuple[int, Any] | None:
+            status, answer = self.http(method, path, body)
+            return None if status == 404 else (status, answer)
+
+        return wait_until(probe, timeout, what=f"{method} {path} to be routed")
+
     # -- log -------------------------------------------------------------------
 
     def log(self) -> str:

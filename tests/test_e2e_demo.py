@@ -156,6 +156,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     with running_node_red(user_dir, "test_e2e_demo") as runtime:
         csms_port = free_port()
         runtime.deploy(demo_flow_for_test(csms_port))
+        runtime.wait_for_endpoint("GET", "/e2e/records")
         yield Demo(runtime, csms_port)
 
 

@@ -38,7 +38,7 @@ def test_deploy_and_http_roundtrip(nodered: NodeRed) -> None:
         {"id": "harness.out", "type": "http response", "z": tab["id"], "wires": []},
     ]
     assert nodered.deploy(nodes)
-    status, body = nodered.http("POST", "/harness/echo", {"n": 1})
+    status, body = nodered.wait_for_endpoint("POST", "/harness/echo", {"n": 1})
     assert status == 200
     assert body == {"echo": {"n": 1}, "ok": True}
     assert {n["id"] for n in nodered.flows()} >= {"harness.in", "harness.fn", "harness.out"}
