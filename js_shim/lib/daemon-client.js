@@ -68,11 +68,39 @@ function createFrame(node, type, config) {
   return { t: "create", node: node.id, type, config: nodeConfig, credentials: node.credentials || {} };
 }
 
-function restrictMsg(msg) {
+// Deeper than this is almost surely a circular structure; msgpack would
+// refuse it at the same depth.
+const MAX_MSG_DEPTH = 100;
+
+// JSON.stringify semantics for values that define toJSON (a Date becomes its
+// ISO string, a Buffer {type, data}): the package we replace sent messages as
+// JSON, so `currentTime: new Date()` in a flow must keep arriving as a string.
+function jsonLike(value, depth) {
+  if (value === null || typeof value !== "object") {
+    return value;
+  }
+  if (depth > MAX_MSG_DEPTH) {
+    throw new Error("message nested too deeply (circular?)");
+  }
+  if (typeof value.toJSON === "function") {
+    return jsonLike(value.toJSON(), depth + 1);
+  }
+  if (Array.isArray(value)) {
+    return value.map((item) => jsonLike(item, depth + 1));
+  }
+  const out = {};
+  for (const [key, item] of Object.entries(value)) {
+    out[key] = jsonLike(item, depth + 1);
+  }
+  return out;
+}
+
+/** The part of a Node-RED message the engine reads or gives back, JSON-like. */
+function wireMsg(msg) {
   const out = {};
   for (const key of MSG_FIELDS) {
     if (msg[key] !== undefined) {
-      out[key] = msg[key];
+      out[key] = jsonLike(msg[key], 0);
     }
   }
   return out;
@@ -166,8 +194,15 @@ class DaemonClient {
       done(new Error(`OCPP engine not running: ${this.lastFailure || this.state}`));
       return;
     }
+    let wire;
+    try {
+      wire = wireMsg(msg);
+    } catch (err) {
+      done(new Error(`cannot pass message to the OCPP engine: ${err.message}`));
+      return;
+    }
     const seq = ++this.seq;
-    const frame = { t: "input", node: node.id, seq, msg: restrictMsg(msg) };
+    const frame = { t: "input", node: node.id, seq, msg: wire };
     if (this.state === "ready") {
       this.pending.set(seq, { nodeId: node.id, done });
       this.write(frame);
@@ -658,4 +693,4 @@ function shutdownAll() {
 // makes the exit prompt even if the pipe lingers.
 process.once("exit", shutdownAll);
 
-module.exports = { getClient, shutdownAll, daemonPids, createFrame, DaemonClient };
+module.exports = { getClient, shutdownAll, daemonPids, createFrame, wireMsg, DaemonClient };

@@ -1,0 +1,54 @@
+"use strict";
+// What of a Node-RED message crosses to the daemon (docs/architecture.md,
+// "Shim -> daemon": only the properties the engine reads or gives back).
+
+const test = require("node:test");
+const assert = require("node:assert/strict");
+const path = require("node:path");
+
+const root = path.resolve(__dirname, "..", "..");
+const { wireMsg, createFrame } = require(path.join(root, "js_shim/lib/daemon-client"));
+
+test("only _msgid, payload, topic, ocpp, customData and _linkSource are sent", () => {
+  const msg = {
+    _msgid: "m1",
+    payload: { command: "Heartbeat", data: {} },
+    topic: "t",
+    ocpp: { MessageId: "x" },
+    customData: { step: 1 },
+    _linkSource: [{ id: "link", node: "n" }],
+    req: { socket: {} },
+    res: {},
+    other: 1,
+  };
+  assert.deepEqual(Object.keys(wireMsg(msg)).sort(),
+    ["_linkSource", "_msgid", "customData", "ocpp", "payload", "topic"]);
+});
+
+test("values with toJSON travel as JSON would carry them", () => {
+  const when = new Date("2024-05-06T07:08:09.123Z");
+  const wire = wireMsg({ payload: { data: { currentTime: when, list: [when] } } });
+  assert.deepEqual(wire.payload.data, {
+    currentTime: "2024-05-06T07:08:09.123Z",
+    list: ["2024-05-06T07:08:09.123Z"],
+  });
+});
+
+test("a circular message is refused with an error, not a crash", () => {
+  const payload = { command: "Heartbeat" };
+  payload.self = payload;
+  assert.throws(() => wireMsg({ payload }), /nested too deeply/);
+});
+
+test("the create frame carries config without layout and wiring, plus credentials", () => {
+  const node = { id: "n1", credentials: { csms_pw: "secret" } };
+  const config = { id: "n1", type: "CS", z: "tab", x: 1, y: 2, g: "grp", wires: [[]], cbId: "CS1", name: "" };
+  assert.deepEqual(createFrame(node, "CS", config), {
+    t: "create",
+    node: "n1",
+    type: "CS",
+    config: { id: "n1", type: "CS", cbId: "CS1", name: "" },
+    credentials: { csms_pw: "secret" },
+  });
+  assert.deepEqual(createFrame({ id: "n2" }, "CSMS", { port: 1 }).credentials, {});
+});
