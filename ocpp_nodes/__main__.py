@@ -21,12 +21,17 @@ from .ipc.server import DaemonServer
 
 TOKEN_VARIABLE = "OCPP_NODES_TOKEN"
 
+#: Longest wait for nodes to close their connections when the daemon stops.
+SHUTDOWN_SECONDS = 10
+
 
 def _stdin_is_pipe() -> bool:
+    """True for a pipe or a socketpair (what Node's ``stdio: "pipe"`` gives)."""
     try:
-        return stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode)
+        mode = os.fstat(sys.stdin.fileno()).st_mode
     except (OSError, ValueError):
         return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 async def _wait_for_stdin_eof() -> None:
@@ -67,7 +72,12 @@ async def serve(socket_path: str, token: str) -> None:
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for waiter in waiters:
         waiter.cancel()
-    await server.close()
+    try:
+        await asyncio.wait_for(server.close(), SHUTDOWN_SECONDS)
+    except asyncio.TimeoutError:
+        logging.getLogger(__name__).warning(
+            "nodes did not stop within %d s; exiting anyway", SHUTDOWN_SECONDS
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -299,3 +299,28 @@ async def test_daemon_exits_when_stdin_closes() -> None:
     assert double.process is not None and double.process.stdin is not None
     double.process.stdin.close()
     assert await asyncio.wait_for(double.process.wait(), 10) == 0
+
+
+def test_daemon_exits_when_its_socketpair_stdin_closes(tmp_path) -> None:
+    """Node's stdio "pipe" is a socketpair: its end must stop the daemon too."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    parent, child = socket.socketpair()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ocpp_nodes", "serve", "--socket", str(tmp_path / "d.sock")],
+        stdin=child,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "OCPP_NODES_TOKEN": "t"},
+    )
+    child.close()
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        parent.close()
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
