@@ -51,6 +51,7 @@ __all__ = [
     "NodeRed",
     "free_port",
     "node_red_missing_reason",
+    "proc_alive",
     "running_node_red",
     "wait_until",
 ]
@@ -112,7 +113,7 @@ def _proc_cmdline(pid: int) -> str:
         return ""
 
 
-def _proc_alive(pid: int) -> bool:
+def proc_alive(pid: int) -> bool:
     """True when the process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -202,11 +203,13 @@ class NodeRed:
                 pids.add(pid)
         if self.proc is not None:
             pids.discard(self.proc.pid)
-        return {pid for pid in pids if _proc_alive(pid)}
+        return {pid for pid in pids if proc_alive(pid)}
 
     def daemon_pids(self) -> set[int]:
-        """The `ocpp_nodes` daemons of this run that are alive now."""
-        return {pid for pid in self.run_pids() if "ocpp_nodes" in _proc_cmdline(pid)}
+        """The `ocpp_nodes` daemons of this run that are alive now (remembered for `stop`)."""
+        pids = {pid for pid in self.run_pids() if "ocpp_nodes" in _proc_cmdline(pid)}
+        self._known_pids |= pids
+        return pids
 
     def stop(self, grace: float = 10.0, daemon_grace: float = 10.0) -> dict[int, str]:
         """Stop Node-RED and return {pid: cmdline} of `ocpp_nodes` processes that outlived it.
@@ -226,12 +229,12 @@ class NodeRed:
         self._known_pids |= self.run_pids()
         deadline = time.monotonic() + daemon_grace
         while time.monotonic() < deadline:
-            if not any(_proc_alive(pid) for pid in self._known_pids | self.run_pids()):
+            if not any(proc_alive(pid) for pid in self._known_pids | self.run_pids()):
                 break
             time.sleep(0.1)
         leftovers: dict[int, str] = {}
         for pid in self._known_pids | self.run_pids():
-            if not _proc_alive(pid):
+            if not proc_alive(pid):
                 continue
             cmdline = _proc_cmdline(pid)
             if "ocpp_nodes" in cmdline:
