@@ -211,10 +211,13 @@ class NodeRed:
         self._known_pids |= pids
         return pids
 
-    def stop(self, grace: float = 10.0, daemon_grace: float = 10.0) -> dict[int, str]:
+    def stop(self, grace: float = 10.0, daemon_grace: float = 15.0) -> dict[int, str]:
         """Stop Node-RED and return {pid: cmdline} of `ocpp_nodes` processes that outlived it.
 
-        Everything of the run still alive after the grace periods is killed.
+        `daemon_grace` counts from Node-RED's exit and is longer than the daemon's
+        own bound on its shutdown (10 s), so only a daemon that would never exit
+        is reported. Everything of the run still alive after the grace periods
+        is killed.
         """
         if self.proc is None:
             return {}
