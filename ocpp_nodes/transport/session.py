@@ -133,11 +133,12 @@ class OcppSession:
         finally:
             self.closed = True
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
             if self._timer is not None:
                 self._timer.cancel()
             self._deliver(self.connection.connection_lost(reason))
+            # wait() rather than awaiting the task: a cancel of *this* task
+            # (the node stopping) must not be swallowed with the writer's.
+            await asyncio.wait([writer])
         return reason
 
     async def _write_loop(self) -> None:
