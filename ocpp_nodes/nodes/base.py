@@ -105,7 +105,6 @@ class OcppNode:
     :meth:`start`, :meth:`stop`, :meth:`_session_for` and :meth:`_command`.
     """
 
-    kind = "OCPP"
     peer_name = "peer"
     own_name = "node"
     ocpp_version = "2.0.1"

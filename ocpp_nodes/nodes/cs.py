@@ -10,7 +10,6 @@ back-off: wait minimum, doubling times, random range, in seconds).
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from ..rpc import CallReceived, OcppConnection
@@ -21,7 +20,6 @@ from .base import PORT_COMMON, InputError, NodeHost, OcppNode
 
 __all__ = ["CsNode"]
 
-log = logging.getLogger(__name__)
 
 # What a node imported from an older export (no back-off fields) did.
 _LEGACY_BACKOFF = {"ws_rt_minimum": 1.0, "ws_rt_repeat": 2, "ws_rt_rnd_range": 0.0}
@@ -36,7 +34,6 @@ def _setting(config: dict[str, Any], name: str) -> float:
 
 
 class CsNode(OcppNode):
-    kind = "CS"
     peer_name = "CSMS"
     own_name = "CS"
     commands = ("connect", "close", "retrybackoff")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import logging
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,8 +20,6 @@ from ..transport.csms_server import StationSocket
 from .base import InputError, NodeHost, OcppNode
 
 __all__ = ["CsmsNode", "parse_auth_list"]
-
-log = logging.getLogger(__name__)
 
 
 def parse_auth_list(value: Any) -> dict[str, str]:
@@ -42,7 +39,6 @@ def parse_auth_list(value: Any) -> dict[str, str]:
 
 
 class CsmsNode(OcppNode):
-    kind = "CSMS"
     peer_name = "CS"
     own_name = "CSMS"
     commands = (

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -27,7 +26,6 @@ from .session import SocketClosed
 
 __all__ = ["ClientOptions", "CsClient", "ServerSocket", "station_url"]
 
-log = logging.getLogger(__name__)
 
 SUBPROTOCOL = Subprotocol("ocpp2.0.1")
 
