@@ -183,16 +183,20 @@ class CsNode(OcppNode):
         self.host.done(seq)
 
     def _set_backoff(self, settings: dict[str, Any]) -> None:
+        # Names are matched without case, and the package we replace read the
+        # singular "RetryBackOffRepeatTime": accept it too.
         fields = {
-            "RetryBackOffWaitMinimum": "wait_minimum",
-            "RetryBackOffRandomRange": "random_range",
-            "RetryBackOffRepeatTimes": "repeat_times",
+            "retrybackoffwaitminimum": "wait_minimum",
+            "retrybackoffrandomrange": "random_range",
+            "retrybackoffrepeattimes": "repeat_times",
+            "retrybackoffrepeattime": "repeat_times",
         }
-        for key, attribute in fields.items():
-            if key not in settings:
+        for key, given in settings.items():
+            attribute = fields.get(str(key).lower())
+            if attribute is None:
                 continue
             try:
-                value = float(settings[key])
+                value = float(given)
             except (TypeError, ValueError):
                 raise InputError(f"data.{key} must be a number of seconds") from None
             if value < 0:
