@@ -1,0 +1,1 @@
+"""Third-party OCPP peers driven from tests (see ocpp_rpc.py)."""
