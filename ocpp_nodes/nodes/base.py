@@ -34,15 +34,18 @@ from ..rpc import (
     CallTimedOut,
     ErrorReceived,
     Event,
+    OcppConnection,
     OutgoingCall,
     OutgoingError,
     PeerError,
     RequestExpired,
     ResultInvalid,
     ResultReceived,
+    Role,
     UnexpectedAnswer,
 )
-from ..transport import OcppSession
+from ..schemas import registry
+from ..transport import OcppSession, TextSocket
 
 __all__ = [
     "CallContext",
@@ -90,11 +93,45 @@ class CallContext:
 
 
 def _number(value: Any, default: float) -> float:
+    """``value`` as a non-negative number; ``default`` when absent, empty or invalid."""
+    if value is None or value == "":
+        return default
     try:
         number = float(value)
     except (TypeError, ValueError):
         return default
-    return number if number >= 0 else default
+    return number if number >= 0 and number == number else default
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """Per-connection settings shared by both nodes (absent in older exports: defaults).
+
+    ``message_timeout`` (s): how long a request waits for its answer and a
+    received request for the flow's. ``queue_size``: requests that may wait
+    behind the outstanding one. ``ping_interval`` (s, 0 = off): websocket
+    ping period; a pong must come within the same time. ``max_frame_size``
+    (bytes): the largest frame accepted or sent.
+    """
+
+    message_timeout: float = 30.0
+    queue_size: int = 1000
+    ping_interval: float = 30.0
+    max_frame_size: int = 1024 * 1024
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LinkOptions:
+        default = cls()
+        # The package we replace read an undocumented `messageTimeout` in milliseconds.
+        legacy_timeout = _number(config.get("messageTimeout"), 0) / 1000
+        timeout = _number(config.get("message_timeout"), legacy_timeout or default.message_timeout)
+        return cls(
+            message_timeout=timeout or default.message_timeout,
+            queue_size=int(_number(config.get("queue_size"), default.queue_size)),
+            ping_interval=_number(config.get("ping_interval"), default.ping_interval),
+            max_frame_size=int(_number(config.get("max_frame_size"), default.max_frame_size))
+            or default.max_frame_size,
+        )
 
 
 class OcppNode:
@@ -105,6 +142,7 @@ class OcppNode:
     :meth:`start`, :meth:`stop`, :meth:`_session_for` and :meth:`_command`.
     """
 
+    role: Role
     peer_name = "peer"
     own_name = "node"
     ocpp_version = "2.0.1"
@@ -115,7 +153,7 @@ class OcppNode:
         self.config = config
         self.host = host
         self.logging_enabled = bool(config.get("ocpp_logging"))
-        self.message_timeout = _number(config.get("messageTimeout"), 30_000) / 1000 or 30.0
+        self.options = LinkOptions.from_config(config)
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -206,6 +244,24 @@ class OcppNode:
 
     def _session_for(self, msg: dict[str, Any]) -> OcppSession:
         raise NotImplementedError
+
+    def _new_session(self, cb_id: str, socket: TextSocket, remote: str = "") -> OcppSession:
+        connection = OcppConnection(
+            registry(self.ocpp_version),
+            self.role,
+            call_timeout=self.options.message_timeout,
+            answer_timeout=self.options.message_timeout,
+            max_queued=self.options.queue_size,
+            max_frame_size=self.options.max_frame_size,
+        )
+        return OcppSession(
+            cb_id,
+            connection,
+            socket,
+            self.handle_events,
+            self.log_frame if self.logging_enabled else None,
+            remote=remote,
+        )
 
     def _command(self, seq: int, command: str, data: Any, msg: dict[str, Any]) -> bool:
         raise NotImplementedError

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..rpc import CallReceived, OcppConnection
-from ..schemas import registry
+from ..rpc import CallReceived, Role
 from ..transport import Backoff, ClientOptions, CsClient, OcppSession, station_url
 from ..transport.cs_client import ServerSocket
 from .base import PORT_COMMON, InputError, NodeHost, OcppNode
@@ -34,6 +33,7 @@ def _setting(config: dict[str, Any], name: str) -> float:
 
 
 class CsNode(OcppNode):
+    role = Role.CHARGING_STATION
     peer_name = "CSMS"
     own_name = "CS"
     commands = ("connect", "close", "retrybackoff")
@@ -80,7 +80,13 @@ class CsNode(OcppNode):
             self.host.log("error", problem)
             return False
         self.client = CsClient(
-            ClientOptions(self.csms_url, self.cb_id, self.password),
+            ClientOptions(
+                self.csms_url,
+                self.cb_id,
+                self.password,
+                max_frame_size=self.options.max_frame_size,
+                ping_interval=self.options.ping_interval,
+            ),
             self.backoff,
             self._on_socket,
             self._on_state,
@@ -99,24 +105,13 @@ class CsNode(OcppNode):
             return str(exc)
         return None
 
-    async def _on_socket(self, socket: ServerSocket) -> None:
-        connection = OcppConnection(
-            registry(self.ocpp_version),
-            call_timeout=self.message_timeout,
-            answer_timeout=self.message_timeout,
-        )
-        session = OcppSession(
-            self.cb_id,
-            connection,
-            socket,
-            self.handle_events,
-            self.log_frame if self.logging_enabled else None,
-        )
+    async def _on_socket(self, socket: ServerSocket) -> str:
+        session = self._new_session(self.cb_id, socket)
         self.session = session
         self.host.status("green", "dot", "connected")
         self._announce(online=True)
         try:
-            await session.run()
+            return await session.run()
         finally:
             self.session = None
             self._announce(online=False)

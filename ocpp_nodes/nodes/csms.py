@@ -13,8 +13,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from ..rpc import OcppConnection
-from ..schemas import registry
+from ..rpc import Role
 from ..transport import AuthDecision, CsmsServer, OcppSession, ServerOptions
 from ..transport.csms_server import StationSocket
 from .base import InputError, NodeHost, OcppNode
@@ -39,6 +38,7 @@ def parse_auth_list(value: Any) -> dict[str, str]:
 
 
 class CsmsNode(OcppNode):
+    role = Role.CSMS
     peer_name = "CS"
     own_name = "CSMS"
     commands = (
@@ -79,6 +79,9 @@ class CsmsNode(OcppNode):
         except ValueError as exc:
             self.auth_list = {}
             self.auth_problem = str(exc)
+        # A station that connects again while connected: the newer connection
+        # replaces the older ("newest", the default), or is refused ("reject").
+        self.replace_duplicates = config.get("duplicate_cbid", "newest") != "reject"
         self.server: CsmsServer | None = None
         self.stations: dict[str, OcppSession] = {}
         self.connected_since: dict[str, str] = {}
@@ -94,7 +97,13 @@ class CsmsNode(OcppNode):
 
     async def _listen(self) -> bool:
         server = CsmsServer(
-            ServerOptions(host=None, port=self.port, path=self.path),
+            ServerOptions(
+                host=None,
+                port=self.port,
+                path=self.path,
+                max_frame_size=self.options.max_frame_size,
+                ping_interval=self.options.ping_interval,
+            ),
             self._authenticate,
             self._on_station,
         )
@@ -130,35 +139,29 @@ class CsmsNode(OcppNode):
         user, password = credentials
         user_ok = hmac.compare_digest(user.encode(), cb_id.encode())
         password_ok = hmac.compare_digest(password.encode(), expected.encode())
-        return AuthDecision.ACCEPT if user_ok and password_ok else AuthDecision.BAD_CREDENTIALS
+        if not (user_ok and password_ok):
+            return AuthDecision.BAD_CREDENTIALS
+        if cb_id in self.stations and not self.replace_duplicates:
+            return AuthDecision.ALREADY_CONNECTED
+        return AuthDecision.ACCEPT
 
     async def _on_station(self, cb_id: str, socket: StationSocket, remote: str) -> None:
         previous = self.stations.get(cb_id)
         if previous is not None:  # the newest connection of an identity wins
             await previous.close(1000, "replaced by a newer connection")
-        connection = OcppConnection(
-            registry(self.ocpp_version),
-            call_timeout=self.message_timeout,
-            answer_timeout=self.message_timeout,
-        )
-        session = OcppSession(
-            cb_id,
-            connection,
-            socket,
-            self.handle_events,
-            self.log_frame if self.logging_enabled else None,
-            remote=remote,
-        )
+        session = self._new_session(cb_id, socket, remote)
         self.stations[cb_id] = session
         self.connected_since[cb_id] = datetime.now(timezone.utc).isoformat()
         self._show_count()
+        reason = "stopped"
         try:
-            await session.run()
+            reason = await session.run()
         finally:
             if self.stations.get(cb_id) is session:
                 del self.stations[cb_id]
                 self.connected_since.pop(cb_id, None)
             self._show_count()
+            self.host.log("info", f"{cb_id} disconnected: {reason}")
 
     # -- input ----------------------------------------------------------------------
 

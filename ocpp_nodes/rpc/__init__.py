@@ -28,6 +28,7 @@ from .frames import (
     parse,
     serialize,
 )
+from .roles import Role, actions_sent_by
 
 __all__ = [
     "Call",
@@ -51,7 +52,9 @@ __all__ = [
     "RequestExpired",
     "ResultInvalid",
     "ResultReceived",
+    "Role",
     "UnexpectedAnswer",
+    "actions_sent_by",
     "parse",
     "serialize",
 ]

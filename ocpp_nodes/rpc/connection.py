@@ -47,6 +47,7 @@ from .frames import (
     parse,
     serialize,
 )
+from .roles import Role, actions_sent_by
 
 __all__ = [
     "CallAborted",
@@ -161,22 +162,33 @@ class OcppConnection:
 
     Args:
         schemas: validators of the connection's OCPP version.
+        role: which end of the connection we are; a CALL of an action our
+            role never receives is answered ``NotSupported``, and we refuse
+            to send an action our role never sends. ``None`` checks neither.
         call_timeout: seconds our CALL waits for its answer.
         answer_timeout: seconds a received CALL may wait for the flow's answer.
         max_queued: calls that may wait behind the outstanding one.
+        max_frame_size: largest frame (UTF-8 bytes) we send; larger is refused.
         new_message_id: factory of message ids for our CALLs.
     """
 
     def __init__(
         self,
         schemas: SchemaRegistry,
+        role: Role | None = None,
         *,
         call_timeout: float = 30.0,
         answer_timeout: float = 30.0,
         max_queued: int = 1000,
+        max_frame_size: int = 1024 * 1024,
         new_message_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self.schemas = schemas
+        self.role = role
+        self.max_frame_size = max_frame_size
+        self._we_send = None if role is None else actions_sent_by(schemas.version, role)
+        self._peer_sends = None if role is None else actions_sent_by(schemas.version, role.peer)
+        self._role_name = "" if role is None else role.value
         self.calls = PendingCalls(call_timeout, max_queued)
         self.answer_timeout = answer_timeout
         self.received: dict[str, ReceivedCall] = {}
@@ -225,6 +237,15 @@ class OcppConnection:
                 FrameError(
                     ErrorCode.NOT_IMPLEMENTED,
                     f"{frame.action} is not an OCPP {self.schemas.version} action",
+                    frame.message_id,
+                    MessageType.CALL,
+                )
+            )
+        if self._peer_sends is not None and frame.action not in self._peer_sends:
+            return self._reject(
+                FrameError(
+                    ErrorCode.NOT_SUPPORTED,
+                    f"{frame.action} is not an action a {self._role_name} receives",
                     frame.message_id,
                     MessageType.CALL,
                 )
@@ -287,6 +308,8 @@ class OcppConnection:
         """
         if not isinstance(action, str) or not self.schemas.knows(action):
             raise OutgoingError(f"{action!r} is not an OCPP {self.schemas.version} action")
+        if self._we_send is not None and action not in self._we_send:
+            raise OutgoingError(f"{action} is not an action a {self._role_name} sends")
         self._check_payload(action, Direction.REQUEST, payload)
         if message_id is None:
             message_id = self._new_message_id()
@@ -401,12 +424,19 @@ class OcppConnection:
                 f"{violation.description}"
             )
 
-    @staticmethod
-    def _serialize(frame: Call | CallResult | CallError) -> str:
+    def _serialize(self, frame: Call | CallResult | CallError) -> str:
         try:
-            return serialize(frame)
+            text = serialize(frame)
         except (TypeError, ValueError) as exc:
             raise OutgoingError(f"payload cannot be sent as JSON: {exc}") from None
+        # A character is at most 4 UTF-8 bytes: encode only when it could matter.
+        if len(text) * 4 > self.max_frame_size:
+            size = len(text.encode("utf-8"))
+            if size > self.max_frame_size:
+                raise OutgoingError(
+                    f"the frame would be {size} bytes, over the limit of {self.max_frame_size}"
+                )
+        return text
 
     def _put_on_wire(self, call: OutgoingCall | None) -> None:
         if call is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .backoff import Backoff
 from .cs_client import ClientOptions, CsClient, station_url
 from .csms_server import AuthDecision, CsmsServer, ServerOptions
+from .identity import MAX_IDENTITY_LENGTH, identity_problem
 from .session import OcppSession, SocketClosed, TextSocket
 
 __all__ = [
@@ -18,5 +19,7 @@ __all__ = [
     "ServerOptions",
     "SocketClosed",
     "TextSocket",
+    "MAX_IDENTITY_LENGTH",
+    "identity_problem",
     "station_url",
 ]

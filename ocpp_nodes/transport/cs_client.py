@@ -22,9 +22,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from .backoff import Backoff
+from .identity import identity_problem
 from .session import SocketClosed
 
-__all__ = ["ClientOptions", "CsClient", "ServerSocket", "station_url"]
+__all__ = [
+    "ClientOptions",
+    "CsClient",
+    "ServerSocket",
+    "station_url",
+]
 
 
 SUBPROTOCOL = Subprotocol("ocpp2.0.1")
@@ -34,8 +40,12 @@ def station_url(csms_url: str, cb_id: str) -> str:
     """``csms_url`` + ``/`` + the percent-encoded identity.
 
     Raises:
-        ValueError: the URL is not ``ws://`` or ``wss://`` with a host.
+        ValueError: the URL is not ``ws://`` or ``wss://`` with a host, or
+            the identity breaks part 4, 3.1.1.
     """
+    problem = identity_problem(cb_id)
+    if problem is not None:
+        raise ValueError(problem)
     parts = urlsplit(csms_url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"CSMS URL must start with ws:// or wss:// and name a host: {csms_url!r}")
@@ -62,8 +72,12 @@ class ServerSocket:
 
 
 def _describe_close(exc: ConnectionClosed) -> str:
+    if exc.sent is not None and exc.sent.code == 1009:
+        return "a frame from the CSMS exceeded max_frame_size (closed with 1009)"
     if exc.rcvd is not None:
         return f"closed by CSMS (code {exc.rcvd.code})"
+    if exc.sent is not None:
+        return f"closed (code {exc.sent.code}: {exc.sent.reason or 'no reason'})"
     return "connection lost"
 
 
@@ -73,11 +87,12 @@ class ClientOptions:
     cb_id: str
     password: str | None
     max_frame_size: int = 1024 * 1024
+    ping_interval: float = 30.0
     open_timeout: float = 10.0
 
 
 StateListener = Callable[[str, str], None]
-SocketHandler = Callable[[ServerSocket], Awaitable[None]]
+SocketHandler = Callable[[ServerSocket], Awaitable[str]]
 
 
 class CsClient:
@@ -86,7 +101,7 @@ class CsClient:
     Args:
         options: where and as whom to connect.
         backoff: the reconnect policy (shared with the node, which may change it).
-        on_socket: awaited for the life of each connection.
+        on_socket: awaited for the life of each connection; returns why it ended.
         on_state: told ``("connecting", "")``, ``("failed", why)``,
             ``("waiting", seconds)`` and ``("stopped", "")``.
     """
@@ -144,6 +159,8 @@ class CsClient:
                 additional_headers=headers,
                 open_timeout=self.options.open_timeout,
                 max_size=self.options.max_frame_size,
+                ping_interval=self.options.ping_interval or None,
+                ping_timeout=self.options.ping_interval or None,
                 user_agent_header=None,
                 close_timeout=2,
             )
@@ -163,7 +180,6 @@ class CsClient:
             return f"CSMS did not select subprotocol ocpp2.0.1 (got {ws.subprotocol!r})"
         self.backoff.reset()
         try:
-            await self.on_socket(ServerSocket(ws))
+            return await self.on_socket(ServerSocket(ws))
         finally:
             await ws.close(1000, "station stopped")
-        return "connection lost"

@@ -20,6 +20,7 @@ from enum import Enum
 
 from aiohttp import WSMsgType, web
 
+from .identity import identity_problem
 from .session import SocketClosed
 
 __all__ = ["AuthDecision", "CsmsServer", "StationSocket", "basic_auth_credentials", "route_for"]
@@ -33,6 +34,7 @@ class AuthDecision(Enum):
     ACCEPT = 200
     UNKNOWN_IDENTITY = 404
     BAD_CREDENTIALS = 401
+    ALREADY_CONNECTED = 409
 
 
 def basic_auth_credentials(header: str | None) -> tuple[str, str] | None:
@@ -90,6 +92,7 @@ class ServerOptions:
     port: int
     path: str
     max_frame_size: int = 1024 * 1024
+    ping_interval: float = 30.0
     compress: bool = True
 
 
@@ -136,6 +139,9 @@ class CsmsServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         cb_id = request.match_info["cbId"]
+        problem = identity_problem(cb_id)
+        if problem is not None:
+            return web.Response(status=400, text=f"Invalid Charging Station identity: {problem}")
         decision = self.authenticate(
             cb_id, basic_auth_credentials(request.headers.get("Authorization"))
         )
@@ -147,11 +153,14 @@ class CsmsServer:
                 text="Access denied",
                 headers={"WWW-Authenticate": 'Basic realm="OCPP", charset="UTF-8"'},
             )
+        if decision is AuthDecision.ALREADY_CONNECTED:
+            return web.Response(status=409, text="This Charging Station is already connected")
         ws = web.WebSocketResponse(
             protocols=(SUBPROTOCOL,),
             max_msg_size=self.options.max_frame_size,
             compress=self.options.compress,
             autoping=True,
+            heartbeat=self.options.ping_interval or None,
             timeout=3.0,  # seconds to wait for the close handshake of a stopping node
         )
         if not ws.can_prepare(request).ok:
