@@ -324,3 +324,25 @@ def test_daemon_exits_when_its_socketpair_stdin_closes(tmp_path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_csms_connection_events_only_when_the_option_is_on(shim: ShimDouble) -> None:
+    for node_id, events_on in (("quiet", None), ("loud", True)):
+        port = free_port()
+        config: dict[str, Any] = {"port": port, "path": "/ocpp"}
+        if events_on is not None:
+            config["connection_events"] = events_on
+        shim.create(node_id, "CSMS", config, credentials={"basic_auths": '{"CS9": "pw"}'})
+        await shim.wait_for(lambda node_id=node_id: "0 connected" in shim.statuses(node_id))
+        async with connect(
+            f"ws://127.0.0.1:{port}/ocpp/CS9",
+            subprotocols=["ocpp2.0.1"],
+            additional_headers=basic("CS9", "pw"),
+        ):
+            await shim.wait_for(lambda node_id=node_id: "1 connected" in shim.statuses(node_id))
+        await shim.wait_for(
+            lambda node_id=node_id: shim.statuses(node_id).count("0 connected") == 2
+        )
+    assert shim.sent("quiet", 0) == []
+    events = [(m["topic"], m["ocpp"]["websocket"]) for m in shim.sent("loud", 0)]
+    assert events == [("CS9/Connection", "ONLINE"), ("CS9/Connection", "OFFLINE")]

@@ -16,7 +16,7 @@ from typing import Any
 from ..rpc import Role
 from ..transport import AuthDecision, CsmsServer, OcppSession, ServerOptions
 from ..transport.csms_server import StationSocket
-from .base import InputError, NodeHost, OcppNode
+from .base import PORT_COMMON, InputError, NodeHost, OcppNode
 
 __all__ = ["CsmsNode", "parse_auth_list"]
 
@@ -82,6 +82,8 @@ class CsmsNode(OcppNode):
         # A station that connects again while connected: the newer connection
         # replaces the older ("newest", the default), or is refused ("reject").
         self.replace_duplicates = config.get("duplicate_cbid", "newest") != "reject"
+        # Off when absent, so flows imported from older exports see no new messages.
+        self.connection_events = bool(config.get("connection_events", False))
         self.server: CsmsServer | None = None
         self.stations: dict[str, OcppSession] = {}
         self.connected_since: dict[str, str] = {}
@@ -153,15 +155,35 @@ class CsmsNode(OcppNode):
         self.stations[cb_id] = session
         self.connected_since[cb_id] = datetime.now(timezone.utc).isoformat()
         self._show_count()
+        self._announce(cb_id, "ONLINE", remote)
         reason = "stopped"
         try:
             reason = await session.run()
         finally:
-            if self.stations.get(cb_id) is session:
+            replaced = self.stations.get(cb_id) is not session
+            if not replaced:
                 del self.stations[cb_id]
                 self.connected_since.pop(cb_id, None)
             self._show_count()
             self.host.log("info", f"{cb_id} disconnected: {reason}")
+            if not replaced:  # a replaced connection's station is still online
+                self._announce(cb_id, "OFFLINE", remote, reason)
+
+    def _announce(self, cb_id: str, state: str, remote: str, reason: str | None = None) -> None:
+        """A station's connect or disconnect on output 1, when the node asks for it."""
+        if not self.connection_events:
+            return
+        payload: dict[str, Any] = {"remote": remote}
+        if reason is not None:
+            payload["reason"] = reason
+        self.host.send(
+            PORT_COMMON,
+            {
+                "topic": f"{cb_id}/Connection",
+                "ocpp": {"websocket": state, "cbId": cb_id},
+                "payload": payload,
+            },
+        )
 
     # -- input ----------------------------------------------------------------------
 
