@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ocpp_nodes.nodes import CsNode
+from tests.shim_double import free_port
 
 
 class RecordingHost:
     def __init__(self) -> None:
         self.dones: list[tuple[int, str | None]] = []
+        self.statuses: list[str] = []
 
     def send(self, port: int, msg: dict[str, Any]) -> None: ...
 
-    def status(self, fill: Any = None, shape: Any = None, text: Any = None) -> None: ...
+    def status(self, fill: Any = None, shape: Any = None, text: Any = None) -> None:
+        self.statuses.append(text)
 
     def done(self, seq: int, error: str | None = None) -> None:
         self.dones.append((seq, error))
@@ -56,3 +60,18 @@ def test_retrybackoff_takes_the_spec_names_any_case_and_the_old_singular() -> No
         },
     )
     assert host.dones[-1][0] == 2 and "RetryBackOffWaitMinimum" in str(host.dones[-1][1])
+
+
+async def test_reconnect_status_counts_down_each_second() -> None:
+    host = RecordingHost()
+    config = {"cbId": "CS1", "auto_connect": True, "ws_rt_minimum": 2.5, "ws_rt_rnd_range": 0}
+    target = {"url": f"ws://127.0.0.1:{free_port()}/ocpp"}  # nothing listens there
+    node = CsNode("n1", config, {}, target, host)
+    await node.start()
+    try:
+        await asyncio.sleep(2.2)
+        countdown = [text for text in host.statuses if text.startswith("retry")]
+        assert countdown[:3] == ["retry in 3s", "retry in 2s", "retry in 1s"]
+    finally:
+        await node.stop()
+    assert host.statuses[-1] == "stopped"

@@ -10,6 +10,7 @@ back-off: wait minimum, doubling times, random range, in seconds).
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from ..rpc import CallReceived, Role
@@ -60,6 +61,7 @@ class CsNode(OcppNode):
         self.client: CsClient | None = None
         self.session: OcppSession | None = None
         self._online: bool | None = None
+        self._countdown: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.auto_connect:
@@ -127,14 +129,31 @@ class CsNode(OcppNode):
         )
 
     def _on_state(self, state: str, detail: str) -> None:
+        self._stop_countdown()
         if state == "connecting":
             self.host.status("yellow", "ring", "connecting")
         elif state == "failed":
             self.host.log("warn", f"{self.cb_id}: {detail}")
         elif state == "waiting":
-            self.host.status("red", "ring", f"retry in {detail}s")
+            self._countdown = asyncio.get_running_loop().create_task(
+                self._count_down(float(detail))
+            )
         elif state == "stopped":
             self.host.status("grey", "dot", "stopped")
+
+    async def _count_down(self, seconds: float) -> None:
+        """Status ``retry in Ns``, updated every second until the next attempt."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            whole = math.ceil(left)
+            self.host.status("red", "ring", f"retry in {whole}s")
+            await asyncio.sleep(left - (whole - 1))
+
+    def _stop_countdown(self) -> None:
+        if self._countdown is not None:
+            self._countdown.cancel()
+            self._countdown = None
 
     # -- input ----------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ class CsClient:
         backoff: the reconnect policy (shared with the node, which may change it).
         on_socket: awaited for the life of each connection; returns why it ended.
         on_state: told ``("connecting", "")``, ``("failed", why)``,
-            ``("waiting", seconds)`` and ``("stopped", "")``.
+            ``("waiting", "<seconds>")`` and ``("stopped", "")``.
     """
 
     def __init__(
@@ -148,7 +148,7 @@ class CsClient:
             why = await self._connect_once(url, headers)
             self.on_state("failed", why)
             wait = self.backoff.next_wait()
-            self.on_state("waiting", f"{wait:.0f}")
+            self.on_state("waiting", f"{wait:.3f}")
             await asyncio.sleep(wait)
 
     async def _connect_once(self, url: str, headers: dict[str, str]) -> str:
