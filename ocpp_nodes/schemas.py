@@ -172,7 +172,10 @@ class SchemaRegistry:
         schema.pop("$id", None)
         validator_class = jsonschema.validators.validator_for(schema, jsonschema.Draft6Validator)
         compiled = _Compiled(
-            fast=fastjsonschema.compile(schema, formats={"date-time": _is_date_time}),
+            # use_default=False: validation must never add defaults to a payload.
+            fast=fastjsonschema.compile(
+                schema, formats={"date-time": _is_date_time}, use_default=False
+            ),
             detailed=validator_class(schema, format_checker=_FORMAT_CHECKER),
         )
         self._compiled[(action, direction)] = compiled

@@ -272,37 +272,6 @@ async def test_cs_node_boots_at_ocpp_rpc_server_and_answers_reset(
 # server, ocpp-rpc station <-> CSMS node), each used both ways; every action is
 # its own test so that a failure names it. Actions go one after another.
 
-#: Requests whose smallest valid payload lacks an optional property that has a
-#: schema ``default``: the daemon adds it (see DEFAULTS_ADDED below).
-ACTIONS_WITH_DEFAULTED_REQUEST_FIELDS = frozenset(
-    {
-        "NotifyCustomerInformation",  # tbc
-        "NotifyDisplayMessages",  # tbc
-        "NotifyEvent",  # tbc
-        "NotifyMonitoringReport",  # tbc
-        "NotifyReport",  # tbc
-        "ReportChargingProfiles",  # tbc
-        "SetVariableMonitoring",  # setMonitoringData[].transaction
-        "TransactionEvent",  # offline
-    }
-)
-DEFAULTS_ADDED = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "daemon bug: ocpp_nodes/schemas.py compiles fastjsonschema with its default "
-        "use_default=True, so validate() writes schema defaults (tbc: false, offline: false, "
-        "transaction: false) into the payload it checks; peers and flows get properties the "
-        "sender never set"
-    ),
-)
-
-
-def per_action(actions: tuple[str, ...]) -> list[Any]:
-    return [
-        pytest.param(a, marks=DEFAULTS_ADDED) if a in ACTIONS_WITH_DEFAULTED_REQUEST_FIELDS else a
-        for a in actions
-    ]
-
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def module_shim() -> AsyncIterator[ShimDouble]:
@@ -340,7 +309,7 @@ async def rpc_station(
     no_strict_failures(station)
 
 
-@pytest.mark.parametrize("action", per_action(CS_TO_CSMS))
+@pytest.mark.parametrize("action", CS_TO_CSMS)
 async def test_cs_node_sends_to_ocpp_rpc_server(
     module_shim: ShimDouble, rpc_server: OcppRpcPeer, action: str
 ) -> None:
@@ -349,7 +318,7 @@ async def test_cs_node_sends_to_ocpp_rpc_server(
     no_strict_failures(rpc_server)
 
 
-@pytest.mark.parametrize("action", per_action(CSMS_TO_CS))
+@pytest.mark.parametrize("action", CSMS_TO_CS)
 async def test_csms_node_sends_to_ocpp_rpc_station(
     module_shim: ShimDouble, rpc_station: OcppRpcPeer, action: str
 ) -> None:
@@ -360,7 +329,7 @@ async def test_csms_node_sends_to_ocpp_rpc_station(
     no_strict_failures(rpc_station)
 
 
-@pytest.mark.parametrize("action", per_action(CSMS_TO_CS))
+@pytest.mark.parametrize("action", CSMS_TO_CS)
 async def test_ocpp_rpc_server_sends_to_cs_node_flow(
     module_shim: ShimDouble, rpc_server: OcppRpcPeer, action: str
 ) -> None:
@@ -369,7 +338,7 @@ async def test_ocpp_rpc_server_sends_to_cs_node_flow(
     no_strict_failures(rpc_server)
 
 
-@pytest.mark.parametrize("action", per_action(CS_TO_CSMS))
+@pytest.mark.parametrize("action", CS_TO_CSMS)
 async def test_ocpp_rpc_station_sends_to_csms_node_flow(
     module_shim: ShimDouble, rpc_station: OcppRpcPeer, action: str
 ) -> None:

@@ -67,3 +67,9 @@ def test_violation_names_the_nested_field() -> None:
 def test_unknown_action_raises_key_error() -> None:
     with pytest.raises(KeyError):
         registry("2.0.1").validate("Nope", Direction.REQUEST, {})
+
+
+def test_validation_never_adds_schema_defaults_to_the_payload() -> None:
+    payload = {"requestId": 0}
+    assert registry("2.0.1").validate("NotifyDisplayMessages", Direction.REQUEST, payload) is None
+    assert payload == {"requestId": 0}  # the schema's `tbc` default must not appear
