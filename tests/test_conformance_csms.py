@@ -44,7 +44,7 @@ GET_VARIABLES = {
 _node_numbers = itertools.count(1)
 
 
-# -- helpers ------------------------------------------------------------------------
+# -- helpers --
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -53,9 +53,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def warnings(shim: ShimDouble, node: str) -> list[str]:
-    return [
-        f["text"] for f in shim.frames[node] if f["t"] == "log" and f.get("level") == "warn"
-    ]
+    return [f["text"] for f in shim.frames[node] if f["t"] == "log" and f.get("level") == "warn"]
 
 
 def logs(shim: ShimDouble, node: str) -> list[str]:
@@ -191,7 +189,7 @@ async def station(csms: Csms) -> AsyncIterator[ClientConnection]:
     await ws.close()
 
 
-# -- 1. CALLERROR generation (4.2.3, 4.3 table 8, 4.4) ------------------------------------
+# -- 1. CALLERROR generation (4.2.3, 4.3 table 8, 4.4) --
 
 LONG_ID = "x" * 37
 
@@ -199,9 +197,7 @@ CALLERROR_CASES = [
     pytest.param("this is not json", "-1", "RpcFrameworkError", id="unreadable_json"),
     pytest.param('{"not": "an array"}', "-1", "RpcFrameworkError", id="not_an_array"),
     pytest.param([2, 12345, "Heartbeat", {}], "-1", "RpcFrameworkError", id="id_not_a_string"),
-    pytest.param(
-        [2, LONG_ID, "Heartbeat", {}], "-1", "RpcFrameworkError", id="id_over_36_chars"
-    ),
+    pytest.param([2, LONG_ID, "Heartbeat", {}], "-1", "RpcFrameworkError", id="id_over_36_chars"),
     pytest.param([2, "len-1", "Heartbeat"], "len-1", "RpcFrameworkError", id="call_too_short"),
     pytest.param(
         [7, "type-1", "Heartbeat", {}], "type-1", "MessageTypeNotSupported", id="unknown_type"
@@ -293,7 +289,7 @@ async def test_message_id_of_exactly_36_chars_is_accepted(
 async def test_duplicate_id_of_pending_call_gets_callerror_4_2_3(
     shim: ShimDouble, csms: Csms, station: ClientConnection
 ) -> None:
-    """"an existing call with the same unique identifier is being handled already":
+    """ "an existing call with the same unique identifier is being handled already":
     CALLERROR with that id; the first CALL stays answerable; connection stays up."""
     await station.send(json.dumps([2, "dup-1", "BootNotification", BOOT]))
     first = await csms.received_request("dup-1")
@@ -328,7 +324,7 @@ async def test_answers_are_never_answered_4_2_3(
     await csms.assert_heartbeat_works(station)
 
 
-# -- 2. CALLERRORs from the station reach the flow -------------------------------------------
+# -- 2. CALLERRORs from the station reach the flow --
 
 
 @pytest.mark.parametrize("via_link_call", [False, True], ids=["port1", "link_call_port2"])
@@ -363,7 +359,7 @@ async def test_received_callerror_reaches_flow(
         assert "_linkSource" not in msg
 
 
-# -- 3. the flow answers a received request with a CALLERROR --------------------------------
+# -- 3. the flow answers a received request with a CALLERROR --
 
 
 @pytest.mark.parametrize(
@@ -393,7 +389,7 @@ async def test_flow_callerror_reply_reaches_station_exactly(
     assert (await shim.done(seq)).get("error") is None
 
 
-# -- 4. outgoing validation ---------------------------------------------------------------------
+# -- 4. outgoing validation --
 
 
 async def test_invalid_outgoing_request_is_refused_and_not_sent(
@@ -429,12 +425,10 @@ async def test_action_the_csms_never_sends_is_refused(
     await assert_nothing_arrives(station)
 
 
-# -- 5. synchronicity (4.1.1) ---------------------------------------------------------------------
+# -- 5. synchronicity (4.1.1) --
 
 
-async def test_one_outstanding_call_at_a_time_4_1_1(
-    shim: ShimDouble, make_csms: MakeCsms
-) -> None:
+async def test_one_outstanding_call_at_a_time_4_1_1(shim: ShimDouble, make_csms: MakeCsms) -> None:
     csms = await make_csms(message_timeout=5)
     station = await csms.station()
     seqs = [csms.call("ClearCache", {}, MessageId=f"cc-{i}") for i in range(3)]
@@ -465,7 +459,7 @@ async def test_queue_overflow_ends_request_with_error(
     await station.close()
 
 
-# -- 6. timeouts of our requests -------------------------------------------------------------------
+# -- 6. timeouts of our requests --
 
 
 async def test_unanswered_request_times_out_and_late_answer_is_dropped(
@@ -490,7 +484,7 @@ async def test_unanswered_request_times_out_and_late_answer_is_dropped(
     assert [m["ocpp"]["MessageId"] for m in answers] == ["to-2"]
 
 
-# -- 7. the flow's answer comes too late -------------------------------------------------------------
+# -- 7. the flow's answer comes too late --
 
 
 @pytest.mark.parametrize("msg_type", [3, 4], ids=["callresult", "callerror"])
@@ -512,10 +506,12 @@ async def test_answer_after_message_timeout_is_refused(
     await assert_nothing_arrives(station, 0.4)
 
 
-# -- 8. station identity (3.1.1, 3.2) ------------------------------------------------------------------
+# -- 8. station identity (3.1.1, 3.2) --
 
 
-async def test_percent_encoded_identity_is_decoded_3_1_1(shim: ShimDouble, make_csms: MakeCsms) -> None:
+async def test_percent_encoded_identity_is_decoded_3_1_1(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
     csms = await make_csms({"RDAM 123": "pw"})
     async with connect(
         f"ws://127.0.0.1:{csms.port}/ocpp/RDAM%20123",
@@ -574,7 +570,7 @@ async def test_identity_of_exactly_48_chars_is_accepted_3_1_1(make_csms: MakeCsm
     await ws.close()
 
 
-# -- 9. subprotocols (3.1.2, 3.2) ----------------------------------------------------------------------
+# -- 9. subprotocols (3.1.2, 3.2) --
 
 
 async def test_csms_selects_ocpp201_among_offered_subprotocols_3_2(csms: Csms) -> None:
@@ -605,7 +601,7 @@ async def test_no_common_subprotocol_handshake_completes_then_closed_3_2(
     assert csms.connected() == 0
 
 
-# -- 10. compression (3.3) ---------------------------------------------------------------------------
+# -- 10. compression (3.3) --
 
 
 async def test_csms_accepts_permessage_deflate_3_3(csms: Csms) -> None:
@@ -615,10 +611,12 @@ async def test_csms_accepts_permessage_deflate_3_3(csms: Csms) -> None:
     await ws.close()
 
 
-# -- 11. keep-alive (5.2) -------------------------------------------------------------------------------
+# -- 11. keep-alive (5.2) --
 
 
-async def test_csms_drops_station_that_never_pongs_5_2(shim: ShimDouble, make_csms: MakeCsms) -> None:
+async def test_csms_drops_station_that_never_pongs_5_2(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
     csms = await make_csms(ping_interval=0.5)
     reader, writer = await asyncio.open_connection("127.0.0.1", csms.port)
     key = base64.b64encode(b"0123456789abcdef").decode()
@@ -654,7 +652,7 @@ async def test_station_that_pongs_stays_connected_5_2(make_csms: MakeCsms) -> No
     await ws.close()
 
 
-# -- 12. duplicate identity -----------------------------------------------------------------------------
+# -- 12. duplicate identity --
 
 
 async def test_duplicate_identity_newest_wins(shim: ShimDouble, csms: Csms) -> None:
@@ -690,7 +688,7 @@ async def test_duplicate_identity_rejected_with_409(shim: ShimDouble, make_csms:
     await first.close()
 
 
-# -- 13. message size ----------------------------------------------------------------------------------
+# -- 13. message size --
 
 
 def big_data_transfer(message_id: str, size: int) -> str:
