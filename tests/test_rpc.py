@@ -22,6 +22,7 @@ from ocpp_nodes.rpc import (
     RequestExpired,
     ResultInvalid,
     ResultReceived,
+    Role,
     UnexpectedAnswer,
     parse,
     serialize,
@@ -263,3 +264,25 @@ def test_connection_lost_aborts_every_call_in_order() -> None:
     events = conn.connection_lost("gone")
     assert [e.call.context for e in events if isinstance(e, CallAborted)] == ["a", "b", "c"]
     assert conn.next_deadline() is None
+
+
+def test_known_action_at_the_wrong_role_is_not_supported_and_cannot_be_sent() -> None:
+    station = OcppConnection(registry("2.0.1"), Role.CHARGING_STATION)
+    station.receive_text(json.dumps([2, "m1", "BootNotification", BOOT]), now=0)
+    assert json.loads(station.data_to_send()[0])[:3] == [4, "m1", "NotSupported"]
+    station.receive_text(json.dumps([2, "m2", "Reset", {"type": "Immediate"}]), now=0)
+    assert station.data_to_send() == []  # a CSMS sends Reset: accepted
+    with pytest.raises(OutgoingError, match="not an action a CS sends"):
+        station.send_call("Reset", {"type": "Immediate"}, now=0)
+    csms = OcppConnection(registry("2.0.1"), Role.CSMS)
+    with pytest.raises(OutgoingError, match="not an action a CSMS sends"):
+        csms.send_call("BootNotification", BOOT, now=0)
+    csms.send_call("DataTransfer", {"vendorId": "v"}, now=0)  # both roles send it
+
+
+def test_a_frame_over_the_size_limit_is_not_sent() -> None:
+    conn = connection(max_frame_size=200)
+    with pytest.raises(OutgoingError, match="over the limit of 200"):
+        conn.send_call("DataTransfer", {"vendorId": "v", "data": "é" * 100}, now=0)
+    assert conn.data_to_send() == []
+    conn.send_call("DataTransfer", {"vendorId": "v", "data": "é" * 10}, now=0)
