@@ -515,17 +515,22 @@ async def test_answer_after_message_timeout_is_refused(
 # -- 8. station identity and credentials (3.1.1, 3.2; part 2 security profile 1) --
 
 
+@pytest.mark.parametrize(
+    ("cb_id", "path"),
+    [
+        pytest.param("RDAM 123", "/ocpp/RDAM%20123", id="space"),
+        pytest.param("CP/1", "/ocpp/CP%2F1", id="slash"),
+        pytest.param("CP%1", "/ocpp/CP%251", id="percent"),
+    ],
+)
 async def test_cs_percent_encodes_its_identity_3_1_1(
-    shim: ShimDouble, fake: FakeCsms, make_station: MakeStation
+    shim: ShimDouble, fake: FakeCsms, make_station: MakeStation, cb_id: str, path: str
 ) -> None:
-    station = await make_station(fake.url, cb_id="RDAM 123")
+    station = await make_station(fake.url, cb_id=cb_id)
     ws = await fake.accept()
-    assert ws.request is not None and ws.request.path == "/ocpp/RDAM%20123"
+    assert ws.request is not None and ws.request.path == path
     await station.wait_online()
-    seq = station.call("Heartbeat", {}, MessageId="enc-1")
-    assert await recv_frame(ws) == [2, "enc-1", "Heartbeat", {}]
-    await ws.send(json.dumps([3, "enc-1", {"currentTime": DATE_TIME}]))
-    assert (await shim.done(seq)).get("error") is None
+    await station.assert_heartbeat_works(ws)
 
 
 async def test_cs_sends_password_only_in_authorization_header(

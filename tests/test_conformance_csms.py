@@ -389,6 +389,17 @@ async def test_flow_callerror_reply_reaches_station_exactly(
     assert (await shim.done(seq)).get("error") is None
 
 
+async def test_flow_callerror_reply_with_code_outside_table_8_is_refused(
+    shim: ShimDouble, csms: Csms, station: ClientConnection
+) -> None:
+    await station.send(json.dumps([2, "boot-x", "BootNotification", BOOT]))
+    request = await csms.received_request("boot-x")
+    seq = shim.input(csms.node, {**request, "payload": {"msgType": 4, "errorCode": "Oops"}})
+    error = (await shim.done(seq)).get("error")
+    assert error and "Oops" in error
+    await assert_nothing_arrives(station)
+
+
 # -- 4. outgoing validation --
 
 
@@ -529,6 +540,29 @@ async def test_percent_encoded_identity_is_decoded_3_1_1(
         assert await recv_frame(ws) == [2, "id-2", "ClearCache", {}]
         await ws.send(json.dumps([3, "id-2", {"status": "Accepted"}]))
         assert (await shim.done(seq)).get("error") is None
+
+
+@pytest.mark.parametrize(
+    ("path_identity", "identity"),
+    [
+        pytest.param("CP%2F1", "CP/1", id="slash"),
+        pytest.param("CP%251", "CP%1", id="percent"),
+        pytest.param("CP+1", "CP+1", id="plus_is_literal"),
+        pytest.param("Z%C3%BCrich", "Z\u00fcrich", id="utf8"),
+    ],
+)
+async def test_identity_is_percent_decoded_exactly_once_3_1_1(
+    make_csms: MakeCsms, path_identity: str, identity: str
+) -> None:
+    csms = await make_csms({identity: "pw"})
+    async with connect(
+        f"ws://127.0.0.1:{csms.port}/ocpp/{path_identity}",
+        subprotocols=["ocpp2.0.1"],
+        additional_headers=basic(identity, "pw"),
+    ) as ws:
+        await ws.send(json.dumps([2, "dec-1", "Heartbeat", {}]))
+        request = await csms.received_request("dec-1")
+        assert request["ocpp"]["cbId"] == identity
 
 
 IDENTITY_48 = "A" * 48
