@@ -1,0 +1,319 @@
+"""The example flows under flows/ (besides demo.json) work in a real Node-RED.
+
+All five are deployed together into one Node-RED (each is its own tab), with
+their CSMS ports rewritten to free ones (`127.0.0.1:<port>` in URLs follows),
+the file node of log-to-file.json aimed at a temp dir, and recorders (see
+tests/flowkit.py) appended to some outputs. Inject nodes are pressed through
+the admin API (`POST /inject/<id>`), as the editor's button does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocpp_nodes.schemas import Direction, registry
+from tests.flowkit import Flow, connect_station, http_api, recorder, recv_frame, wait_port
+from tests.nodered import REPO_ROOT, free_port, running_node_red
+from tests.payloads import valid_payload
+
+pytestmark = pytest.mark.nodered
+
+FLOWS = REPO_ROOT / "flows"
+EXAMPLES = ("csms-basic", "cs-transaction", "link-call", "commands", "log-to-file")
+TEST_TAB = "examples.test.tab"
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = json.loads((FLOWS / f"{name}.json").read_text())
+    return nodes
+
+
+def by_type(nodes: list[dict[str, Any]], node_type: str) -> list[dict[str, Any]]:
+    return [n for n in nodes if n["type"] == node_type]
+
+
+def by_name(nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    found = [n for n in nodes if n.get("name") == name]
+    assert len(found) == 1, (name, found)
+    return found[0]
+
+
+def with_free_ports(nodes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The flow with each CSMS on a free port (URLs follow); {CSMS name: port}."""
+    text = json.dumps(nodes)
+    ports: dict[str, int] = {}
+    for csms in by_type(nodes, "CSMS"):
+        new = free_port()
+        text = text.replace(f"127.0.0.1:{csms['port']}", f"127.0.0.1:{new}")
+        ports[csms["name"]] = new
+    out: list[dict[str, Any]] = json.loads(text)
+    for csms in by_type(out, "CSMS"):
+        csms["port"] = str(ports[csms["name"]])
+    return out, ports
+
+
+class Examples(Flow):
+    flows: dict[str, list[dict[str, Any]]]
+    ports: dict[str, dict[str, int]]
+    log_file: Path
+
+    def press(self, example: str, inject_name: str) -> None:
+        node = by_name(by_type(self.flows[example], "inject"), inject_name)
+        status, body = self.runtime.http("POST", f"/inject/{node['id']}")
+        assert status == 200, (status, body)
+
+
+def _tap(nodes: list[dict[str, Any]], node: dict[str, Any], port: int, tag: str) -> dict[str, Any]:
+    """A recorder on output `port` of `node` (in the node's tab)."""
+    rec = recorder(f"rec.{tag}", node["z"], tag)
+    while len(node["wires"]) <= port:
+        node["wires"].append([])
+    node["wires"][port].append(rec["id"])
+    return rec
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
+    user_dir: Path = tmp_path_factory.mktemp("examples-node-red")
+    log_file = tmp_path_factory.mktemp("examples-log") / "frames.jsonl"
+    flows: dict[str, list[dict[str, Any]]] = {}
+    ports: dict[str, dict[str, int]] = {}
+    extra: list[dict[str, Any]] = [{"id": TEST_TAB, "type": "tab", "label": "test"}]
+    for name in EXAMPLES:
+        nodes, ports[name] = with_free_ports(load(name))
+        flows[name] = nodes
+
+    tx = flows["cs-transaction"]
+    extra.append(_tap(tx, by_type(tx, "CS")[0], 0, "tx.cs"))
+    extra.append(_tap(tx, by_type(tx, "CSMS")[0], 0, "tx.csms"))
+    lc = flows["link-call"]
+    extra.append(_tap(lc, by_name(lc, "ask CS200"), 0, "lc.csms"))
+    extra.append(_tap(lc, by_name(lc, "ask the CSMS"), 0, "lc.cs"))
+    cmd = flows["commands"]
+    extra.append(_tap(cmd, by_type(cmd, "CSMS")[0], 0, "cmd.csms"))
+    extra.append(_tap(cmd, by_type(cmd, "CS")[0], 0, "cmd.cs"))
+    extra.append(_tap(cmd, by_type(cmd, "catch")[0], 0, "cmd.catch"))
+    basic = flows["csms-basic"]
+    extra.append(_tap(basic, by_type(basic, "CSMS")[0], 0, "basic.csms"))
+    (file_node,) = by_type(flows["log-to-file"], "file")
+    file_node["filename"] = str(log_file)
+    extra += http_api(TEST_TAB, {})
+
+    with running_node_red(user_dir, "test_examples") as runtime:
+        runtime.deploy([n for name in EXAMPLES for n in flows[name]] + extra)
+        runtime.wait_for_endpoint("GET", "/t/records")
+        for by_csms in ports.values():
+            for port in by_csms.values():
+                wait_port(port)
+        ex = Examples(runtime)
+        ex.flows, ex.ports, ex.log_file = flows, ports, log_file
+        yield ex
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_is_self_explaining_and_loopback(name: str) -> None:
+    nodes = load(name)
+    assert len(by_type(nodes, "tab")) == 1
+    assert by_type(nodes, "comment"), f"{name} has no comment node"
+    for target in by_type(nodes, "target-csms"):
+        assert target["url"].startswith("ws://127.0.0.1:"), target
+    for csms in by_type(nodes, "CSMS"):
+        assert "basic_auths" in csms["credentials"]
+    for cs in by_type(nodes, "CS"):
+        assert cs["credentials"]["csms_pw"] and cs["csms"]
+    assert "localhost" not in json.dumps(nodes) and "0.0.0.0" not in json.dumps(nodes)
+
+
+CORE_REQUESTS = (
+    "BootNotification",
+    "Heartbeat",
+    "StatusNotification",
+    "Authorize",
+    "TransactionEvent",
+    "MeterValues",
+    "NotifyReport",
+    "NotifyEvent",
+    "SecurityEventNotification",
+    "FirmwareStatusNotification",
+    "DataTransfer",
+)
+
+
+async def test_csms_basic_answers_every_core_request(examples: Examples) -> None:
+    port = examples.ports["csms-basic"]["CSMS :9221"]
+    schemas = registry("2.0.1")
+    ws = await connect_station(f"ws://127.0.0.1:{port}/ocpp", "CS001", "cs001-password")
+    try:
+        requests = [(a, valid_payload(a, "Request")) for a in CORE_REQUESTS]
+        started = dict(valid_payload("TransactionEvent", "Request"))
+        started.update(eventType="Started", idToken={"idToken": "AB12", "type": "ISO14443"})
+        requests.append(("TransactionEvent", started))
+        for i, (action, payload) in enumerate(requests):
+            await ws.send(json.dumps([2, f"basic-{i}", action, payload]))
+            frame = await recv_frame(ws)
+            assert frame[:2] == [3, f"basic-{i}"], (action, frame)
+            assert schemas.validate(action, Direction.RESPONSE, frame[2]) is None, (action, frame)
+            if payload.get("idToken"):
+                assert frame[2]["idTokenInfo"]["status"] == "Accepted"
+        # anything else gets a CALLERROR, not silence
+        await ws.send(
+            json.dumps(
+                [
+                    2,
+                    "basic-x",
+                    "ClearedChargingLimit",
+                    valid_payload("ClearedChargingLimit", "Request"),
+                ]
+            )
+        )
+        frame = await recv_frame(ws)
+        assert frame[:3] == [4, "basic-x", "NotSupported"], frame
+    finally:
+        await ws.close()
+    seen = await examples.arecords("basic.csms")
+    assert {r["payload"]["command"] for r in seen if r.get("topic") == "CS001/Request"} >= set(
+        CORE_REQUESTS
+    )
+    assert [r for r in seen if r.get("topic") == "CS001/Connection"]
+
+
+def test_cs_transaction_runs_the_whole_session(examples: Examples) -> None:
+    examples.wait(
+        "tx.cs",
+        lambda r: r.get("topic") == "CS100/Response" and r["payload"]["command"] == "MeterValues",
+        timeout=20,
+    )
+    answers = [
+        r["payload"]["command"]
+        for r in examples.records("tx.cs")
+        if r.get("topic") == "CS100/Response"
+    ]
+    assert answers == [
+        "BootNotification",
+        "StatusNotification",
+        "Authorize",
+        "TransactionEvent",
+        "TransactionEvent",
+        "TransactionEvent",
+        "MeterValues",
+    ]
+    assert not [r for r in examples.records("tx.cs") if r.get("topic") == "CS100/Error"]
+    events = [
+        r["payload"]["data"]
+        for r in examples.records("tx.csms")
+        if r.get("topic") == "CS100/Request" and r["payload"]["command"] == "TransactionEvent"
+    ]
+    assert [e["eventType"] for e in events] == ["Started", "Updated", "Ended"]
+    assert len({e["transactionInfo"]["transactionId"] for e in events}) == 1
+    assert events[1]["meterValue"][0]["sampledValue"][0]["value"] == 1500
+
+
+def test_link_call_example_both_ways(examples: Examples) -> None:
+    lc = examples.flows["link-call"]
+    cs200 = by_type(lc, "CS")[0]["cbId"]
+
+    def answered(tag: str, inject: str, topic: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 20
+        while True:
+            found = [r for r in examples.records(tag) if r.get("topic") == topic]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, examples.runtime.log_tail(30)
+            examples.press("link-call", inject)  # until CS200 is connected
+            time.sleep(1)
+
+    got = answered("lc.csms", "GetVariables to CS200", f"{cs200}/Response")
+    result = got["payload"]["data"]["getVariableResult"][0]
+    assert result["attributeStatus"] == "Accepted" and result["attributeValue"] == "300"
+    assert got["linked"] is False  # the link call strips _linkSource on the way back
+    got = answered("lc.cs", "Heartbeat to the CSMS", f"{cs200}/Response")
+    assert got["payload"]["command"] == "Heartbeat" and got["payload"]["data"]["currentTime"]
+
+
+def test_commands_example(examples: Examples) -> None:
+    def answer(inject: str, field: str) -> Any:
+        before = len(examples.records("cmd.csms"))
+        examples.press("commands", inject)
+        got = examples.wait("cmd.csms", lambda r: field in (r.get("payload") or {}), after=before)
+        return got["payload"][field]
+
+    def connections() -> Any:
+        return answer("connections", "connections")
+
+    time.sleep(0.5)
+    assert connections() == {}  # auto connect is off
+    examples.press("commands", "connect")
+    examples.wait("cmd.cs", lambda r: (r.get("ocpp") or {}).get("websocket") == "ONLINE")
+    assert "CS300" in connections()
+    assert "CS300" in answer("connections (msgType 4 form)", "connections")
+    assert answer("commands", "commands") == []
+    assert answer("get_auth_list", "auth_list") == {"CS300": "cs300-password"}
+    examples.press("commands", "set_auth_cs")
+    assert answer("get_auth_cs", "auth_cs") == "cs302-password"
+    examples.press("commands", "set_auth_list")
+    assert answer("get_auth_list", "auth_list") == {
+        "CS300": "cs300-password",
+        "CS301": "cs301-password",
+    }
+    examples.press("commands", "retrybackoff")
+    examples.press("commands", "close")
+    examples.wait("cmd.cs", lambda r: (r.get("ocpp") or {}).get("websocket") == "OFFLINE")
+    assert connections() == {}
+    after = len(examples.records("cmd.cs"))
+    examples.press("commands", "connect with overrides")
+    examples.wait(
+        "cmd.cs", lambda r: (r.get("ocpp") or {}).get("websocket") == "ONLINE", after=after
+    )
+    before = len(examples.records("cmd.cs"))
+    examples.press("commands", "ws_close CS300")
+    examples.wait(
+        "cmd.cs", lambda r: (r.get("ocpp") or {}).get("websocket") == "OFFLINE", after=before
+    )
+    examples.press("commands", "ws_close (stop listening)")
+    port = examples.ports["commands"]["CSMS :9224"]
+    time.sleep(0.5)
+    with pytest.raises(TimeoutError):
+        wait_port(port, timeout=1)
+    examples.press("commands", "ws_open")
+    wait_port(port, timeout=10)
+    examples.press("commands", "unknown command")
+    err = examples.wait("cmd.catch", lambda r: "frobnicate" in r["error"]["message"])
+    assert '"connections"' in err["error"]["message"]
+    # every other press ended without an error
+    assert len(examples.records("cmd.catch")) == 1, examples.records("cmd.catch")
+
+
+def test_log_to_file_writes_json_lines(examples: Examples) -> None:
+    def lines() -> list[dict[str, Any]]:
+        try:
+            text = examples.log_file.read_text()
+        except OSError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    deadline = time.monotonic() + 20
+    while len(lines()) < 2:
+        assert time.monotonic() < deadline, f"log file {examples.log_file}: {lines()}"
+        time.sleep(0.2)
+    first, second = lines()[:2]
+    assert first["msgFrom"] == "CS" and first["cbId"] == "LOG1"
+    assert first["frame"][0] == 2 and first["frame"][2] == "BootNotification"
+    assert second["msgFrom"] == "CSMS" and second["frame"][:2] == [3, first["frame"][1]]
+    assert second["frame"][2]["status"] == "Accepted"
+    assert first["time"].endswith("Z")
+
+
+def test_examples_deployed_without_errors(examples: Examples) -> None:
+    log = examples.runtime.log()
+    errors = [
+        line
+        for line in log.splitlines()
+        if ("[error]" in line or "Traceback" in line) and "frobnicate" not in line
+    ]
+    assert not errors, "\n".join(errors)
