@@ -147,7 +147,7 @@ class Station:
         ]
 
     async def received_request(self, message_id: str) -> dict[str, Any]:
-        found = await self.shim.wait_for(lambda: self.requests(message_id))
+        found: list[dict[str, Any]] = await self.shim.wait_for(lambda: self.requests(message_id))
         return found[0]
 
     def answer(self, request: dict[str, Any], data: dict[str, Any]) -> int:

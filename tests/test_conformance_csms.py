@@ -28,12 +28,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.typing import Subprotocol
 
 from tests.shim_double import ShimDouble, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DATE_TIME = "2026-01-01T00:00:00Z"
+OCPP201 = [Subprotocol("ocpp2.0.1")]
 BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M1", "vendorName": "V1"}}
 BOOT_ANSWER = {"currentTime": DATE_TIME, "interval": 300, "status": "Accepted"}
 GET_VARIABLES = {
@@ -95,7 +97,7 @@ class Csms:
         before = self.connected()
         ws = await connect(
             self.url(cb_id),
-            subprotocols=kwargs.pop("subprotocols", ["ocpp2.0.1"]),
+            subprotocols=kwargs.pop("subprotocols", OCPP201),
             additional_headers=basic(cb_id, password),
             **kwargs,
         )
@@ -118,7 +120,7 @@ class Csms:
 
     async def received_request(self, message_id: str) -> dict[str, Any]:
         """The port 0 msg of the station's CALL ``message_id`` (waits for it)."""
-        found = await self.shim.wait_for(lambda: self.requests(message_id))
+        found: list[dict[str, Any]] = await self.shim.wait_for(lambda: self.requests(message_id))
         return found[0]
 
     def answer(self, request: dict[str, Any], data: dict[str, Any]) -> int:
@@ -526,7 +528,7 @@ async def test_percent_encoded_identity_is_decoded_3_1_1(
     csms = await make_csms({"RDAM 123": "pw"})
     async with connect(
         f"ws://127.0.0.1:{csms.port}/ocpp/RDAM%20123",
-        subprotocols=["ocpp2.0.1"],
+        subprotocols=OCPP201,
         additional_headers=basic("RDAM 123", "pw"),
     ) as ws:
         await ws.send(json.dumps([2, "id-1", "Heartbeat", {}]))
@@ -557,7 +559,7 @@ async def test_identity_is_percent_decoded_exactly_once_3_1_1(
     csms = await make_csms({identity: "pw"})
     async with connect(
         f"ws://127.0.0.1:{csms.port}/ocpp/{path_identity}",
-        subprotocols=["ocpp2.0.1"],
+        subprotocols=OCPP201,
         additional_headers=basic(identity, "pw"),
     ) as ws:
         await ws.send(json.dumps([2, "dec-1", "Heartbeat", {}]))
@@ -588,7 +590,7 @@ async def test_identity_and_credentials_checked_before_upgrade_3_2(
     with pytest.raises(websockets.InvalidStatus) as info:
         async with connect(
             f"ws://127.0.0.1:{csms.port}/ocpp/{path_identity}",
-            subprotocols=["ocpp2.0.1"],
+            subprotocols=OCPP201,
             additional_headers=headers,
         ):
             pass
@@ -692,7 +694,7 @@ async def test_station_that_pongs_stays_connected_5_2(make_csms: MakeCsms) -> No
 async def test_duplicate_identity_newest_wins(shim: ShimDouble, csms: Csms) -> None:
     old = await csms.station()
     new = await connect(
-        csms.url("CP1"), subprotocols=["ocpp2.0.1"], additional_headers=basic("CP1", "pw")
+        csms.url("CP1"), subprotocols=OCPP201, additional_headers=basic("CP1", "pw")
     )
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(old.recv(), 3)
@@ -710,7 +712,7 @@ async def test_duplicate_identity_rejected_with_409(shim: ShimDouble, make_csms:
     first = await csms.station()
     with pytest.raises(websockets.InvalidStatus) as info:
         async with connect(
-            csms.url("CP1"), subprotocols=["ocpp2.0.1"], additional_headers=basic("CP1", "pw")
+            csms.url("CP1"), subprotocols=OCPP201, additional_headers=basic("CP1", "pw")
         ):
             pass
     assert info.value.response.status_code == 409
