@@ -75,3 +75,17 @@ async def test_reconnect_status_counts_down_each_second() -> None:
     finally:
         await node.stop()
     assert host.statuses[-1] == "stopped"
+
+
+def test_callerror_reply_to_a_request_that_no_longer_waits_says_so() -> None:
+    host = RecordingHost()
+    node = CsNode("n1", {"cbId": "CS1"}, {}, None, host)
+    node.input(
+        1,
+        {
+            "ocpp": {"MessageId": "gone-1", "cbId": "CS1"},
+            "payload": {"msgType": 4, "errorCode": "GenericError"},
+        },
+    )
+    assert host.dones[0][0] == 1 and "gone-1" in str(host.dones[0][1])
+    assert "waits for an answer" in str(host.dones[0][1])

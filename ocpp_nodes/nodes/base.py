@@ -110,7 +110,7 @@ class LinkOptions:
     ``message_timeout`` (s): how long a request waits for its answer and a
     received request for the flow's. ``queue_size``: requests that may wait
     behind the outstanding one. ``ping_interval`` (s, 0 = off): websocket
-    ping period; a pong must come within the same time. ``max_frame_size``
+    ping period; a pong must come within half of it. ``max_frame_size``
     (bytes): the largest frame accepted or sent.
     """
 
@@ -183,7 +183,17 @@ class OcppNode:
         if not isinstance(payload, dict):
             raise InputError("msg.payload must be an object such as {command, data}")
         msg_type = payload.get("msgType", MSG_REQUEST)
-        if msg_type == MSG_COMMAND or (msg_type == MSG_CALLERROR and not self._is_reply(msg)):
+        is_reply = msg_type == MSG_CALLERROR and self._is_reply(msg)
+        if msg_type == MSG_CALLERROR and not is_reply and not payload.get("command"):
+            message_id = (
+                msg.get("ocpp", {}).get("MessageId") if isinstance(msg.get("ocpp"), dict) else None
+            )
+            if message_id:  # a CALLERROR reply whose request no longer waits
+                raise InputError(
+                    f"no received request with MessageId {message_id!r} waits for an answer "
+                    "(already answered, or older than the message timeout)"
+                )
+        if msg_type == MSG_COMMAND or (msg_type == MSG_CALLERROR and not is_reply):
             command = payload.get("command")
             if not isinstance(command, str) or not command:
                 raise InputError(f"a command message needs payload.command: {self._command_list()}")

@@ -107,15 +107,18 @@ class CsNode(OcppNode):
             return str(exc)
         return None
 
-    async def _on_socket(self, socket: ServerSocket) -> str:
+    async def _on_socket(self, socket: ServerSocket) -> None:
         session = self._new_session(self.cb_id, socket)
         self.session = session
         self.host.status("green", "dot", "connected")
         self._announce(online=True)
+        reason = None  # stays None when the node stops: nothing to warn about
         try:
-            return await session.run()
+            reason = await session.run()
         finally:
             self.session = None
+            if reason is not None:
+                self.host.log("warn", f"{self.cb_id}: disconnected: {reason}")
             self._announce(online=False)
 
     def _announce(self, online: bool) -> None:

@@ -92,7 +92,7 @@ class ClientOptions:
 
 
 StateListener = Callable[[str, str], None]
-SocketHandler = Callable[[ServerSocket], Awaitable[str]]
+SocketHandler = Callable[[ServerSocket], Awaitable[None]]
 
 
 class CsClient:
@@ -101,7 +101,7 @@ class CsClient:
     Args:
         options: where and as whom to connect.
         backoff: the reconnect policy (shared with the node, which may change it).
-        on_socket: awaited for the life of each connection; returns why it ended.
+        on_socket: awaited for the life of each connection; reports how it ends.
         on_state: told ``("connecting", "")``, ``("failed", why)``,
             ``("waiting", "<seconds>")`` and ``("stopped", "")``.
     """
@@ -146,12 +146,15 @@ class CsClient:
         while True:
             self.on_state("connecting", "")
             why = await self._connect_once(url, headers)
-            self.on_state("failed", why)
+            if why is not None:
+                self.on_state("failed", why)
             wait = self.backoff.next_wait()
             self.on_state("waiting", f"{wait:.3f}")
             await asyncio.sleep(wait)
 
-    async def _connect_once(self, url: str, headers: dict[str, str]) -> str:
+    async def _connect_once(self, url: str, headers: dict[str, str]) -> str | None:
+        """One attempt: why it failed, or ``None`` when a connection opened and
+        ``on_socket`` ran (and reported how it ended)."""
         try:
             ws = await connect(
                 url,
@@ -159,10 +162,12 @@ class CsClient:
                 additional_headers=headers,
                 open_timeout=self.options.open_timeout,
                 max_size=self.options.max_frame_size,
+                # The pong deadline is half the interval, as on the CSMS side (aiohttp).
                 ping_interval=self.options.ping_interval or None,
-                ping_timeout=self.options.ping_interval or None,
+                ping_timeout=self.options.ping_interval / 2 or None,
                 user_agent_header=None,
-                close_timeout=2,
+                # A peer that stopped answering pings will not answer a close either.
+                close_timeout=min(2.0, self.options.ping_interval or 2.0),
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -180,6 +185,7 @@ class CsClient:
             return f"CSMS did not select subprotocol ocpp2.0.1 (got {ws.subprotocol!r})"
         self.backoff.reset()
         try:
-            return await self.on_socket(ServerSocket(ws))
+            await self.on_socket(ServerSocket(ws))
         finally:
             await ws.close(1000, "station stopped")
+        return None
