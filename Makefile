@@ -27,13 +27,14 @@ SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.te
 	-o -name '*.test.cjs' -o -name '*-test.js' -o -name '*_test.js' -o -name 'test-*.js' \
 	-o -name 'test.js' \) 2>/dev/null | sort)
 
-.PHONY: help setup demo test test-py test-shim lint clean
+.PHONY: help setup demo test test-py test-shim lint pack clean
 
 help:
 	@echo "make setup   install the Python venv and the npm packages (idempotent)"
 	@echo "make demo    start Node-RED on http://127.0.0.1:$(DEMO_PORT) with flows/demo.json"
 	@echo "make test    lint, then every test (Python and shim)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make pack    build/node-red-contrib-ocpp-nodes-<version>.tgz with the example flows"
 
 setup: $(PY_STAMP) $(SHIM_STAMP) $(TOOLS_STAMP)
 
@@ -87,6 +88,14 @@ demo: setup
 	$(VPY) scripts/deploy_flow.py flows/demo.json --url http://127.0.0.1:$(DEMO_PORT) &
 	@echo "Node-RED: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C to stop)"
 	exec $(NODE_RED) -u $(DEMO_DIR)
+
+# The npm tarball: the shim with the example flows copied in as examples/
+# (js_shim/examples is a symlink to flows/, which npm pack would leave out).
+pack:
+	rm -rf build/npm && mkdir -p build/npm
+	cp -r js_shim/package.json js_shim/lib js_shim/nodes build/npm/
+	cp -rL js_shim/examples build/npm/examples
+	cd build/npm && npm pack --silent --pack-destination $(CURDIR)/build
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
