@@ -90,11 +90,20 @@ demo: setup
 	exec $(NODE_RED) -u $(DEMO_DIR)
 
 # The npm tarball: the shim with the example flows copied in as examples/
-# (js_shim/examples is a symlink to flows/, which npm pack would leave out).
+# (js_shim/examples is a symlink to flows/, which npm pack would leave out) and
+# the Python engine as a wheel in python/, which the shim installs into a venv
+# in the Node-RED user dir on first start (js_shim/lib/provision.js).
+# setuptools builds in ./build/lib: cleared before, so no stale module lands in
+# the wheel, and after.
+PACK_PY := $(if $(wildcard $(VPY)),$(VPY),$(PYTHON3))
+
 pack:
-	rm -rf build/npm && mkdir -p build/npm
-	cp -r js_shim/package.json js_shim/lib js_shim/nodes build/npm/
+	rm -rf build/npm build/lib build/bdist.* && mkdir -p build/npm/python
+	rm -f build/node-red-contrib-ocpp-nodes-*.tgz
+	cp -r js_shim/package.json js_shim/README.md js_shim/lib js_shim/nodes build/npm/
 	cp -rL js_shim/examples build/npm/examples
+	$(PACK_PY) -m pip wheel --no-deps --disable-pip-version-check -q -w build/npm/python .
+	rm -rf build/lib build/bdist.*
 	cd build/npm && npm pack --silent --pack-destination $(CURDIR)/build
 
 clean:

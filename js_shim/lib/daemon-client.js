@@ -15,6 +15,7 @@ const path = require("node:path");
 const readline = require("node:readline");
 
 const { FrameDecoder, encodeFrame } = require("./framing");
+const { ensurePython, ProvisionError } = require("./provision");
 
 const PROTOCOL = 1;
 const READY_TIMEOUT_MS = 30000;
@@ -36,9 +37,11 @@ const MSG_FIELDS = ["_msgid", "payload", "topic", "ocpp", "customData", "_linkSo
 const HELP_PYTHON =
   "Set ocppNodes: { python: '/path/to/python' } in settings.js, or the environment " +
   "variable OCPP_NODES_PYTHON, to a Python (>= 3.10) that can `import ocpp_nodes`, " +
-  "then restart Node-RED.";
+  "or remove both so that ocpp-nodes installs its own engine (needs python3 with " +
+  "venv), then restart Node-RED.";
 
 const STATUS_STARTING = { fill: "yellow", shape: "ring", text: "engine starting" };
+const STATUS_INSTALLING = { fill: "yellow", shape: "ring", text: "installing engine" };
 const STATUS_DOWN = { fill: "red", shape: "ring", text: "engine down" };
 const STATUS_NO_PYTHON = { fill: "red", shape: "ring", text: "no python" };
 const STATUS_FAILED = { fill: "red", shape: "ring", text: "engine failed" };
@@ -141,7 +144,7 @@ class DaemonClient {
       this.start();
     }
     if (this.state === "starting") {
-      node.status(STATUS_STARTING);
+      node.status(this.installing ? STATUS_INSTALLING : STATUS_STARTING);
     } else if (this.state === "waiting") {
       node.status(STATUS_DOWN);
     }
@@ -230,11 +233,13 @@ class DaemonClient {
 
   start() {
     this.state = "starting";
+    this.installing = false;
     for (const { node } of this.nodes.values()) {
       node.status(STATUS_STARTING);
     }
     const attempt = {
       python: pickPython(this.RED),
+      abort: new AbortController(),
       dir: null,
       token: crypto.randomBytes(32).toString("hex"),
       child: null,
@@ -248,6 +253,36 @@ class DaemonClient {
       over: false,
     };
     this.attempt = attempt;
+    // provision.js names the Python, building a venv first when none has the
+    // engine (asynchronous: Node-RED's start never waits for it).
+    const onInstalling = () => {
+      this.installing = true;
+      for (const { node } of this.nodes.values()) {
+        node.status(STATUS_INSTALLING);
+      }
+    };
+    ensurePython(this.RED, { onInstalling, signal: attempt.abort.signal }).then(
+      ({ python }) => {
+        if (!attempt.over) {
+          this.installing = false;
+          attempt.python = python;
+          this.launch(attempt);
+        }
+      },
+      (err) => {
+        if (!attempt.over) {
+          this.installing = false;
+        }
+        if (err instanceof ProvisionError) {
+          this.failAttempt(attempt, "install", err.message,
+            { help: err.help, status: { fill: "red", shape: "ring", text: err.status } });
+        } else {
+          this.failAttempt(attempt, "failed", `cannot find a Python: ${err.message}`);
+        }
+      });
+  }
+
+  launch(attempt) {
     try {
       attempt.dir = fs.mkdtempSync(path.join(os.tmpdir(), "ocpp-nodes-"));
       fs.chmodSync(attempt.dir, 0o700);
@@ -528,7 +563,7 @@ class DaemonClient {
   // ---- failure handling ---------------------------------------------------
 
   /** The daemon never got ready (or the handshake failed). */
-  failAttempt(attempt, kind, reason) {
+  failAttempt(attempt, kind, reason, { help = HELP_PYTHON, status: shown = null } = {}) {
     if (attempt.over) {
       return;
     }
@@ -538,18 +573,19 @@ class DaemonClient {
     }
     const firstInStreak = this.lastFailure === "";
     this.lastFailure = reason;
-    const status = kind === "no-python" ? STATUS_NO_PYTHON : STATUS_FAILED;
+    const status = shown || (kind === "no-python" ? STATUS_NO_PYTHON : STATUS_FAILED);
     for (const { node } of this.nodes.values()) {
       node.status(status);
     }
-    if (kind === "no-python") {
-      this.RED.log.error(`[ocpp-nodes] cannot start the OCPP engine: ${reason}. ${HELP_PYTHON}`);
-      // Retrying cannot make a missing interpreter appear; the next deploy will.
+    if (kind === "no-python" || kind === "install") {
+      this.RED.log.error(`[ocpp-nodes] cannot start the OCPP engine: ${reason}. ${help}`);
+      // Retrying cannot make a missing interpreter (or a failed install) right;
+      // the next deploy or restart tries again.
       this.state = "failed";
       return;
     }
     if (firstInStreak) {
-      this.RED.log.error(`[ocpp-nodes] the OCPP engine failed to start: ${reason}\n${HELP_PYTHON}`);
+      this.RED.log.error(`[ocpp-nodes] the OCPP engine failed to start: ${reason}\n${help}`);
     } else {
       this.RED.log.warn(`[ocpp-nodes] the OCPP engine failed to start again: ${reason}`);
     }
@@ -592,6 +628,7 @@ class DaemonClient {
       return;
     }
     attempt.over = true;
+    attempt.abort.abort();
     clearTimeout(attempt.timer);
     if (attempt.socket) {
       attempt.socket.destroy();
