@@ -184,12 +184,13 @@ class ShimConnection:
         host = FrameHost(self, node_id)
         config = frame.get("config") if isinstance(frame.get("config"), dict) else {}
         credentials = frame.get("credentials") if isinstance(frame.get("credentials"), dict) else {}
+        tls = frame.get("tls") if isinstance(frame.get("tls"), dict) else None
         node: OcppNode
         if frame.get("type") == "CS":
             target = frame.get("target") if isinstance(frame.get("target"), dict) else None
-            node = CsNode(node_id, config, credentials, target, host)
+            node = CsNode(node_id, config, credentials, target, host, tls)
         elif frame.get("type") == "CSMS":
-            node = CsmsNode(node_id, config, credentials, host)
+            node = CsmsNode(node_id, config, credentials, host, tls)
         else:
             host.log("error", f"unknown node type {frame.get('type')!r}")
             return

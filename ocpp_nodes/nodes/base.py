@@ -103,6 +103,15 @@ def _number(value: Any, default: float) -> float:
     return number if number >= 0 and number == number else default
 
 
+def security_profile(config: dict[str, Any]) -> int:
+    """OCPP security profile 1, 2 or 3 (``security_profile``); 1 when absent."""
+    try:
+        profile = int(config.get("security_profile") or 1)
+    except (TypeError, ValueError):
+        return 1
+    return profile if profile in (1, 2, 3) else 1
+
+
 @dataclass(frozen=True)
 class LinkOptions:
     """Per-connection settings shared by both nodes (absent in older exports: defaults).
@@ -154,6 +163,7 @@ class OcppNode:
         self.host = host
         self.logging_enabled = bool(config.get("ocpp_logging"))
         self.options = LinkOptions.from_config(config)
+        self.security_profile = security_profile(config)
 
     async def start(self) -> None:
         raise NotImplementedError

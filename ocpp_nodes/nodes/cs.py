@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from typing import Any
 
 from ..rpc import CallReceived, Role
 from ..transport import Backoff, ClientOptions, CsClient, OcppSession, station_url
 from ..transport.cs_client import ServerSocket
+from ..transport.tls import TlsMaterial, client_context
 from .base import PORT_COMMON, InputError, NodeHost, OcppNode
 
 __all__ = ["CsNode"]
@@ -46,8 +48,10 @@ class CsNode(OcppNode):
         credentials: dict[str, Any],
         target: dict[str, Any] | None,
         host: NodeHost,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(node_id, config, host)
+        self.tls = TlsMaterial.from_options(tls)
         self.cb_id = str(config.get("cbId") or "").strip()
         self.csms_url = str((target or {}).get("url") or config.get("csms_url") or "").strip()
         password = credentials.get("csms_pw") or config.get("csms_pw")
@@ -77,17 +81,26 @@ class CsNode(OcppNode):
     def _connect(self) -> bool:
         """Start the client with the current settings; False (and a status) when they are bad."""
         problem = self._config_problem()
+        ssl_context = None
+        if problem is None and self.csms_url.startswith("wss://"):
+            try:
+                ssl_context = client_context(self.tls)
+            except (ssl.SSLError, ValueError) as exc:  # never echoes key material
+                problem = f"the TLS configuration does not load: {exc}"
         if problem is not None:
-            self.host.status("red", "ring", problem[:20])
-            self.host.log("error", problem)
+            self.host.status("red", "ring", "config error")
+            self.host.log("error", f"{self.cb_id or 'CS'}: {problem}")
             return False
         self.client = CsClient(
             ClientOptions(
                 self.csms_url,
                 self.cb_id,
-                self.password,
+                # Profile 3 authenticates by client certificate, not Basic auth.
+                None if self.security_profile == 3 else self.password,
                 max_frame_size=self.options.max_frame_size,
                 ping_interval=self.options.ping_interval,
+                ssl_context=ssl_context,
+                servername=self.tls.servername if self.tls else None,
             ),
             self.backoff,
             self._on_socket,
@@ -105,6 +118,13 @@ class CsNode(OcppNode):
             station_url(self.csms_url, self.cb_id)
         except ValueError as exc:
             return str(exc)
+        profile = self.security_profile
+        if profile >= 2 and not self.csms_url.startswith("wss://"):
+            return f"security profile {profile} needs a wss:// CSMS URL"
+        if profile == 2 and not self.password:
+            return "security profile 2 needs a password"
+        if profile == 3 and not (self.tls and self.tls.has_identity):
+            return "security profile 3 needs a TLS configuration with a client certificate and key"
         return None
 
     async def _on_socket(self, socket: ServerSocket) -> None:

@@ -10,15 +10,26 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import ssl
 from datetime import datetime, timezone
 from typing import Any
 
 from ..rpc import Role
 from ..transport import AuthDecision, CsmsServer, OcppSession, ServerOptions
 from ..transport.csms_server import StationSocket
+from ..transport.tls import TlsMaterial, server_context
 from .base import PORT_COMMON, InputError, NodeHost, OcppNode
 
 __all__ = ["CsmsNode", "parse_auth_list"]
+
+
+def _count(value: Any, default: float) -> float:
+    """A non-negative number from the config; ``default`` when absent or invalid."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number >= 0 else default
 
 
 def parse_auth_list(value: Any) -> dict[str, str]:
@@ -62,9 +73,17 @@ class CsmsNode(OcppNode):
         config: dict[str, Any],
         credentials: dict[str, Any],
         host: NodeHost,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(node_id, config, host)
+        self.tls = TlsMaterial.from_options(tls)
         self.path = str(config.get("path") or "")
+        # Connection caps (0 = none); see docs/security.md.
+        self.max_connections = int(_count(config.get("max_connections"), 25_000))
+        self.handshakes_per_second = _count(config.get("handshakes_per_second"), 500)
+        # The package we replace answered get_auth_list / get_auth_cs to any
+        # flow; keep that unless the node says otherwise.
+        self.auth_list_readable = config.get("allow_auth_list_read", True) is not False
         self.port_problem: str | None = None
         try:
             self.port = int(str(config.get("port")))
@@ -97,7 +116,28 @@ class CsmsNode(OcppNode):
             return
         await self._listen()
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context the profile asks for; raises ``ValueError`` saying what is missing."""
+        profile = self.security_profile
+        if self.tls is None or not self.tls.has_identity:
+            if profile >= 2:
+                raise ValueError(
+                    f"security profile {profile} needs a TLS configuration with the "
+                    "CSMS's certificate and private key"
+                )
+            return None
+        try:
+            return server_context(self.tls, require_client_certificate=profile == 3)
+        except ssl.SSLError as exc:  # never echoes key material
+            raise ValueError(f"the TLS configuration does not load: {exc.reason or exc}") from None
+
     async def _listen(self) -> bool:
+        try:
+            ssl_context = self._ssl_context()
+        except ValueError as exc:
+            self.host.status("red", "ring", "config error")
+            self.host.log("error", str(exc))
+            return False
         server = CsmsServer(
             ServerOptions(
                 host=None,
@@ -105,6 +145,9 @@ class CsmsNode(OcppNode):
                 path=self.path,
                 max_frame_size=self.options.max_frame_size,
                 ping_interval=self.options.ping_interval,
+                ssl_context=ssl_context,
+                max_connections=self.max_connections,
+                handshakes_per_second=self.handshakes_per_second,
             ),
             self._authenticate,
             self._on_station,
@@ -132,7 +175,15 @@ class CsmsNode(OcppNode):
                 "green", "dot" if self.stations else "ring", f"{len(self.stations)} connected"
             )
 
-    def _authenticate(self, cb_id: str, credentials: tuple[str, str] | None) -> AuthDecision:
+    def _authenticate(
+        self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
+    ) -> AuthDecision:
+        if self.security_profile == 3:
+            # The TLS handshake has checked the certificate against our CA;
+            # it must also be this station's.
+            if client_cn != cb_id:
+                return AuthDecision.WRONG_CERTIFICATE
+            return self._admit(cb_id)
         expected = self.auth_list.get(cb_id)
         if expected is None:
             return AuthDecision.UNKNOWN_IDENTITY
@@ -143,6 +194,9 @@ class CsmsNode(OcppNode):
         password_ok = hmac.compare_digest(password.encode(), expected.encode())
         if not (user_ok and password_ok):
             return AuthDecision.BAD_CREDENTIALS
+        return self._admit(cb_id)
+
+    def _admit(self, cb_id: str) -> AuthDecision:
         if cb_id in self.stations and not self.replace_duplicates:
             return AuthDecision.ALREADY_CONNECTED
         return AuthDecision.ACCEPT
@@ -212,6 +266,7 @@ class CsmsNode(OcppNode):
         elif command in ("cmds", "command", "commands"):
             self._reply_to_command(msg, commands=self._pending_calls())
         elif command == "get_auth_list":
+            self._check_auth_list_readable(command)
             self._reply_to_command(msg, auth_list=dict(self.auth_list))
         elif command == "set_auth_list":
             try:
@@ -219,6 +274,7 @@ class CsmsNode(OcppNode):
             except ValueError as exc:
                 raise InputError(str(exc)) from None
         elif command in ("get_auth_cs", "get_auth_user"):
+            self._check_auth_list_readable(command)
             name = self._station_name(settings)
             self._reply_to_command(msg, auth_cs=self.auth_list.get(name, "NOT FOUND"))
         elif command in ("set_auth_cs", "set_auth_user"):
@@ -236,6 +292,12 @@ class CsmsNode(OcppNode):
         else:
             raise InputError(f"unknown command {command!r}: {self._command_list()}")
         return True
+
+    def _check_auth_list_readable(self, command: str) -> None:
+        if not self.auth_list_readable:
+            raise InputError(
+                f"{command} is turned off for this node ('Flows may read passwords' is unchecked)"
+            )
 
     @staticmethod
     def _station_name(settings: dict[str, Any]) -> str:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -83,12 +85,17 @@ def _describe_close(exc: ConnectionClosed) -> str:
 
 @dataclass
 class ClientOptions:
+    """Where and as whom to connect. ``password`` None sends no Basic auth
+    (profile 3); ``ssl_context`` is used for ``wss://`` URLs."""
+
     csms_url: str
     cb_id: str
     password: str | None
     max_frame_size: int = 1024 * 1024
     ping_interval: float = 30.0
     open_timeout: float = 10.0
+    ssl_context: ssl.SSLContext | None = None
+    servername: str | None = None
 
 
 StateListener = Callable[[str, str], None]
@@ -156,8 +163,14 @@ class CsClient:
         """One attempt: why it failed, or ``None`` when a connection opened and
         ``on_socket`` ran (and reported how it ended)."""
         try:
+            tls: dict[str, Any] = {}
+            if url.startswith("wss://"):
+                tls["ssl"] = self.options.ssl_context or True
+                if self.options.servername:
+                    tls["server_hostname"] = self.options.servername
             ws = await connect(
                 url,
+                **tls,
                 subprotocols=[SUBPROTOCOL],
                 additional_headers=headers,
                 open_timeout=self.options.open_timeout,
@@ -176,6 +189,10 @@ class CsClient:
             if status == 404:
                 return "CSMS does not know this cbId (HTTP 404)"
             return f"CSMS answered HTTP {status}"
+        except ssl.SSLCertVerificationError as exc:
+            return f"the CSMS's TLS certificate is not trusted: {exc.verify_message}"
+        except ssl.SSLError as exc:
+            return f"TLS handshake failed: {exc.reason or exc}"
         except (OSError, asyncio.TimeoutError) as exc:
             return f"cannot connect: {exc or type(exc).__name__}"
         except Exception as exc:

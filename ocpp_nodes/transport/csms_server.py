@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -21,7 +22,9 @@ from enum import Enum
 from aiohttp import WSMsgType, web
 
 from .identity import identity_problem
+from .limits import RateLimit
 from .session import SocketClosed
+from .tls import peer_common_name
 
 __all__ = ["AuthDecision", "CsmsServer", "StationSocket", "basic_auth_credentials", "route_for"]
 
@@ -34,6 +37,7 @@ class AuthDecision(Enum):
     ACCEPT = 200
     UNKNOWN_IDENTITY = 404
     BAD_CREDENTIALS = 401
+    WRONG_CERTIFICATE = 403
     ALREADY_CONNECTED = 409
 
 
@@ -82,18 +86,29 @@ class StationSocket:
         await self.ws.close(code=code, message=reason.encode("utf-8"))
 
 
-Authenticator = Callable[[str, tuple[str, str] | None], AuthDecision]
+#: ``(cbId, Basic credentials or None, client certificate CN or None) -> decision``
+Authenticator = Callable[[str, tuple[str, str] | None, str | None], AuthDecision]
 StationHandler = Callable[[str, StationSocket, str], Awaitable[None]]
 
 
 @dataclass
 class ServerOptions:
+    """Where and how to listen.
+
+    ``ssl_context`` serves ``wss://`` (profiles 2 and 3); ``max_connections``
+    caps open station connections and ``handshakes_per_second`` connection
+    attempts (0 = no cap): both answer HTTP 503 beyond the cap.
+    """
+
     host: str | None
     port: int
     path: str
     max_frame_size: int = 1024 * 1024
     ping_interval: float = 30.0
     compress: bool = True
+    ssl_context: ssl.SSLContext | None = None
+    max_connections: int = 0
+    handshakes_per_second: float = 0.0
 
 
 class CsmsServer:
@@ -114,6 +129,7 @@ class CsmsServer:
         self.on_station = on_station
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._handshakes = RateLimit(options.handshakes_per_second)
 
     async def start(self) -> None:
         """Bind and listen. Raises ``OSError`` when the port cannot be had."""
@@ -121,7 +137,13 @@ class CsmsServer:
         app.router.add_get(route_for(self.options.path), self._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.options.host, self.options.port, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            self.options.host,
+            self.options.port,
+            reuse_address=True,
+            ssl_context=self.options.ssl_context,
+        )
         try:
             await site.start()
         except BaseException:
@@ -138,12 +160,23 @@ class CsmsServer:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._handshakes.allow(asyncio.get_running_loop().time()):
+            return web.Response(
+                status=503, text="Too many connection attempts", headers={"Retry-After": "1"}
+            )
+        if self.options.max_connections and len(self._sockets) >= self.options.max_connections:
+            return web.Response(
+                status=503, text="The CSMS is at its connection limit", headers={"Retry-After": "5"}
+            )
         cb_id = request.match_info["cbId"]
         problem = identity_problem(cb_id)
         if problem is not None:
             return web.Response(status=400, text=f"Invalid Charging Station identity: {problem}")
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
         decision = self.authenticate(
-            cb_id, basic_auth_credentials(request.headers.get("Authorization"))
+            cb_id,
+            basic_auth_credentials(request.headers.get("Authorization")),
+            peer_common_name(peercert),
         )
         if decision is AuthDecision.UNKNOWN_IDENTITY:
             return web.Response(status=404, text="Unknown Charging Station identity")
@@ -152,6 +185,10 @@ class CsmsServer:
                 status=401,
                 text="Access denied",
                 headers={"WWW-Authenticate": 'Basic realm="OCPP", charset="UTF-8"'},
+            )
+        if decision is AuthDecision.WRONG_CERTIFICATE:
+            return web.Response(
+                status=403, text="The client certificate is not this Charging Station's"
             )
         if decision is AuthDecision.ALREADY_CONNECTED:
             return web.Response(status=409, text="This Charging Station is already connected")
