@@ -3,6 +3,7 @@
 // ocpp-nodes daemon; this file only hands it the config and the messages.
 
 const { getClient, createFrame } = require("../lib/daemon-client");
+const { tlsOptions } = require("../lib/tls");
 
 module.exports = function (RED) {
   function OcppCsNode(config) {
@@ -14,6 +15,10 @@ module.exports = function (RED) {
     const target = config.csms ? RED.nodes.getNode(config.csms) : null;
     if (target) {
       frame.target = { url: target.url, name: target.name };
+    }
+    const tls = config.tls ? tlsOptions(RED.nodes.getNode(config.tls)) : undefined;
+    if (tls) {
+      frame.tls = tls;
     }
     client.register(node, frame);
 

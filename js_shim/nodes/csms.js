@@ -4,6 +4,7 @@
 // the messages.
 
 const { getClient, createFrame } = require("../lib/daemon-client");
+const { tlsOptions } = require("../lib/tls");
 
 module.exports = function (RED) {
   function OcppCsmsNode(config) {
@@ -11,7 +12,12 @@ module.exports = function (RED) {
     const node = this;
     const client = getClient(RED);
 
-    client.register(node, createFrame(node, "CSMS", config));
+    const frame = createFrame(node, "CSMS", config);
+    const tls = config.tls ? tlsOptions(RED.nodes.getNode(config.tls)) : undefined;
+    if (tls) {
+      frame.tls = tls;
+    }
+    client.register(node, frame);
 
     node.on("input", (msg, send, done) => client.input(node, msg, send, done));
     node.on("close", (removed, done) => client.deregister(node, done));
