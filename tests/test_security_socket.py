@@ -132,7 +132,9 @@ async def read_until_eof(
     try:
         await asyncio.wait_for(loop(), timeout)
     except asyncio.TimeoutError:
-        raise AssertionError(f"the daemon kept the connection open; frames so far: {frames}")
+        raise AssertionError(
+            f"the daemon kept the connection open; frames so far: {frames}"
+        ) from None
     return frames
 
 
@@ -329,7 +331,7 @@ async def test_good_shim_unaffected_by_a_series_of_abusers(daemon: LoggedDaemon)
         msgpack.packb("not even framed"),
     ]
     clients = [await raw_connection(daemon) for _ in payloads]
-    for (_reader, writer), data in zip(clients, payloads):
+    for (_reader, writer), data in zip(clients, payloads, strict=True):
         writer.write(data)
     # (the last one's first 4 bytes read as a length above the cap) all are closed in time
     for reader, writer in clients:
