@@ -16,6 +16,8 @@ module.exports = function (RED) {
     if (target) {
       frame.target = { url: target.url, name: target.name };
     }
+    // Requests kept while offline live on disk in the Node-RED user dir.
+    frame.userDir = RED.settings.userDir;
     const tls = config.tls ? tlsOptions(RED.nodes.getNode(config.tls)) : undefined;
     if (tls) {
       frame.tls = tls;

@@ -20,10 +20,12 @@ import contextlib
 import hmac
 import logging
 import os
+import sqlite3
 from typing import Any
 
 from .. import IPC_PROTOCOL, __version__
 from ..nodes import CsmsNode, CsNode, OcppNode
+from ..nodes.offline_store import OfflineStore
 from .framing import FrameDecoder, FrameError, encode
 
 __all__ = ["DaemonServer", "FrameHost", "ShimConnection"]
@@ -76,6 +78,7 @@ class ShimConnection:
         self.reader = reader
         self.writer = writer
         self.nodes: dict[str, OcppNode] = {}
+        self._stores: dict[str, OfflineStore] = {}
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._greeted = False
 
@@ -188,7 +191,9 @@ class ShimConnection:
         node: OcppNode
         if frame.get("type") == "CS":
             target = frame.get("target") if isinstance(frame.get("target"), dict) else None
-            node = CsNode(node_id, config, credentials, target, host, tls)
+            node = CsNode(
+                node_id, config, credentials, target, host, tls, self._store(frame.get("userDir"))
+            )
         elif frame.get("type") == "CSMS":
             node = CsmsNode(node_id, config, credentials, host, tls)
         else:
@@ -214,12 +219,28 @@ class ShimConnection:
             if answer:
                 self.write({"t": "closed", "node": node_id})
 
+    def _store(self, user_dir: Any) -> OfflineStore | None:
+        """The offline store in the Node-RED user dir (one per dir), or None (in memory)."""
+        if not isinstance(user_dir, str) or not user_dir:
+            return None
+        path = os.path.join(user_dir, "ocpp-nodes", "offline-queue.sqlite")
+        if path not in self._stores:
+            try:
+                self._stores[path] = OfflineStore(path)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("cannot open the offline queue %s: %s; keeping it in memory", path, exc)
+                return None
+        return self._stores[path]
+
     async def close_all(self) -> None:
         await asyncio.gather(
             *(self._close(node_id, answer=False) for node_id in list(self.nodes)),
             *self._stopping.values(),
             return_exceptions=True,
         )
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
 
 
 class DaemonServer:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +56,7 @@ __all__ = [
     "PORT_COMMON",
     "PORT_LINK",
     "PORT_LOG",
+    "number_setting",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,15 +86,23 @@ class InputError(Exception):
 
 @dataclass
 class CallContext:
-    """What a request from the flow needs back when its answer comes."""
+    """What a request needs back when its answer comes.
 
-    seq: int
+    ``seq`` is the flow input the request ends (``None`` for a request sent
+    from the offline store, whose input ended when it was stored).
+    ``settled``, when set, learns the outcome: ``"answered"`` (CALLRESULT or
+    CALLERROR delivered), ``"invalid"`` (answered with a payload that breaks
+    the schema) or ``"failed"`` (timed out, or the connection was lost).
+    """
+
+    seq: int | None
     has_custom_data: bool
     custom_data: Any
     link_source: Any
+    settled: Callable[[str], None] | None = None
 
 
-def _number(value: Any, default: float) -> float:
+def number_setting(value: Any, default: float) -> float:
     """``value`` as a non-negative number; ``default`` when absent, empty or invalid."""
     if value is None or value == "":
         return default
@@ -132,13 +142,15 @@ class LinkOptions:
     def from_config(cls, config: dict[str, Any]) -> LinkOptions:
         default = cls()
         # The package we replace read an undocumented `messageTimeout` in milliseconds.
-        legacy_timeout = _number(config.get("messageTimeout"), 0) / 1000
-        timeout = _number(config.get("message_timeout"), legacy_timeout or default.message_timeout)
+        legacy_timeout = number_setting(config.get("messageTimeout"), 0) / 1000
+        timeout = number_setting(
+            config.get("message_timeout"), legacy_timeout or default.message_timeout
+        )
         return cls(
             message_timeout=timeout or default.message_timeout,
-            queue_size=int(_number(config.get("queue_size"), default.queue_size)),
-            ping_interval=_number(config.get("ping_interval"), default.ping_interval),
-            max_frame_size=int(_number(config.get("max_frame_size"), default.max_frame_size))
+            queue_size=int(number_setting(config.get("queue_size"), default.queue_size)),
+            ping_interval=number_setting(config.get("ping_interval"), default.ping_interval),
+            max_frame_size=int(number_setting(config.get("max_frame_size"), default.max_frame_size))
             or default.max_frame_size,
         )
 
@@ -315,7 +327,7 @@ class OcppNode:
                     },
                 )
             elif isinstance(event, ResultInvalid):
-                self._fail_call(event.call, f"{session.cb_id}: {event.description}")
+                self._fail_call(event.call, f"{session.cb_id}: {event.description}", "invalid")
             elif isinstance(event, CallTimedOut):
                 self._fail_call(
                     event.call,
@@ -380,11 +392,19 @@ class OcppNode:
             msg["_linkSource"] = context.link_source
             port = PORT_LINK
         self.host.send(port, msg)
-        self.host.done(context.seq)
+        if context.seq is not None:
+            self.host.done(context.seq)
+        if context.settled is not None:
+            context.settled("answered")
 
-    def _fail_call(self, call: OutgoingCall, reason: str) -> None:
+    def _fail_call(self, call: OutgoingCall, reason: str, outcome: str = "failed") -> None:
         context: CallContext = call.context
-        self.host.done(context.seq, reason)
+        if context.seq is not None:
+            self.host.done(context.seq, reason)
+        else:  # nobody waits on an input: say it in the log
+            self.host.log("warn", reason)
+        if context.settled is not None:
+            context.settled(outcome)
 
     # -- the log port ---------------------------------------------------------------
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
+from collections import deque
 from typing import Any
 
-from ..rpc import CallReceived, Role
+from ..rpc import CallReceived, OutgoingError, Role, check_request
+from ..schemas import registry
 from ..transport import Backoff, ClientOptions, CsClient, OcppSession, station_url
 from ..transport.cs_client import ServerSocket
 from ..transport.tls import TlsMaterial, client_context
-from .base import PORT_COMMON, InputError, NodeHost, OcppNode
+from .base import PORT_COMMON, CallContext, InputError, NodeHost, OcppNode, number_setting
+from .offline_store import OfflineStore
 
 __all__ = ["CsNode"]
 
@@ -49,9 +52,18 @@ class CsNode(OcppNode):
         target: dict[str, Any] | None,
         host: NodeHost,
         tls: dict[str, Any] | None = None,
+        store: OfflineStore | None = None,
     ) -> None:
         super().__init__(node_id, config, host)
         self.tls = TlsMaterial.from_options(tls)
+        # Requests while offline: "transactions" (default: TransactionEvent,
+        # kept on disk), "all" (also every other request, in memory), "off".
+        mode = config.get("offline_queue", "transactions")
+        self.offline_mode = mode if mode in ("transactions", "all", "off") else "transactions"
+        self.offline_limit = int(number_setting(config.get("offline_queue_size"), 1000))
+        self.store = store if store is not None else OfflineStore(":memory:")
+        self._waiting: deque[tuple[int, dict[str, Any]]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
         self.cb_id = str(config.get("cbId") or "").strip()
         self.csms_url = str((target or {}).get("url") or config.get("csms_url") or "").strip()
         password = credentials.get("csms_pw") or config.get("csms_pw")
@@ -77,6 +89,9 @@ class CsNode(OcppNode):
         if self.client is not None:
             client, self.client = self.client, None
             await client.stop()
+        while self._waiting:
+            seq, _ = self._waiting.popleft()
+            self.host.done(seq, f"{self.cb_id}: the node stopped before it was connected")
 
     def _connect(self) -> bool:
         """Start the client with the current settings; False (and a status) when they are bad."""
@@ -132,11 +147,13 @@ class CsNode(OcppNode):
         self.session = session
         self.host.status("green", "dot", "connected")
         self._announce(online=True)
+        self._drainer = asyncio.get_running_loop().create_task(self._drain(session))
         reason = None  # stays None when the node stops: nothing to warn about
         try:
             reason = await session.run()
         finally:
             self.session = None
+            self._drainer.cancel()
             if reason is not None:
                 self.host.log("warn", f"{self.cb_id}: disconnected: {reason}")
             self._announce(online=False)
@@ -179,6 +196,97 @@ class CsNode(OcppNode):
             self._countdown = None
 
     # -- input ----------------------------------------------------------------------
+
+    # -- requests while offline ----------------------------------------------------------
+
+    def _send_request(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
+        action = payload.get("command")
+        stored = self.store.count(self.cb_id) if self.offline_mode != "off" else 0
+        if action == "TransactionEvent" and self.offline_mode != "off":
+            # Kept in order: behind what is stored, even once connected again.
+            if self.session is None or stored or self._draining():
+                self._store(seq, msg, payload, offline=self.session is None)
+                return
+        elif self.session is None and self.offline_mode == "all":
+            self._wait_for_connection(seq, msg, payload)
+            return
+        super()._send_request(seq, msg, payload)
+
+    def _draining(self) -> bool:
+        return self._drainer is not None and not self._drainer.done()
+
+    def _store(self, seq: int, msg: dict[str, Any], payload: dict[str, Any], offline: bool) -> None:
+        data = payload.get("data", {})
+        check_request(registry(self.ocpp_version), self.role, "TransactionEvent", data)
+        if self.store.count(self.cb_id) >= self.offline_limit:
+            self.host.log(
+                "warn",
+                f"{self.cb_id}: offline queue full ({self.offline_limit}); dropped this "
+                "TransactionEvent",
+                msg,
+            )
+            self.host.done(seq)
+            return
+        if offline and isinstance(data, dict) and "offline" not in data:
+            data = {**data, "offline": True}  # part 2: it happened while offline
+        message_id = payload.get("MessageId") or None
+        try:
+            self.store.add(
+                self.cb_id,
+                "TransactionEvent",
+                data,
+                message_id,
+                msg.get("customData"),
+                "customData" in msg,
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"cannot keep this request for later: {exc}") from None
+        self.host.done(seq)  # kept on disk; its answer comes out later as a Response
+
+    def _wait_for_connection(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
+        check_request(
+            registry(self.ocpp_version), self.role, payload.get("command"), payload.get("data", {})
+        )
+        if len(self._waiting) >= self.offline_limit:
+            self.host.log(
+                "warn",
+                f"{self.cb_id}: offline queue full ({self.offline_limit}); dropped this request",
+                msg,
+            )
+            self.host.done(seq)
+            return
+        self._waiting.append((seq, msg))
+
+    async def _drain(self, session: OcppSession) -> None:
+        """Send what was kept, in order, one at a time; then what waited in memory."""
+        loop = asyncio.get_running_loop()
+        while session is self.session:
+            entry = self.store.first(self.cb_id)
+            if entry is None:
+                break
+            outcome: asyncio.Future[str] = loop.create_future()
+            context = CallContext(
+                None,
+                entry.has_custom_data,
+                entry.custom_data,
+                None,
+                lambda result, outcome=outcome: outcome.done() or outcome.set_result(result),
+            )
+            try:
+                session.send_call(
+                    entry.action, entry.payload, message_id=entry.message_id, context=context
+                )
+            except OutgoingError as exc:
+                self.host.log("warn", f"{self.cb_id}: dropped a stored {entry.action}: {exc}")
+                self.store.remove(entry.row_id)
+                continue
+            if await outcome == "failed":  # kept: tried again, now or on reconnection
+                await asyncio.sleep(1.0)
+                continue
+            self.store.remove(entry.row_id)
+        while self._waiting and session is self.session:
+            seq, msg = self._waiting.popleft()
+            self.input(seq, msg)
 
     def _session_for(self, msg: dict[str, Any]) -> OcppSession:
         if self.session is None:

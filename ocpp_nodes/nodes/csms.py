@@ -18,18 +18,9 @@ from ..rpc import Role
 from ..transport import AuthDecision, CsmsServer, OcppSession, ServerOptions
 from ..transport.csms_server import StationSocket
 from ..transport.tls import TlsMaterial, server_context
-from .base import PORT_COMMON, InputError, NodeHost, OcppNode
+from .base import PORT_COMMON, InputError, NodeHost, OcppNode, number_setting
 
 __all__ = ["CsmsNode", "parse_auth_list"]
-
-
-def _count(value: Any, default: float) -> float:
-    """A non-negative number from the config; ``default`` when absent or invalid."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return number if number >= 0 else default
 
 
 def parse_auth_list(value: Any) -> dict[str, str]:
@@ -79,8 +70,8 @@ class CsmsNode(OcppNode):
         self.tls = TlsMaterial.from_options(tls)
         self.path = str(config.get("path") or "")
         # Connection caps (0 = none); see docs/security.md.
-        self.max_connections = int(_count(config.get("max_connections"), 25_000))
-        self.handshakes_per_second = _count(config.get("handshakes_per_second"), 500)
+        self.max_connections = int(number_setting(config.get("max_connections"), 25_000))
+        self.handshakes_per_second = number_setting(config.get("handshakes_per_second"), 500)
         # The package we replace answered get_auth_list / get_auth_cs to any
         # flow; keep that unless the node says otherwise.
         self.auth_list_readable = config.get("allow_auth_list_read", True) is not False
@@ -159,7 +150,7 @@ class CsmsNode(OcppNode):
             self.host.log("error", f"cannot listen on port {self.port}: {exc.strerror or exc}")
             return False
         self.server = server
-        self._show_count()
+        self._shownumber_setting()
         return True
 
     async def stop(self) -> None:
@@ -167,7 +158,7 @@ class CsmsNode(OcppNode):
             server, self.server = self.server, None
             await server.stop()
 
-    def _show_count(self) -> None:
+    def _shownumber_setting(self) -> None:
         if self.server is None:
             self.host.status("grey", "ring", "not listening")
         else:
@@ -208,7 +199,7 @@ class CsmsNode(OcppNode):
         session = self._new_session(cb_id, socket, remote)
         self.stations[cb_id] = session
         self.connected_since[cb_id] = datetime.now(timezone.utc).isoformat()
-        self._show_count()
+        self._shownumber_setting()
         self._announce(cb_id, "ONLINE", remote)
         reason = "stopped"
         try:
@@ -218,7 +209,7 @@ class CsmsNode(OcppNode):
             if not replaced:
                 del self.stations[cb_id]
                 self.connected_since.pop(cb_id, None)
-            self._show_count()
+            self._shownumber_setting()
             self.host.log("info", f"{cb_id} disconnected: {reason}")
             if not replaced:  # a replaced connection's station is still online
                 self._announce(cb_id, "OFFLINE", remote, reason)
@@ -332,7 +323,7 @@ class CsmsNode(OcppNode):
             await session.close(1000, "closed by the CSMS flow")
         else:  # no station named: stop listening until ws_open
             await self.stop()
-            self._show_count()
+            self._shownumber_setting()
         self.host.done(seq)
 
     async def _ws_open(self, seq: int) -> None:

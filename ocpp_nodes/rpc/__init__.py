@@ -17,6 +17,7 @@ from .connection import (
     ResultInvalid,
     ResultReceived,
     UnexpectedAnswer,
+    check_request,
 )
 from .frames import (
     Call,
@@ -55,6 +56,7 @@ __all__ = [
     "Role",
     "UnexpectedAnswer",
     "actions_sent_by",
+    "check_request",
     "parse",
     "serialize",
 ]

@@ -63,6 +63,7 @@ __all__ = [
     "ResultInvalid",
     "ResultReceived",
     "UnexpectedAnswer",
+    "check_request",
 ]
 
 
@@ -157,6 +158,24 @@ class OutgoingError(ValueError):
     """What the flow asked us to send cannot be sent; nothing went on the wire."""
 
 
+def check_request(schemas: SchemaRegistry, role: Role | None, action: Any, payload: Any) -> None:
+    """Raise :class:`OutgoingError` unless ``role`` may send ``action`` with ``payload``.
+
+    What :meth:`OcppConnection.send_call` checks first; also used to refuse a
+    request before it is stored for later.
+    """
+    if not isinstance(action, str) or not schemas.knows(action):
+        raise OutgoingError(f"{action!r} is not an OCPP {schemas.version} action")
+    we_send = None if role is None else actions_sent_by(schemas.version, role)
+    if we_send is not None and action not in we_send:
+        raise OutgoingError(f"{action} is not an action a {role.value} sends")  # type: ignore[union-attr]
+    violation = schemas.validate(action, Direction.REQUEST, payload)
+    if violation is not None:
+        raise OutgoingError(
+            f"{action} request is invalid ({violation.error_code}): {violation.description}"
+        )
+
+
 class OcppConnection:
     """The OCPP-J state of one websocket connection, in either role.
 
@@ -186,7 +205,6 @@ class OcppConnection:
         self.schemas = schemas
         self.role = role
         self.max_frame_size = max_frame_size
-        self._we_send = None if role is None else actions_sent_by(schemas.version, role)
         self._peer_sends = None if role is None else actions_sent_by(schemas.version, role.peer)
         self._role_name = "" if role is None else role.value
         self.calls = PendingCalls(call_timeout, max_queued)
@@ -306,11 +324,7 @@ class OcppConnection:
             OutgoingError: unknown action, invalid payload, bad or duplicate
                 message id, or a full queue. Nothing was sent.
         """
-        if not isinstance(action, str) or not self.schemas.knows(action):
-            raise OutgoingError(f"{action!r} is not an OCPP {self.schemas.version} action")
-        if self._we_send is not None and action not in self._we_send:
-            raise OutgoingError(f"{action} is not an action a {self._role_name} sends")
-        self._check_payload(action, Direction.REQUEST, payload)
+        check_request(self.schemas, self.role, action, payload)
         if message_id is None:
             message_id = self._new_message_id()
         elif not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH:
