@@ -14,6 +14,8 @@ VPY := $(CURDIR)/$(VENV)/bin/python
 PY_STAMP := $(VENV)/.ocpp-nodes-installed
 SHIM_STAMP := js_shim/node_modules/.ocpp-nodes-installed
 TOOLS_STAMP := tools/node/node_modules/.ocpp-nodes-installed
+BROWSER_STAMP := tools/node/node_modules/.ocpp-nodes-chromium
+CHROMIUM := /usr/bin/chromium
 NODE_RED := $(CURDIR)/tools/node/node_modules/.bin/node-red
 
 DEMO_DIR := .local/demo
@@ -27,7 +29,7 @@ SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.te
 	-o -name '*.test.cjs' -o -name '*-test.js' -o -name '*_test.js' -o -name 'test-*.js' \
 	-o -name 'test.js' \) 2>/dev/null | sort)
 
-.PHONY: help setup demo test test-py test-shim lint pack clean
+.PHONY: help setup demo test test-py test-shim lint pack validate clean
 
 help:
 	@echo "make setup   install the Python venv and the npm packages (idempotent)"
@@ -36,7 +38,7 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make pack    build/node-red-contrib-ocpp-nodes-<version>.tgz with the example flows"
 
-setup: $(PY_STAMP) $(SHIM_STAMP) $(TOOLS_STAMP)
+setup: $(PY_STAMP) $(SHIM_STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP)
 
 $(VENV)/bin/python:
 	$(PYTHON3) -m venv $(VENV)
@@ -52,6 +54,23 @@ $(SHIM_STAMP): js_shim/package.json $(wildcard js_shim/package-lock.json)
 $(TOOLS_STAMP): tools/node/package.json $(wildcard tools/node/package-lock.json)
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The editor tests (tests/browser) drive Debian's Chromium through
+# playwright-core (a browser download by playwright itself does not work
+# here). Installed with apt only when missing; without apt (or root) the
+# browser tests skip and say why.
+$(BROWSER_STAMP): | $(TOOLS_STAMP)
+	@if [ -x $(CHROMIUM) ]; then \
+		touch $@; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "make setup: installing Debian's chromium for the editor tests (tests/browser)"; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+		touch $@; \
+	else \
+		echo "make setup: $(CHROMIUM) is missing and apt-get as root is not available;" \
+			"the editor tests in tests/browser will be skipped (install Chromium to run them)"; \
+	fi
 
 lint: setup
 	$(VENV)/bin/ruff check $(PY_SOURCES)
