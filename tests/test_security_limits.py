@@ -259,3 +259,36 @@ async def test_handshake_cap_also_limits_good_logins_then_recovers(shim: ShimDou
         assert status == 101
     finally:
         await shim.close_node(node)
+
+
+async def test_max_connections_holds_under_concurrent_logins(shim: ShimDouble) -> None:
+    """20 good logins at once against a cap of 2: exactly 2 upgrades, 18 answers 503."""
+    auths = {f"C{i}": f"pw{i}" for i in range(20)}
+    node, port = await start_csms(shim, {"max_connections": 2, "handshakes_per_second": 0}, auths)
+    held: list[asyncio.StreamWriter] = []
+
+    async def login(i: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        held.append(writer)  # upgraded ones stay open until the end
+        auth = base64.b64encode(f"C{i}:pw{i}".encode()).decode()
+        writer.write(
+            (
+                f"GET /ocpp/C{i} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ocpp2.0.1\r\n"
+                f"Authorization: Basic {auth}\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return int(head.split()[1])
+
+    try:
+        codes = Counter(await asyncio.gather(*(login(i) for i in range(20))))
+        assert codes == Counter({101: 2, 503: 18}), codes
+        await shim.wait_for(lambda: "2 connected" in shim.statuses(node))
+        await asyncio.sleep(0.2)
+        assert "3 connected" not in shim.statuses(node)
+    finally:
+        for writer in held:
+            writer.close()
+        await shim.close_node(node)
