@@ -346,3 +346,20 @@ async def test_csms_connection_events_only_when_the_option_is_on(shim: ShimDoubl
     assert shim.sent("quiet", 0) == []
     events = [(m["topic"], m["ocpp"]["websocket"]) for m in shim.sent("loud", 0)]
     assert events == [("CS9/Connection", "ONLINE"), ("CS9/Connection", "OFFLINE")]
+
+
+async def test_refused_logins_are_summed_up_in_the_log_without_secrets(shim: ShimDouble) -> None:
+    port = await start_csms(shim, {"CP1": "s3cret"})
+    for headers, path in ((basic("CP1", "guess-1"), "CP1"), ({}, "CP1"), (basic("X", "y"), "X")):
+        with pytest.raises(websockets.InvalidStatus):
+            async with connect(
+                f"ws://127.0.0.1:{port}/ocpp/{path}",
+                subprotocols=["ocpp2.0.1"],
+                additional_headers=headers,
+            ):
+                pass
+    await shim.close_node("csms")  # a stopping node reports what it has not yet
+    (line,) = [f["text"] for f in shim.frames["csms"] if f["t"] == "log" and "refused" in f["text"]]
+    assert "2 x HTTP 401 (wrong or missing credentials)" in line
+    assert "1 x HTTP 404 (unknown identity)" in line and "127.0.0.1" in line
+    assert "guess-1" not in line and "s3cret" not in line

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import ssl
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +38,52 @@ def parse_auth_list(value: Any) -> dict[str, str]:
     ):
         raise ValueError('CS Auth list must be a JSON object {"cbId": "password", ...}')
     return dict(value)
+
+
+class RefusalLog:
+    """Refused connection attempts, summed up in at most one warning per 10 s.
+
+    An audit trail of bad logins that a flood cannot turn into a log flood.
+    """
+
+    REASONS = {
+        400: "invalid identity",
+        401: "wrong or missing credentials",
+        403: "client certificate of another station",
+        404: "unknown identity",
+        409: "already connected",
+        503: "over a connection cap",
+    }
+    PERIOD = 10.0
+
+    def __init__(self, host: NodeHost) -> None:
+        self.host = host
+        self.counts: Counter[int] = Counter()
+        self.remotes: set[str] = set()
+        self._flush: asyncio.TimerHandle | None = None
+
+    def count(self, status: int, remote: str) -> None:
+        self.counts[status] += 1
+        if len(self.remotes) < 5:
+            self.remotes.add(remote)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.PERIOD, self.report)
+
+    def report(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self.counts:
+            return
+        parts = ", ".join(
+            f"{n} x HTTP {status} ({self.REASONS.get(status, 'refused')})"
+            for status, n in sorted(self.counts.items())
+        )
+        self.host.log(
+            "warn", f"refused connection attempts: {parts}; from {', '.join(sorted(self.remotes))}"
+        )
+        self.counts.clear()
+        self.remotes.clear()
 
 
 class CsmsNode(OcppNode):
@@ -95,6 +142,7 @@ class CsmsNode(OcppNode):
         # Off when absent, so flows imported from older exports see no new messages.
         self.connection_events = bool(config.get("connection_events", False))
         self.server: CsmsServer | None = None
+        self._refusals = RefusalLog(host)
         self.stations: dict[str, OcppSession] = {}
         self.connected_since: dict[str, str] = {}
 
@@ -142,6 +190,7 @@ class CsmsNode(OcppNode):
             ),
             self._authenticate,
             self._on_station,
+            self._refusals.count,
         )
         try:
             await server.start()
@@ -157,6 +206,7 @@ class CsmsNode(OcppNode):
         if self.server is not None:
             server, self.server = self.server, None
             await server.stop()
+        self._refusals.report()
 
     def _shownumber_setting(self) -> None:
         if self.server is None:

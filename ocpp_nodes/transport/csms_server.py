@@ -119,14 +119,21 @@ class CsmsServer:
         authenticate: decides on a cbId and its Basic credentials before the upgrade.
         on_station: awaited with ``(cb_id, socket, remote)`` for the life of
             the connection; the server closes the socket when it returns.
+        on_refused: told ``(HTTP status, remote address)`` of every attempt
+            refused before the upgrade.
     """
 
     def __init__(
-        self, options: ServerOptions, authenticate: Authenticator, on_station: StationHandler
+        self,
+        options: ServerOptions,
+        authenticate: Authenticator,
+        on_station: StationHandler,
+        on_refused: Callable[[int, str], None] | None = None,
     ) -> None:
         self.options = options
         self.authenticate = authenticate
         self.on_station = on_station
+        self.on_refused = on_refused
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._handshakes = RateLimit(options.handshakes_per_second)
@@ -160,6 +167,12 @@ class CsmsServer:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._answer(request)
+        if self.on_refused is not None and response.status >= 400:
+            self.on_refused(response.status, request.remote or "")
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         if not self._handshakes.allow(asyncio.get_running_loop().time()):
             return web.Response(
                 status=503, text="Too many connection attempts", headers={"Retry-After": "1"}
