@@ -1,0 +1,200 @@
+"""TLS through Node-RED's own ``tls-config`` node, in a real Node-RED: the shim
+turns the config node's files into what the daemon needs.
+
+Profile 2: a CSMS node serves ``wss://`` with the certificate and key of one
+tls-config node; a CS node (profile 2) trusts the CA through another and
+connects; an outside station trusting the CA connects too. Profile 3: a CS
+node with a client certificate (CN = its cbId) connects to a profile-3 CSMS
+node without any password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import websockets
+
+from tests.flowkit import Flow, http_api, recorder
+from tests.nodered import NodeRed, free_port, running_node_red
+
+pytestmark = pytest.mark.nodered
+
+TAB = "tls"
+
+
+def _node(node_id: str, node_type: str, wires: list[list[str]] | None = None, **props: Any):
+    return {
+        "id": node_id,
+        "type": node_type,
+        "z": TAB,
+        "x": 100,
+        "y": 100,
+        **props,
+        "wires": wires or [],
+    }
+
+
+def _tls_config(node_id: str, **files: Path) -> dict[str, Any]:
+    # A config node: no z, no wires; file paths as the dialog stores them.
+    return {
+        "id": node_id,
+        "type": "tls-config",
+        "name": f"pki {node_id[4:]}",
+        "cert": str(files.get("cert", "")),
+        "key": str(files.get("key", "")),
+        "ca": str(files.get("ca", "")),
+        "verifyservercert": True,
+    }
+
+
+class Pki:
+    def __init__(self, directory: Path) -> None:
+        self.ca = trustme.CA()
+        self.directory = directory
+        self.ca_path = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_path))
+        server = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.server_cert = directory / "server.pem"
+        self.server_key = directory / "server.key"
+        server.private_key_pem.write_to_path(str(self.server_key))
+        self.server_cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+        station = self.ca.issue_cert("TLS3", common_name="TLS3")
+        self.station_cert = directory / "station.pem"
+        self.station_key = directory / "station.key"
+        station.private_key_pem.write_to_path(str(self.station_key))
+        self.station_cert.write_bytes(b"".join(blob.bytes() for blob in station.cert_chain_pems))
+
+
+def tls_flow(pki: Pki, p2_port: int, p3_port: int) -> list[dict[str, Any]]:
+    nodes = [
+        {"id": TAB, "type": "tab", "label": "tls"},
+        _tls_config("tls.server2", cert=pki.server_cert, key=pki.server_key),
+        _tls_config("tls.server3", cert=pki.server_cert, key=pki.server_key, ca=pki.ca_path),
+        _tls_config("tls.client2", ca=pki.ca_path),
+        _tls_config("tls.client3", cert=pki.station_cert, key=pki.station_key, ca=pki.ca_path),
+        _node(
+            "csms2",
+            "CSMS",
+            [["rec.csms2"], []],
+            port=str(p2_port),
+            path="/ocpp",
+            security_profile=2,
+            tls="tls.server2",
+            connection_events=True,
+            outputs=2,
+            credentials={"basic_auths": json.dumps({"TLS2": "pw2", "OUT1": "pw-out"})},
+        ),
+        _node(
+            "csms3",
+            "CSMS",
+            [["rec.csms3"], []],
+            port=str(p3_port),
+            path="/ocpp",
+            security_profile=3,
+            tls="tls.server3",
+            connection_events=True,
+            outputs=2,
+            credentials={"basic_auths": "{}"},
+        ),
+        _node("t2", "target-csms", url=f"wss://127.0.0.1:{p2_port}/ocpp"),
+        _node("t3", "target-csms", url=f"wss://127.0.0.1:{p3_port}/ocpp"),
+        _node(
+            "cs2",
+            "CS",
+            [["rec.cs2"], []],
+            cbId="TLS2",
+            csms="t2",
+            auto_connect=True,
+            security_profile=2,
+            tls="tls.client2",
+            outputs=2,
+            ws_rt_minimum=0.5,
+            ws_rt_repeat=0,
+            ws_rt_rnd_range=0,
+            credentials={"csms_pw": "pw2"},
+        ),
+        _node(
+            "cs3",
+            "CS",
+            [["rec.cs3"], []],
+            cbId="TLS3",
+            csms="t3",
+            auto_connect=True,
+            security_profile=3,
+            tls="tls.client3",
+            outputs=2,
+            ws_rt_minimum=0.5,
+            ws_rt_repeat=0,
+            ws_rt_rnd_range=0,
+        ),
+        recorder("rec.csms2", TAB, "csms2"),
+        recorder("rec.csms3", TAB, "csms3"),
+        recorder("rec.cs2", TAB, "cs2"),
+        recorder("rec.cs3", TAB, "cs3"),
+    ]
+    return nodes + http_api(TAB, {"cs2": "cs2"})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeRed, Pki, int]]:
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    with running_node_red(tmp_path_factory.mktemp("tls-nr"), "test_security_nodered") as runtime:
+        p2_port, p3_port = free_port(), free_port()
+        runtime.deploy(tls_flow(pki, p2_port, p3_port))
+        runtime.wait_for_endpoint("GET", "/t/records")
+        yield runtime, pki, p2_port
+
+
+def _online(record: dict[str, Any]) -> bool:
+    return (record.get("ocpp") or {}).get("websocket") == "ONLINE"
+
+
+def test_profile_2_cs_node_connects_to_csms_node_over_wss(setup) -> None:
+    runtime, _, _ = setup
+    flow = Flow(runtime)
+    flow.wait("cs2", _online, timeout=20)
+    event = flow.wait("csms2", lambda r: r.get("topic") == "TLS2/Connection", timeout=20)
+    assert event["ocpp"]["websocket"] == "ONLINE"
+    flow.send("cs2", {"payload": {"command": "Heartbeat", "data": {}}})
+    request = flow.wait("csms2", lambda r: r.get("topic") == "TLS2/Request")
+    assert request["payload"]["command"] == "Heartbeat"
+
+
+def test_profile_3_cs_node_connects_with_its_certificate_and_no_password(setup) -> None:
+    runtime, _, _ = setup
+    flow = Flow(runtime)
+    flow.wait("cs3", _online, timeout=20)
+    event = flow.wait("csms3", lambda r: r.get("topic") == "TLS3/Connection", timeout=20)
+    assert event["ocpp"]["websocket"] == "ONLINE"
+
+
+async def test_outside_station_needs_the_ca_to_reach_the_wss_csms(setup) -> None:
+    runtime, pki, port = setup
+    token = base64.b64encode(b"OUT1:pw-out").decode()
+    trusting = ssl.create_default_context(cafile=str(pki.ca_path))
+    async with websockets.connect(
+        f"wss://127.0.0.1:{port}/ocpp/OUT1",
+        ssl=trusting,
+        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+        additional_headers={"Authorization": f"Basic {token}"},
+    ) as ws:
+        await ws.send('[2,"h1","Heartbeat",{}]')
+        flow = Flow(runtime)
+        await flow.await_("csms2", lambda r: r.get("topic") == "OUT1/Request")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.wait_for(
+            websockets.connect(
+                f"wss://127.0.0.1:{port}/ocpp/OUT1",
+                ssl=ssl.create_default_context(),
+                subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+            ),
+            10,
+        )
