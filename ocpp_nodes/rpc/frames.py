@@ -66,22 +66,8 @@ class ErrorCode:
     SECURITY_ERROR = "SecurityError"
     TYPE_CONSTRAINT_VIOLATION = "TypeConstraintViolation"
 
-    ALL = frozenset(
-        {
-            "FormatViolation",
-            "GenericError",
-            "InternalError",
-            "MessageTypeNotSupported",
-            "NotImplemented",
-            "NotSupported",
-            "OccurrenceConstraintViolation",
-            "PropertyConstraintViolation",
-            "ProtocolError",
-            "RpcFrameworkError",
-            "SecurityError",
-            "TypeConstraintViolation",
-        }
-    )
+    #: Every code of the table.
+    ALL = frozenset(value for name, value in locals().items() if name.isupper())
 
 
 @dataclass(frozen=True)
