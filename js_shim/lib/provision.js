@@ -255,8 +255,8 @@ async function provisionVenv(RED, base, baseSource, onInstalling, signal) {
   const log = RED.log;
   log.info(`[ocpp-nodes] installing the OCPP engine ${want.wheel} into ${paths.venv} ` +
     `(with ${base}); this takes a minute the first time`);
-  fs.rmSync(paths.venv, { recursive: true, force: true });
-  fs.mkdirSync(paths.base, { recursive: true });
+  await fs.promises.rm(paths.venv, { recursive: true, force: true });
+  await fs.promises.mkdir(paths.base, { recursive: true });
 
   const venv = await run(base, ["-m", "venv", paths.venv], { timeout: VENV_TIMEOUT_MS, signal });
   if (venv.code !== 0 || !fs.existsSync(paths.python)) {
