@@ -29,7 +29,7 @@ SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.te
 	-o -name '*.test.cjs' -o -name '*-test.js' -o -name '*_test.js' -o -name 'test-*.js' \
 	-o -name 'test.js' \) 2>/dev/null | sort)
 
-.PHONY: help setup demo test test-py test-shim lint pack validate clean
+.PHONY: help setup demo test test-py test-shim lint pack validate clean bench
 
 help:
 	@echo "make setup   install the Python venv and the npm packages (idempotent)"
@@ -136,6 +136,19 @@ validate: pack
 	@[ -f $(NODE_RED_DEV)/node_modules/node-red-dev/package.json ] || \
 		npm install --prefix $(NODE_RED_DEV) --no-audit --no-fund --loglevel=error node-red-dev@0.1.6
 	node tools/validate-package.js $(NODE_RED_DEV) build/npm build/validate.json < /dev/null
+
+# Benchmark (not part of `make test`): ocpp-nodes vs the old npm package vs a
+# do-nothing server; writes docs/benchmarks.md and docs/benchmarks.png. A full
+# run takes about 20 minutes; `make bench BENCH_ARGS=--quick` about 4.
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.ocpp-nodes-bench-installed
+
+$(BENCH_STAMP): bench/requirements.txt $(PY_STAMP)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r bench/requirements.txt
+	touch $@
+
+bench: setup $(BENCH_STAMP)
+	ulimit -n $$(ulimit -Hn); $(VPY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

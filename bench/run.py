@@ -1,0 +1,676 @@
+"""Benchmark: ocpp-nodes vs @anl-ioc/node-red-contrib-ocpp2 vs a do-nothing server.
+
+`make bench` runs this. Everything listens on 127.0.0.1 and every phase is
+bounded in time. Steps:
+
+1. Two Node-RED 4.1 runtimes from tools/node, each with its own user dir under
+   .local/bench/: `ours` (the checkout's shim symlinked, as the tests do) and
+   `old` (the npm package installed there with npm). Both get the flow of
+   bench/flows.py: a CSMS node and a function node answering the stations.
+   A third system, bench/null_server.py, answers every CALL at once.
+2. For each scenario (Heartbeat / MeterValues x N stations) and each system,
+   bench/loadgen.py runs the stations while CPU and RSS of the system's
+   processes (Node-RED, our daemon; the null server) are sampled.
+3. Capacity: 10,000 stations, one Heartbeat each every 10 s for 2 minutes.
+4. CS side: a flow sends Heartbeats through our CS node to the null server as
+   fast as the answers come; the null server measures flow -> wire delay.
+5. Results go to bench/results/last-run.json; docs/benchmarks.md and
+   docs/benchmarks.png are written from them (`--report-only` rewrites the
+   docs from the saved JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(BENCH))
+
+import deploy_flow  # noqa: E402
+import prepare_userdir  # noqa: E402
+import report  # noqa: E402
+
+import flows  # noqa: E402
+
+NODE_RED_BIN = REPO / "tools" / "node" / "node_modules" / ".bin" / "node-red"
+WORK = REPO / ".local" / "bench"
+RESULTS = BENCH / "results" / "last-run.json"
+OLD_PACKAGE = "@anl-ioc/node-red-contrib-ocpp2"
+OLD_VERSION = "1.0.1-beta.3"
+PASSWORD = "bench-password"
+SYSTEMS = ("ours", "old", "null")
+
+
+def log(text: str) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S")
+    print(f"[bench {stamp}] {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 65536
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+# -- systems under test --------------------------------------------------------
+
+
+class NodeRedSystem:
+    """Node-RED with one of the two packages; the CSMS listens on `ws_port`."""
+
+    def __init__(self, name: str, user_dir: Path) -> None:
+        self.name = name
+        self.user_dir = user_dir
+        self.port = free_port()
+        self.ws_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ocpp"
+
+    def start(self) -> None:
+        prepare_userdir.write_settings(self.user_dir, self.port, sys.executable, log_level="warn")
+        if self.name == "ours":
+            prepare_userdir.link_shim(self.user_dir)
+        else:
+            ensure_old_package(self.user_dir)
+        for stale in ("flows.json", "flows_cred.json"):
+            (self.user_dir / stale).unlink(missing_ok=True)
+        env = dict(os.environ, OCPP_NODES_PYTHON=sys.executable)
+        logf = (self.user_dir / "node-red.log").open("wb")
+        self.proc = subprocess.Popen(
+            [str(NODE_RED_BIN), "-u", str(self.user_dir), "-p", str(self.port)],
+            cwd=self.user_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        deploy_flow.wait_for_admin(self.base_url, timeout=90)
+
+    def deploy(self, nodes: list[dict[str, Any]]) -> None:
+        deploy_flow.deploy(self.base_url, nodes, timeout=60)
+
+    def deploy_csms(self, stations: int) -> None:
+        self.deploy(flows.csms_flow(self.ws_port, package=self.name, stations=stations))
+        wait_listening(self.ws_port, 60)
+
+    def pids(self) -> dict[str, int]:
+        assert self.proc is not None
+        out = {"node-red": self.proc.pid}
+        for p in tree(self.proc.pid)[1:]:
+            try:
+                if "ocpp_nodes" in " ".join(p.cmdline()):
+                    out["daemon"] = p.pid
+            except psutil.Error:
+                pass
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        procs = tree(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        _gone, alive = psutil.wait_procs(procs, timeout=15)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.proc = None
+
+
+class NullSystem:
+    name = "null"
+
+    def __init__(self) -> None:
+        self.ws_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ocpp"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "null_server.py"), "--port", str(self.ws_port)],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError(f"null server did not start: {line!r}")
+
+    def deploy_csms(self, stations: int) -> None:
+        pass
+
+    def pids(self) -> dict[str, int]:
+        assert self.proc is not None
+        return {"server": self.proc.pid}
+
+    def http(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ws_port}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+def wait_listening(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def ensure_old_package(user_dir: Path) -> None:
+    pkg = user_dir / "node_modules" / "@anl-ioc" / "node-red-contrib-ocpp2" / "package.json"
+    if pkg.is_file():
+        return
+    log(f"installing {OLD_PACKAGE}@{OLD_VERSION} into {user_dir} (npm)")
+    user_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+            str(user_dir),
+            f"{OLD_PACKAGE}@{OLD_VERSION}",
+        ],
+        check=True,
+        timeout=300,
+    )
+
+
+# -- CPU / RSS sampling ----------------------------------------------------------
+
+
+class Sampler:
+    """Samples cumulative CPU seconds and RSS of named process trees every `every` s."""
+
+    def __init__(self, pids: dict[str, int], every: float = 0.25) -> None:
+        self.pids = pids
+        self.every = every
+        self.samples: list[tuple[float, dict[str, tuple[float, int]]]] = []
+        self._stop = threading.Event()
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add_tree(self, name: str, pid: int) -> None:
+        self.pids[name] = pid
+
+    def _sample(self) -> None:
+        now = time.time()
+        row: dict[str, tuple[float, int]] = {}
+        for name, pid in list(self.pids.items()):
+            cpu, rss = 0.0, 0
+            procs = (
+                tree(pid) if name == "loadgen" else [self._procs.get(name) or psutil.Process(pid)]
+            )
+            for p in procs:
+                try:
+                    with p.oneshot():
+                        t = p.cpu_times()
+                        cpu += t.user + t.system + t.children_user + t.children_system
+                        rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            row[name] = (cpu, rss)
+        self.samples.append((now, row))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def window(self, start: float | None, end: float | None) -> dict[str, dict[str, float]]:
+        """CPU (% of one core) and RSS (MiB: max, at end) of each tree in [start, end]."""
+        if not self.samples:
+            return {}
+        start = start if start is not None else self.samples[0][0]
+        end = end if end is not None else self.samples[-1][0]
+        inside = [s for s in self.samples if start - self.every <= s[0] <= end + self.every]
+        if len(inside) < 2:
+            inside = self.samples
+        t0, first = inside[0]
+        _, last = inside[-1]
+        out: dict[str, dict[str, float]] = {}
+        for name in first:
+            rows = [(t, r[name]) for t, r in inside if name in r]
+            # cumulative counters: the sample with the most CPU is the last one
+            # while the tree was alive (a finished generator reads as 0)
+            t1, top = max(rows, key=lambda tr: tr[1][0])
+            cpu = (top[0] - first[name][0]) / max(1e-9, t1 - t0) * 100
+            out[name] = {
+                "cpu_pct": round(cpu, 1),
+                "rss_max_mib": round(max(r[name][1] for _, r in inside if name in r) / 2**20, 1),
+                "rss_end_mib": round(last.get(name, (0, 0))[1] / 2**20, 1),
+            }
+        return out
+
+
+# -- scenarios -------------------------------------------------------------------
+
+
+def run_loadgen(
+    system: Any, args: list[str], timeout: float, profile: Path | None = None
+) -> dict[str, Any]:
+    out = WORK / "loadgen-out.json"
+    out.unlink(missing_ok=True)
+    cmd = [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        "--url",
+        system.url,
+        "--password",
+        PASSWORD,
+        "--json-out",
+        str(out),
+        *args,
+    ]
+    pids = system.pids()
+    with Sampler(dict(pids)) as sampler:
+        gen = subprocess.Popen(cmd)
+        sampler.add_tree("loadgen", gen.pid)
+        spy = None
+        if profile is not None and "daemon" in pids and py_spy():
+            spy = start_py_spy(pids["daemon"], profile)
+        try:
+            gen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            gen.kill()
+            gen.wait()
+            raise
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    result: dict[str, Any] = json.loads(out.read_text())
+    result["resources"] = sampler.window(result.get("rec_start"), result.get("rec_end"))
+    return result
+
+
+def py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            py_spy() or "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summarize_profile(raw: Path, top: int = 15) -> list[dict[str, Any]]:
+    """Top functions by self and by inclusive samples from py-spy's collapsed stacks."""
+    if not raw.is_file():
+        return []
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for f in set(frames):
+            incl_n[f] = incl_n.get(f, 0) + n
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+    rows = sorted(self_n.items(), key=lambda kv: -kv[1])[:top]
+    return [
+        {
+            "frame": f,
+            "self_pct": round(100 * n / total, 1),
+            "incl_pct": round(100 * incl_n.get(f, 0) / total, 1),
+        }
+        for f, n in rows
+    ] + [
+        {
+            "frame": f,
+            "self_pct": round(100 * self_n.get(f, 0) / total, 1),
+            "incl_pct": round(100 * n / total, 1),
+            "inclusive": True,
+        }
+        for f, n in sorted(incl_n.items(), key=lambda kv: -kv[1])[: top * 2]
+    ]
+
+
+def load_scenarios(
+    systems: dict[str, Any], plan: dict[str, Any], results: dict[str, Any], profile: bool
+) -> None:
+    for action in plan["actions"]:
+        for n in plan["stations"]:
+            for name, system in systems.items():
+                procs = 1 if n <= 1000 else 2
+                args = [
+                    "--stations",
+                    str(n),
+                    "--action",
+                    action,
+                    "--duration",
+                    str(plan["duration"]),
+                    "--warmup",
+                    str(plan["warmup"]),
+                    "--procs",
+                    str(procs),
+                    "--connect-timeout",
+                    "90",
+                ]
+                prof = None
+                if (
+                    profile
+                    and name == "ours"
+                    and n == plan["profile_at"]
+                    and action == "MeterValues"
+                ):
+                    prof = WORK / f"py-spy-daemon-{action}-{n}.txt"
+                    prof.unlink(missing_ok=True)
+                log(f"{action} N={n} {name}")
+                r = run_loadgen(system, args, timeout=plan["duration"] + 300, profile=prof)
+                r.update(action=action, n=n, system=name)
+                if prof is not None:
+                    r["profile"] = summarize_profile(prof)
+                r.pop("latencies_us", None)
+                results["scenarios"].append(r)
+                lat = r["latency_ms"]
+                log(
+                    f"  -> {r['rps']:.0f} rt/s p50 {lat['p50']} p99 {lat['p99']} ms, "
+                    f"connected {r['connected']}/{n}, failed {r['failed']}, lost {r['lost']}, "
+                    f"res {r['resources']}"
+                )
+                save(results)
+                time.sleep(1)
+
+
+def capacity(systems: dict[str, Any], plan: dict[str, Any], results: dict[str, Any]) -> None:
+    n, dur = plan["capacity_stations"], plan["capacity_duration"]
+    for name, system in systems.items():
+        log(f"capacity: {n} stations, Heartbeat every 10 s for {dur} s, {name}")
+        args = [
+            "--stations",
+            str(n),
+            "--mode",
+            "interval",
+            "--interval",
+            "10",
+            "--duration",
+            str(dur),
+            "--warmup",
+            "0",
+            "--procs",
+            "2",
+            "--connect-timeout",
+            "120",
+            "--connect-concurrency",
+            "500",
+            "--call-timeout",
+            "60",
+        ]
+        r = run_loadgen(system, args, timeout=dur + 600)
+        r.update(system=name, n=n, interval=10)
+        r.pop("latencies_us", None)
+        results["capacity"].append(r)
+        log(
+            f"  -> connected {r['connected']}/{n} in {r['connect_s']} s "
+            f"(503 retries {r['retries_503']}), failed {r['failed']} {r['fail_reasons']}, "
+            f"lost {r['lost']}, p99 {r['latency_ms']['p99']} ms, res {r['resources']}"
+        )
+        save(results)
+        time.sleep(3)
+
+
+def cs_side(
+    ours: NodeRedSystem, null: NullSystem, plan: dict[str, Any], results: dict[str, Any]
+) -> None:
+    log("CS side: Heartbeats through our CS node to the null server")
+    ours.deploy(flows.cs_flow(null.url, password=PASSWORD))
+    deadline = time.monotonic() + 60
+    while null.http("GET", "/stats")["calls"] < 50:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the CS flow sent nothing to the null server within 60 s")
+        time.sleep(0.5)
+    time.sleep(plan["warmup"])
+    pids = ours.pids()
+    with Sampler(dict(pids)) as sampler:
+        null.http("POST", "/reset")
+        t0 = time.time()
+        time.sleep(plan["duration"])
+        stats = null.http("GET", "/stats")
+        t1 = time.time()
+    hops = sorted(stats["hop_us"])
+
+    def pct(q: float) -> float | None:
+        return hops[min(len(hops) - 1, int(q * len(hops)))] if hops else None
+
+    r = {
+        "requests": stats["calls"],
+        "rps": stats["calls"] / stats["since"],
+        "hop_us": {
+            "p50": pct(0.5),
+            "p90": pct(0.9),
+            "p99": pct(0.99),
+            "max": hops[-1] if hops else None,
+            "samples": len(hops),
+        },
+        "resources": sampler.window(t0, t1),
+    }
+    results["cs_side"] = r
+    log(
+        f"  -> {r['rps']:.0f} requests/s, flow->wire p50 {r['hop_us']['p50']} µs, "
+        f"res {r['resources']}"
+    )
+    save(results)
+
+
+# -- machine, saving -------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    nr = json.loads((REPO / "tools/node/node_modules/node-red/package.json").read_text())
+    import aiohttp
+    import websockets
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": version(["node", "--version"]),
+        "node_red": nr["version"],
+        "aiohttp": aiohttp.__version__,
+        "websockets": websockets.__version__,
+        "old_package": f"{OLD_PACKAGE}@{OLD_VERSION}",
+        "ours": version([sys.executable, "-c", "import ocpp_nodes; print(ocpp_nodes.__version__)"]),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def save(results: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="~5 s per scenario, N up to 100")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of ours,old,null")
+    p.add_argument("--actions", default="Heartbeat,MeterValues")
+    p.add_argument("--stations", help="comma list of N (default 1,10,100,1000; quick 1,10,100)")
+    p.add_argument("--duration", type=float, help="measured seconds per scenario")
+    p.add_argument("--no-load", action="store_true", help="skip the N-station scenarios")
+    p.add_argument("--no-capacity", action="store_true")
+    p.add_argument("--no-cs", action="store_true")
+    p.add_argument("--capacity-stations", type=int)
+    p.add_argument("--capacity-duration", type=float)
+    p.add_argument(
+        "--profile", action="store_true", help="py-spy the daemon during ours, MeterValues, N=100"
+    )
+    p.add_argument("--note", default="", help="a line for the report (e.g. 'loaded machine')")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite docs/benchmarks.md and .png from bench/results/last-run.json",
+    )
+    args = p.parse_args(argv)
+
+    if args.report_only:
+        report.write(json.loads(RESULTS.read_text()))
+        return 0
+
+    quick = args.quick
+    plan = {
+        "quick": quick,
+        "actions": args.actions.split(","),
+        "stations": [
+            int(x) for x in (args.stations or ("1,10,100" if quick else "1,10,100,1000")).split(",")
+        ],
+        "duration": args.duration or (5.0 if quick else 20.0),
+        "warmup": 1.0 if quick else 2.0,
+        "capacity_stations": args.capacity_stations or (1000 if quick else 10000),
+        "capacity_duration": args.capacity_duration or (20.0 if quick else 120.0),
+        "profile_at": 100,
+    }
+    nofile = raise_nofile()
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "note": args.note,
+        "plan": plan,
+        "nofile": nofile,
+        "machine": machine(),
+        "scenarios": [],
+        "capacity": [],
+        "cs_side": None,
+    }
+    wanted = args.systems.split(",")
+    systems: dict[str, Any] = {}
+    try:
+        for name in wanted:
+            log(f"starting {name}")
+            sysobj: Any = NullSystem() if name == "null" else NodeRedSystem(name, WORK / name)
+            sysobj.start()
+            sysobj.deploy_csms(max(plan["capacity_stations"], max(plan["stations"])))
+            systems[name] = sysobj
+        if not args.no_load:
+            load_scenarios(systems, plan, results, args.profile)
+        if not args.no_capacity:
+            capacity(systems, plan, results)
+        if not args.no_cs and "ours" in systems and "null" in systems:
+            cs_side(systems["ours"], systems["null"], plan, results)
+    finally:
+        for s in systems.values():
+            s.stop()
+    results["elapsed_s"] = round(time.time() - started)
+    results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    save(results)
+    report.write(results)
+    log(f"done in {results['elapsed_s']} s: {RESULTS.relative_to(REPO)}, docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
