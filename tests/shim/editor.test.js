@@ -66,3 +66,19 @@ test("CSMS: legacy properties load, connection events on for new nodes", () => {
   assert.equal(csms.defaults.connection_events.value, true);
   assert.deepEqual(Object.keys(csms.credentials), ["basic_auths"]);
 });
+
+test("help property lines render as property rows (two colons, one line each)", () => {
+  // Node-RED's help renderer takes `: name (type) : description` only when the
+  // line has exactly these two colons; otherwise it is plain list text.
+  for (const file of ["cs.html", "csms.html", "target-csms.html"]) {
+    const help = fs.readFileSync(path.join(root, "js_shim/nodes/locales/en-US", file), "utf8");
+    const lines = help.split("\n");
+    lines.forEach((line, index) => {
+      if (line.startsWith(": ")) {
+        assert.match(line, /^:[^:\n]+:[^:\n]*$/, `${file}:${index + 1}: ${line}`);
+        const next = lines[index + 1] || "";
+        assert.ok(!/^\s+\S/.test(next), `${file}:${index + 2} continues a property line`);
+      }
+    });
+  }
+});
