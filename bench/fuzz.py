@@ -69,7 +69,7 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default random)")
     args = parser.parse_args()
-    each = max(1, args.examples // len(PROPERTIES))
+    each = max(1, -(-args.examples // len(PROPERTIES)))  # at least --examples in total
     total_inputs = 0
     started = time.monotonic()
     print(f"{'property':58} {'inputs':>9} {'seconds':>8}")
