@@ -286,3 +286,23 @@ def test_a_frame_over_the_size_limit_is_not_sent() -> None:
         conn.send_call("DataTransfer", {"vendorId": "v", "data": "é" * 100}, now=0)
     assert conn.data_to_send() == []
     conn.send_call("DataTransfer", {"vendorId": "v", "data": "é" * 10}, now=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "message_id"),
+    [
+        (
+            '[2,"a","Reset",{"type":"Immediate","evseId":' + "9" * 400 + "}]",
+            "TypeConstraintViolation",
+            "a",
+        ),
+        ("[" + "9" * 400 + ',"a","Heartbeat",{}]', "MessageTypeNotSupported", "a"),
+    ],
+)
+def test_integers_beyond_64_bits_never_reach_the_flow(
+    text: str, code: str, message_id: str
+) -> None:
+    conn = OcppConnection(registry("2.0.1"), Role.CHARGING_STATION)
+    (event,) = conn.receive_text(text, now=0)
+    assert isinstance(event, PeerError)
+    assert json.loads(conn.data_to_send()[0])[:3] == [4, message_id, code]

@@ -24,8 +24,15 @@ class FrameError(Exception):
 
 
 def encode(frame: dict[str, Any]) -> bytes:
-    """The bytes of ``frame`` on the socket. Raises ``FrameError`` when too large."""
-    body = msgpack.packb(frame, use_bin_type=True)
+    """The bytes of ``frame`` on the socket.
+
+    Raises:
+        FrameError: too large, or holding what msgpack cannot carry.
+    """
+    try:
+        body = msgpack.packb(frame, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise FrameError(f"frame cannot be encoded: {exc}") from None
     if len(body) > MAX_FRAME_SIZE:
         raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
     return _LENGTH.pack(len(body)) + body

@@ -87,7 +87,7 @@ class ShimConnection:
             return
         try:
             data = encode(frame)
-        except (FrameError, TypeError, ValueError) as exc:
+        except (FrameError, TypeError, ValueError, OverflowError) as exc:
             log.error("cannot encode a %s frame: %s", frame.get("t"), exc)
             if frame.get("t") == "done":
                 self.write({**{k: frame[k] for k in ("t", "node", "seq")}, "error": str(exc)})

@@ -45,6 +45,7 @@ from ..rpc import (
     Role,
     UnexpectedAnswer,
 )
+from ..rpc.frames import parse_int
 from ..schemas import registry
 from ..transport import OcppSession, TextSocket
 
@@ -411,8 +412,8 @@ class OcppNode:
     def log_frame(self, session: OcppSession, text: str, from_peer: bool) -> None:
         """Put one raw frame on the log port (port 3) when logging is on."""
         try:
-            frame: Any = json.loads(text)
-        except ValueError:
+            frame: Any = json.loads(text, parse_int=parse_int)
+        except (ValueError, RecursionError):  # not JSON, or nested too deep: the raw text
             frame = text
         self.host.send(
             PORT_LOG,

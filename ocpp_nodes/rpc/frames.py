@@ -32,8 +32,10 @@ __all__ = [
     "FrameError",
     "MAX_MESSAGE_ID_LENGTH",
     "MessageType",
+    "OversizedInt",
     "UNREADABLE_ID",
     "parse",
+    "parse_int",
     "serialize",
 ]
 
@@ -120,6 +122,25 @@ class FrameError(Exception):
         self.message_type = message_type
 
 
+class OversizedInt(float):
+    """A JSON integer beyond 64 bits, kept as a float (``inf`` when huge).
+
+    OCPP integers are 32-bit. A larger one must not reach the flow as an int
+    (msgpack and JavaScript numbers cannot carry it); as a float it fails an
+    ``integer`` schema with ``TypeConstraintViolation``, and ``int()`` never
+    spends time on thousands of digits. As a message type it is an integer we
+    do not support.
+    """
+
+
+def parse_int(digits: str) -> int | float:
+    """``json.loads``'s ``parse_int``: an int, or an :class:`OversizedInt`."""
+    if len(digits) > 20:
+        return OversizedInt(digits)
+    value = int(digits)
+    return value if -(2**63) <= value < 2**64 else OversizedInt(value)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -139,13 +160,13 @@ def parse(text: str | bytes) -> Frame:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_int=parse_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, f"not valid JSON: {exc}"[:255]) from None
     if not isinstance(data, list) or not data:
         raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not a non-empty JSON array")
     message_type = data[0]
-    if type(message_type) is not int:
+    if type(message_type) is not int and not isinstance(message_type, OversizedInt):
         raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, "MessageTypeId is not an integer")
     message_id = _read_message_id(data, message_type)
     if message_type == MessageType.CALL:

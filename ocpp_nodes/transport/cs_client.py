@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from websockets.typing import Subprotocol
 from .backoff import Backoff
 from .identity import identity_problem
 from .session import SocketClosed
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ClientOptions",
@@ -203,6 +206,9 @@ class CsClient:
         self.backoff.reset()
         try:
             await self.on_socket(ServerSocket(ws))
+        except Exception as exc:  # a bug must not end the reconnect loop
+            log.exception("%s: the connection's handler failed", self.options.cb_id)
+            return f"internal error: {exc}"
         finally:
             await ws.close(1000, "station stopped")
         return None

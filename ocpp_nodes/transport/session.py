@@ -126,7 +126,7 @@ class OcppSession:
                     reason = exc.reason
                     break
                 if self.on_frame is not None:
-                    self.on_frame(self, text if isinstance(text, str) else repr(text), True)
+                    self._log_frame(text if isinstance(text, str) else repr(text), True)
                 events = self.connection.receive_text(text, self._loop.time())
                 self._flush()
                 self._deliver(events)
@@ -153,7 +153,7 @@ class OcppSession:
                     self._outbox.clear()
                     break
                 if self.on_frame is not None:
-                    self.on_frame(self, text, False)
+                    self._log_frame(text, False)
             self._outbox_ready.clear()
 
     def _flush(self) -> None:
@@ -180,6 +180,13 @@ class OcppSession:
         events = self.connection.expire(self._loop.time())
         self._flush()
         self._deliver(events)
+
+    def _log_frame(self, text: str, from_peer: bool) -> None:
+        assert self.on_frame is not None
+        try:
+            self.on_frame(self, text, from_peer)
+        except Exception:  # a frame that cannot be logged must not end the connection
+            log.exception("%s: logging a frame failed", self.cb_id)
 
     def _deliver(self, events: list[Event]) -> None:
         if not events:
