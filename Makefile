@@ -139,7 +139,7 @@ validate: pack
 
 # Benchmark (not part of `make test`): ocpp-nodes vs the old npm package vs a
 # do-nothing server; writes docs/benchmarks.md and docs/benchmarks.png. A full
-# run takes about 20 minutes; `make bench BENCH_ARGS=--quick` about 4.
+# run takes about 18 minutes; `make bench BENCH_ARGS=--quick` about 4.
 BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.ocpp-nodes-bench-installed
 

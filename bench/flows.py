@@ -30,7 +30,8 @@ switch (msg.payload.command) {
         data = {idTokenInfo: {status: 'Accepted'}};
         break;
     case 'TransactionEvent':
-        data = (msg.payload.data && msg.payload.data.idToken) ? {idTokenInfo: {status: 'Accepted'}} : {};
+        data = (msg.payload.data && msg.payload.data.idToken)
+            ? {idTokenInfo: {status: 'Accepted'}} : {};
         break;
     case 'StatusNotification':
     case 'MeterValues':

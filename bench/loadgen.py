@@ -115,10 +115,16 @@ class Stats:
         self.fail_reasons: dict[str, int] = {}
         self.round_trips = 0
         self.errors = 0  # CALLERROR answers
-        self.lost = 0  # connections lost during the run
+        self.lost = 0  # stations whose loop ended early (connection lost, timeout)
+        self.lost_reasons: dict[str, int] = {}
         self.latencies_us: list[int] = []
         self.recording = False
         self.last_connect_at = 0.0
+
+    def lose(self, err: BaseException) -> None:
+        self.lost += 1
+        reason = f"{type(err).__name__}: {err}"[:80]
+        self.lost_reasons[reason] = self.lost_reasons.get(reason, 0) + 1
 
     def fail(self, reason: str) -> None:
         self.failed += 1
@@ -211,8 +217,8 @@ class Station:
             while time.monotonic() < stop_at:
                 payload = meter_values_payload() if action == "MeterValues" else {}
                 await asyncio.wait_for(self.call(action, payload), self.args.call_timeout)
-        except Exception:  # noqa: BLE001
-            self.stats.lost += 1
+        except Exception as err:  # noqa: BLE001
+            self.stats.lose(err)
 
     async def run_interval(self, stop_at: float) -> None:
         # spread the first heartbeat over one interval, then keep the period
@@ -226,8 +232,8 @@ class Station:
                     await asyncio.sleep(delay)
                 await asyncio.wait_for(self.call("Heartbeat", {}), self.args.call_timeout)
                 next_at += self.args.interval
-        except Exception:  # noqa: BLE001
-            self.stats.lost += 1
+        except Exception as err:  # noqa: BLE001
+            self.stats.lose(err)
 
 
 async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -285,6 +291,7 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "connect_s": connect_s,
         "open_at_end": still_open,
         "lost": stats.lost,
+        "lost_reasons": stats.lost_reasons,
         "callerrors": stats.errors,
         "round_trips": stats.round_trips,
         "measured_s": measured_s,
@@ -297,7 +304,10 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     lat: list[int] = []
     reasons: dict[str, int] = {}
+    lost_reasons: dict[str, int] = {}
     for p in parts:
+        for k, v in p.get("lost_reasons", {}).items():
+            lost_reasons[k] = lost_reasons.get(k, 0) + v
         lat.extend(p["latencies_us"])
         for k, v in p["fail_reasons"].items():
             reasons[k] = reasons.get(k, 0) + v
@@ -319,6 +329,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
     out.update(
         fail_reasons=reasons,
+        lost_reasons=lost_reasons,
         connect_s=max(connect) if connect else None,
         round_trips=rt,
         measured_s=measured,

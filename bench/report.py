@@ -46,9 +46,11 @@ def load_table(results: dict[str, Any]) -> list[str]:
     rows = results["scenarios"]
     out = [
         "| action | N | system | round trips/s | vs old | p50 ms | p90 ms | p99 ms | max ms "
-        "| p99 vs old | connected / failed | Node-RED CPU % / RSS MiB | daemon (server) CPU % / RSS MiB "
-        "| loadgen CPU % |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |",
+        "| p99 vs old | connected / failed | Node-RED CPU % / RSS MiB "
+        "| daemon (server) CPU % / RSS MiB "
+        "| loadgen CPU % | server CPU µs per round trip |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- "
+        "| ---: | ---: |",
     ]
     for r in rows:
         old = _find(rows, action=r["action"], n=r["n"], system="old")
@@ -71,7 +73,42 @@ def load_table(results: dict[str, Any]) -> list[str]:
             f"| {_fmt(lat['p50'], 2)} | {_fmt(lat['p90'], 2)} | {_fmt(lat['p99'], 2)} "
             f"| {_fmt(lat['max'], 2)} | {_ratio(lat['p99'], olat.get('p99'))} "
             f"| {r['connected']} / {r['failed']} | {nr} | {dm} "
-            f"| {_fmt(_res(r, 'loadgen', 'cpu_pct'))} |"
+            f"| {_fmt(_res(r, 'loadgen', 'cpu_pct'))} | {_fmt(cpu_per_rt(r), 0)} |"
+        )
+    return out
+
+
+def cpu_per_rt(r: dict[str, Any]) -> float | None:
+    """CPU time of the system under test (Node-RED + daemon, or the null server) per round trip."""
+    names = ("server",) if r["system"] == "null" else ("node-red", "daemon")
+    pct = [_res(r, n, "cpu_pct") for n in names]
+    total = sum(p for p in pct if p is not None)
+    if not r.get("rps") or not total:
+        return None
+    return total / 100 / r["rps"] * 1e6
+
+
+def ratio_table(results: dict[str, Any]) -> list[str]:
+    rows = results["scenarios"]
+    out = [
+        "| action | N | ocpp-nodes / old: round trips/s | null / old: round trips/s "
+        "| ocpp-nodes / old: p99 | null / old: p99 | ocpp-nodes / old: CPU per round trip |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    keys = sorted({(r["action"], r["n"]) for r in rows})
+    for action, n in keys:
+        o = _find(rows, action=action, n=n, system="ours") or {}
+        d = _find(rows, action=action, n=n, system="old") or {}
+        z = _find(rows, action=action, n=n, system="null") or {}
+
+        def p99(r: dict[str, Any]) -> float | None:
+            return (r.get("latency_ms") or {}).get("p99")
+
+        out.append(
+            f"| {action} | {n} | {_ratio(o.get('rps'), d.get('rps'))} "
+            f"| {_ratio(z.get('rps'), d.get('rps'))} | {_ratio(p99(o), p99(d))} "
+            f"| {_ratio(p99(z), p99(d))} "
+            f"| {_ratio(cpu_per_rt(o) if o else None, cpu_per_rt(d) if d else None)} |"
         )
     return out
 
@@ -97,7 +134,8 @@ def capacity_table(results: dict[str, Any]) -> list[str]:
         )
         out.append(
             f"| {LABEL[r['system']]} | {r['n']} | {r['connected']} | {_fmt(r['connect_s'])} "
-            f"| {r['retries_503']} | {r['failed']} {r['fail_reasons'] or ''} | {r['lost']} "
+            f"| {r['retries_503']} | {r['failed']} {r['fail_reasons'] or ''} "
+            f"| {r['lost']} {r.get('lost_reasons') or ''} "
             f"| {r['rps']:.0f} | {_fmt(r['latency_ms']['p50'], 2)} "
             f"| {_fmt(r['latency_ms']['p99'], 2)} | {nr} | {dm} |"
         )
@@ -135,7 +173,8 @@ def targets(results: dict[str, Any]) -> list[str]:
             ratio = o["latency_ms"]["p99"] / d["latency_ms"]["p99"]
             out.append(
                 f"| p99 at N=100 <= 0.5x old ({action}) | {o['latency_ms']['p99']:.2f} vs "
-                f"{d['latency_ms']['p99']:.2f} ms = {ratio:.2f}x | {'yes' if ratio <= 0.5 else 'no'} |"
+                f"{d['latency_ms']['p99']:.2f} ms = {ratio:.2f}x "
+                f"| {'yes' if ratio <= 0.5 else 'no'} |"
             )
         else:
             out.append(f"| p99 at N=100 <= 0.5x old ({action}) | not run | - |")
@@ -162,7 +201,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         p50 = cs["hop_us"]["p50"]
         out.append(
             f"| hop shim -> wire p50 < 100 µs | flow -> null server p50 {p50} µs "
-            f"(an upper bound, see below) | {'yes' if p50 < 100 else 'not shown'} |"
+            f"(an upper bound, see CS side) | {'yes' if p50 < 100 else 'not shown'} |"
         )
     else:
         out.append("| hop shim -> wire p50 < 100 µs | not run | - |")
@@ -271,13 +310,19 @@ def write(results: dict[str, Any]) -> None:
         "  (ours always validates; the old one validates what it receives and sends).",
         "- CPU % (100 = one core) and RSS are sampled every 0.25 s with psutil over the",
         "  measured window: Node-RED's process, our daemon (a child of Node-RED), the null",
-        "  server's process, and the generator's processes.",
+        "  server's process, and the generator's processes. *server CPU µs per round trip*",
+        "  is the CPU time of the system under test (Node-RED + daemon, or the null server)",
+        "  divided by the round trips: less sensitive to other load on the machine than",
+        "  round trips/s.",
         "",
         "## Results: round trips",
         "",
     ]
     if has_png:
         lines += ["![round trips/s and p99 against N](benchmarks.png)", ""]
+    lines += ["Ratios to the old package (throughput: higher is better; p99 and CPU: lower):", ""]
+    lines += ratio_table(results)
+    lines += ["", "All numbers:", ""]
     lines += load_table(results)
     lines += ["", "## Capacity", ""]
     if results["capacity"]:

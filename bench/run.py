@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -637,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": shlex.join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "note": args.note,
         "plan": plan,
         "nofile": nofile,
