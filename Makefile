@@ -21,7 +21,7 @@ NODE_RED := $(CURDIR)/tools/node/node_modules/.bin/node-red
 DEMO_DIR := .local/demo
 DEMO_PORT := 1880
 
-PY_SOURCES := ocpp_nodes tests scripts
+PY_SOURCES := ocpp_nodes tests scripts bench
 
 # Node's test runner picks these names when given a directory; listing them
 # here keeps the command the same on every Node version (22+ takes globs).

@@ -113,7 +113,7 @@ class FrameError(Exception):
         error_code: str,
         description: str,
         message_id: str = UNREADABLE_ID,
-        message_type: int | None = None,
+        message_type: float | None = None,
     ) -> None:
         super().__init__(description)
         self.error_code = error_code
@@ -183,7 +183,7 @@ def parse(text: str | bytes) -> Frame:
     )
 
 
-def _read_message_id(data: list[Any], message_type: int) -> str:
+def _read_message_id(data: list[Any], message_type: float) -> str:
     if len(data) < 2 or not isinstance(data[1], str) or not data[1]:
         raise FrameError(
             ErrorCode.RPC_FRAMEWORK_ERROR,
