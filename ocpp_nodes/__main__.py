@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
 import signal
+import ssl
 import stat
 import sys
 
@@ -47,21 +49,24 @@ async def _wait_for_stdin_eof() -> None:
     await closed
 
 
-async def serve(socket_path: str, token: str) -> None:
+async def serve(
+    socket_path: str | None,
+    token: str,
+    tcp: tuple[str, int] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     server = DaemonServer(token)
-    await server.listen_unix(socket_path)
-    print(
-        json.dumps(
-            {
-                "event": "ready",
-                "socket": socket_path,
-                "pid": os.getpid(),
-                "version": __version__,
-                "protocol": IPC_PROTOCOL,
-            }
-        ),
-        flush=True,
-    )
+    ready: dict[str, object] = {"event": "ready"}
+    if socket_path is not None:
+        await server.listen_unix(socket_path)
+        ready["socket"] = socket_path
+    else:
+        assert tcp is not None
+        host, port = tcp
+        ready["tcp"] = f"{host}:{await server.listen_tcp(host, port, ssl_context)}"
+        ready["tls"] = ssl_context is not None
+    ready.update(pid=os.getpid(), version=__version__, protocol=IPC_PROTOCOL)
+    print(json.dumps(ready), flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the daemon for a Node-RED shim")
-    serve_parser.add_argument("--socket", required=True, help="path of the Unix socket to create")
+    where = serve_parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="path of the Unix socket to create")
+    where.add_argument(
+        "--tcp",
+        metavar="HOST:PORT",
+        help="listen on TCP instead, for a Node-RED on another host (see docs/install.md)",
+    )
+    serve_parser.add_argument("--tls-cert", help="with --tcp: the server's certificate (PEM)")
+    serve_parser.add_argument("--tls-key", help="with --tcp: its private key (PEM)")
     serve_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     args = parser.parse_args(argv)
 
@@ -98,12 +111,40 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         print(f"ocpp-nodes: set {TOKEN_VARIABLE} to the shim's token", file=sys.stderr)
         return 2
+    tcp = None
+    ssl_context = None
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            print("ocpp-nodes: --tcp wants HOST:PORT", file=sys.stderr)
+            return 2
+        tcp = (host.strip("[]"), int(port))
+        if args.tls_cert or args.tls_key:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+        elif not _is_loopback(tcp[0]):
+            # The token and every message (passwords included) would cross the
+            # network in clear.
+            print(
+                "ocpp-nodes: a TCP listener on a non-loopback address needs --tls-cert "
+                "and --tls-key",
+                file=sys.stderr,
+            )
+            return 2
     try:
-        asyncio.run(serve(args.socket, token))
+        asyncio.run(serve(args.socket, token, tcp, ssl_context))
     except OSError as exc:
-        print(f"ocpp-nodes: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+        print(f"ocpp-nodes: cannot listen on {args.socket or args.tcp}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 if __name__ == "__main__":

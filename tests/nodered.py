@@ -148,9 +148,12 @@ def _descendants(root: int) -> set[int]:
 class NodeRed:
     """One running Node-RED (see the module docstring). Use `running_node_red()`."""
 
-    def __init__(self, user_dir: Path, port: int) -> None:
+    def __init__(
+        self, user_dir: Path, port: int, settings: dict[str, object] | None = None
+    ) -> None:
         self.user_dir = user_dir
         self.port = port
+        self.settings = settings  # extra top-level settings.js entries
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = user_dir / "node-red.log"
         self.marker = secrets.token_hex(8)
@@ -161,7 +164,9 @@ class NodeRed:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start Node-RED and wait until its admin API answers."""
-        prepare_userdir.prepare(self.user_dir, self.port, sys.executable, log_level="debug")
+        prepare_userdir.prepare(
+            self.user_dir, self.port, sys.executable, log_level="debug", extra=self.settings
+        )
         env = dict(os.environ)
         env[MARKER_ENV] = self.marker
         env["OCPP_NODES_PYTHON"] = sys.executable
@@ -322,9 +327,11 @@ class NodeRed:
 
 
 @contextmanager
-def running_node_red(user_dir: Path, name: str, timeout: float = 60.0) -> Iterator[NodeRed]:
+def running_node_red(
+    user_dir: Path, name: str, timeout: float = 60.0, settings: dict[str, object] | None = None
+) -> Iterator[NodeRed]:
     """Start Node-RED in `user_dir`; on exit stop it and assert no daemon outlived it."""
-    runtime = NodeRed(user_dir, free_port())
+    runtime = NodeRed(user_dir, free_port(), settings)
     try:
         runtime.start(timeout=timeout)
         yield runtime

@@ -10,6 +10,7 @@ const { spawn } = require("node:child_process");
 const crypto = require("node:crypto");
 const fs = require("node:fs");
 const net = require("node:net");
+const tls = require("node:tls");
 const os = require("node:os");
 const path = require("node:path");
 const readline = require("node:readline");
@@ -45,6 +46,29 @@ const STATUS_INSTALLING = { fill: "yellow", shape: "ring", text: "installing eng
 const STATUS_DOWN = { fill: "red", shape: "ring", text: "engine down" };
 const STATUS_NO_PYTHON = { fill: "red", shape: "ring", text: "no python" };
 const STATUS_FAILED = { fill: "red", shape: "ring", text: "engine failed" };
+
+// An engine started separately (`ocpp-nodes serve --tcp HOST:PORT`), named in
+// settings.js as ocppNodes.daemon = {host, port, token?, ca?, servername?}; the
+// token may come from the environment (OCPP_NODES_TOKEN) instead. With `ca`
+// (a PEM file) the connection uses TLS and checks the engine against it.
+function remoteDaemon(RED) {
+  let daemon;
+  try {
+    daemon = RED.settings.ocppNodes && RED.settings.ocppNodes.daemon;
+  } catch {
+    daemon = undefined;
+  }
+  if (!daemon || !daemon.port) {
+    return null;
+  }
+  return {
+    host: daemon.host || "127.0.0.1",
+    port: Number(daemon.port),
+    token: daemon.token || process.env.OCPP_NODES_TOKEN || "",
+    ca: daemon.ca,
+    servername: daemon.servername,
+  };
+}
 
 function pickPython(RED) {
   let fromSettings;
@@ -253,6 +277,19 @@ class DaemonClient {
       over: false,
     };
     this.attempt = attempt;
+    const remote = remoteDaemon(this.RED);
+    if (remote) {
+      // Started by someone else: connect, nothing to spawn or install.
+      if (!remote.token) {
+        this.failAttempt(attempt, "failed", "ocppNodes.daemon is set but no token is",
+          { help: "Give ocppNodes.daemon.token in settings.js or OCPP_NODES_TOKEN, the token the engine was started with." });
+        return;
+      }
+      attempt.token = remote.token;
+      attempt.remote = remote;
+      this.connect(attempt, remote);
+      return;
+    }
     // provision.js names the Python, building a venv first when none has the
     // engine (asynchronous: Node-RED's start never waits for it).
     const onInstalling = () => {
@@ -379,16 +416,29 @@ class DaemonClient {
     this.connect(attempt, event.socket || socketPath);
   }
 
-  connect(attempt, socketPath) {
+  // `where`: the Unix socket path of a daemon we started, or the
+  // {host, port, ca?, servername?} of one started separately.
+  connect(attempt, where) {
     clearTimeout(attempt.timer);
     attempt.timer = setTimeout(() => {
       this.failAttempt(attempt, "failed", "no handshake answer from the daemon");
     }, HANDSHAKE_TIMEOUT_MS);
     attempt.timer.unref();
-    const socket = net.createConnection(socketPath);
+    let socket;
+    try {
+      socket = typeof where === "string"
+        ? net.createConnection(where)
+        : where.ca
+          ? tls.connect({ host: where.host, port: where.port, ca: fs.readFileSync(where.ca),
+            servername: where.servername || where.host, minVersion: "TLSv1.2" })
+          : net.createConnection({ host: where.host, port: where.port });
+    } catch (err) {
+      this.failAttempt(attempt, "failed", `cannot reach the engine: ${err.message}`);
+      return;
+    }
     attempt.socket = socket;
     socket.unref();
-    socket.on("connect", () => {
+    socket.on(typeof where !== "string" && where.ca ? "secureConnect" : "connect", () => {
       socket.write(encodeFrame({ t: "hello", protocol: PROTOCOL, token: attempt.token }));
     });
     socket.on("data", (chunk) => {
@@ -570,6 +620,10 @@ class DaemonClient {
     this.endAttempt(`OCPP engine failed to start: ${reason}`, attempt);
     if (this.state === "stopped") {
       return;
+    }
+    if (attempt.remote) {
+      help = `Check that \`ocpp-nodes serve --tcp\` runs at ${attempt.remote.host}:${attempt.remote.port} ` +
+        "with the token given in ocppNodes.daemon.token or OCPP_NODES_TOKEN.";
     }
     const firstInStreak = this.lastFailure === "";
     this.lastFailure = reason;

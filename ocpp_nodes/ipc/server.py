@@ -21,6 +21,7 @@ import hmac
 import logging
 import os
 import sqlite3
+import ssl
 from typing import Any
 
 from .. import IPC_PROTOCOL, __version__
@@ -263,6 +264,13 @@ class DaemonServer:
             self._server = await asyncio.start_unix_server(self._accept, path=path)
         finally:
             os.umask(old_umask)
+
+    async def listen_tcp(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> int:
+        """Listen on TCP (for a shim on another host); returns the bound port."""
+        self._server = await asyncio.start_server(self._accept, host, port, ssl=ssl_context)
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = ShimConnection(self.token, reader, writer)
