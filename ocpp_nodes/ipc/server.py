@@ -80,6 +80,8 @@ class ShimConnection:
         self.writer = writer
         self.nodes: dict[str, OcppNode] = {}
         self._stores: dict[str, OfflineStore] = {}
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._greeted = False
 
@@ -93,7 +95,19 @@ class ShimConnection:
             if frame.get("t") == "done":
                 self.write({**{k: frame[k] for k in ("t", "node", "seq")}, "error": str(exc)})
             return
-        self.writer.write(data)
+        # Frames made in one turn of the event loop leave in one write: a busy
+        # CSMS makes several per station message (send, log, done ...).
+        self._outgoing.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the frames made so far (also called before closing)."""
+        self._flush_scheduled = False
+        if self._outgoing and not self.writer.is_closing():
+            self.writer.write(b"".join(self._outgoing))
+        self._outgoing.clear()
 
     async def serve(self) -> None:
         decoder = FrameDecoder()
@@ -117,6 +131,7 @@ class ShimConnection:
             log.info("shim connection lost: %s", exc)
         finally:
             await self.close_all()
+            self.flush()
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
