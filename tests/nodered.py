@@ -164,14 +164,25 @@ class NodeRed:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start Node-RED and wait until its admin API answers."""
+        self.prepare()
+        self.launch(self.environment(), timeout)
+
+    def prepare(self) -> None:
+        """Write the user dir: settings.js and the linked shim."""
         prepare_userdir.prepare(
             self.user_dir, self.port, sys.executable, log_level="debug", extra=self.settings
         )
+
+    def environment(self) -> dict[str, str]:
+        """Node-RED's environment: this run's marker, the checkout's Python."""
         env = dict(os.environ)
         env[MARKER_ENV] = self.marker
         env["OCPP_NODES_PYTHON"] = sys.executable
-        env.setdefault("NODE_OPTIONS", "")
-        with self.log_path.open("wb") as log:
+        return env
+
+    def launch(self, env: dict[str, str], timeout: float) -> None:
+        """Run node-red on the prepared user dir; return once the admin API answers."""
+        with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(NODE_RED_BIN), "-u", str(self.user_dir), "-p", str(self.port)],
                 cwd=self.user_dir,

@@ -29,7 +29,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.flowkit import connect_station, recv_frame, wait_port
-from tests.nodered import MARKER_ENV, NODE_RED_BIN, REPO_ROOT, NodeRed, free_port, wait_until
+from tests.nodered import MARKER_ENV, REPO_ROOT, NodeRed, free_port, wait_until
 
 pytestmark = pytest.mark.nodered
 
@@ -61,10 +61,10 @@ class InstalledNodeRed(NodeRed):
         super().__init__(user_dir, port)
         self.extra = extra
 
-    def start(self, timeout: float = 60.0) -> None:
-        import deploy_flow  # scripts/, put on sys.path by tests.nodered
-
+    def prepare(self) -> None:
         _settings(self.user_dir, self.port, self.extra)
+
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("OCPP_NODES_PYTHON", "VIRTUAL_ENV")}
         # python3 is whatever the machine has, not this checkout's .venv (which
         # already imports ocpp_nodes).
@@ -73,30 +73,7 @@ class InstalledNodeRed(NodeRed):
             p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin
         )
         env[MARKER_ENV] = self.marker
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(NODE_RED_BIN), "-u", str(self.user_dir), "-p", str(self.port)],
-                cwd=self.user_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"node-red exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                deploy_flow.wait_for_admin(self.base_url, timeout=1.0)
-                return
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"admin API not up after {timeout}s:\n{self.log_tail()}"
-                    ) from None
+        return env
 
 
 class StatusWatch:
