@@ -279,6 +279,10 @@ async def test_cs_reconnects_after_the_csms_goes_away(shim: ShimDouble) -> None:
         credentials={"basic_auths": '{"CS001": "pw"}'},
     )
     await shim.wait_for(lambda: shim.statuses("cs").count("connected") == 2, timeout=15)
+    events = [
+        m["ocpp"]["websocket"] for m in shim.sent("cs", 0) if "websocket" in m.get("ocpp", {})
+    ]
+    assert events == ["ONLINE", "OFFLINE", "ONLINE"]
 
 
 async def test_wrong_token_is_rejected_and_daemon_carries_on(shim: ShimDouble) -> None:
