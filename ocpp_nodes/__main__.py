@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.tls_cert or args.tls_key:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-            ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+            try:
+                ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                print(f"ocpp-nodes: cannot load --tls-cert / --tls-key: {exc}", file=sys.stderr)
+                return 2
         elif not _is_loopback(tcp[0]):
             # The token and every message (passwords included) would cross the
             # network in clear.

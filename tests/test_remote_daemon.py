@@ -111,3 +111,23 @@ async def test_node_red_uses_an_engine_started_separately(
             pytest.fail("the CSMS node never listened through the separate engine")
         assert not runtime.daemon_pids(), "Node-RED started an engine of its own"
         assert TOKEN not in runtime.log()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--tcp", "0.0.0.0:0"], "needs --tls-cert"),
+        (["--tcp", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem"], "cannot load"),
+        (["--tcp", "no-port"], "HOST:PORT"),
+    ],
+)
+def test_engine_refuses_an_unsafe_or_broken_tcp_setup(args: list[str], says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ocpp_nodes", "serve", *args],
+        env={**os.environ, "OCPP_NODES_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2 and says in result.stderr
+    assert "Traceback" not in result.stderr
