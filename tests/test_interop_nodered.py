@@ -192,6 +192,16 @@ class Setup:
         )
         assert status == 200, body
 
+    async def wait_online(self, tag: str, timeout: float = 15.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not any(
+            (r.get("ocpp") or {}).get("websocket") == "ONLINE" for r in self.records(tag)
+        ):
+            if loop.time() > deadline:
+                raise AssertionError(f"{tag} never came ONLINE; records: {self.records(tag)}")
+            await asyncio.sleep(0.1)
+
     async def wait_record(self, tag: str, topic: str, timeout: float = 15.0) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -253,6 +263,9 @@ async def setup(node_red: NodeRed) -> AsyncIterator[Setup]:
     result.python_station = await asyncio.wait_for(connected.get(), 20)
     result.rpc_server = rpc_server  # type: ignore[attr-defined]
     await rpc_server.wait_event("connected", timeout=20)
+    # The servers see the connection before our CS nodes do: wait for ONLINE.
+    for tag in ("cs_py", "cs_rpc"):
+        await result.wait_online(tag)
     try:
         yield result
     finally:
