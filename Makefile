@@ -29,7 +29,7 @@ SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.te
 	-o -name '*.test.cjs' -o -name '*-test.js' -o -name '*_test.js' -o -name 'test-*.js' \
 	-o -name 'test.js' \) 2>/dev/null | sort)
 
-.PHONY: help setup demo test test-py test-shim lint pack validate clean bench
+.PHONY: help setup demo test test-py test-shim lint pack validate clean bench screenshots
 
 help:
 	@echo "make setup   install the Python venv and the npm packages (idempotent)"
@@ -38,6 +38,7 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make pack    build/node-red-contrib-ocpp-nodes-<version>.tgz: shim, example flows, engine wheel"
 	@echo "make validate  the Node-RED flow library's checks (node-red-dev) on that package"
+	@echo "make screenshots  run the editor tests and copy the screenshots the docs show to docs/images/"
 
 setup: $(PY_STAMP) $(SHIM_STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP)
 
@@ -108,6 +109,16 @@ demo: setup
 	$(VPY) scripts/deploy_flow.py flows/demo.json --url http://127.0.0.1:$(DEMO_PORT) &
 	@echo "Node-RED: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C to stop)"
 	exec $(NODE_RED) -u $(DEMO_DIR)
+
+# The editor screenshots the docs show: the browser tests (tests/browser) always
+# write theirs to .local/screenshots/; this copies the ones named here (the
+# list tests/browser/test_editor.py checks) to docs/images/, to be committed.
+DOC_IMAGES := demo-flow getting-started-flow getting-started-debug getting-started-catch csms-dialog cs-dialog
+
+screenshots: setup
+	OCPP_NODES_PYTHON=$(VPY) $(VPY) -m pytest -q -p no:cacheprovider tests/browser
+	mkdir -p docs/images
+	for name in $(DOC_IMAGES); do cp .local/screenshots/$$name.png docs/images/; done
 
 # The npm tarball: the shim with the example flows copied in as examples/
 # (js_shim/examples is a symlink to flows/, which npm pack would leave out) and

@@ -10,7 +10,7 @@
 // starts one (tests/nodered.py) and runs this file with
 //   OCPP_EDITOR_URL   the editor's URL
 //   OCPP_CSMS_PORT    a free TCP port for the CSMS node
-//   OCPP_SCREENSHOTS  where screenshots go (default test-artifacts/screenshots)
+//   OCPP_SCREENSHOTS  where screenshots go (default .local/screenshots)
 // Without OCPP_EDITOR_URL the test is skipped.
 
 const test = require("node:test");
@@ -21,7 +21,7 @@ const path = require("node:path");
 const root = path.resolve(__dirname, "..", "..");
 const BASE = process.env.OCPP_EDITOR_URL;
 const CSMS_PORT = Number(process.env.OCPP_CSMS_PORT || 0);
-const SHOTS = process.env.OCPP_SCREENSHOTS || path.join(root, "test-artifacts", "screenshots");
+const SHOTS = process.env.OCPP_SCREENSHOTS || path.join(root, ".local", "screenshots");
 const CHROMIUM = process.env.OCPP_CHROMIUM || "/usr/bin/chromium";
 const CHROMIUM_ARGS = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -46,9 +46,7 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
   page.setDefaultTimeout(10000);
   const errors = [];
   page.on("pageerror", (err) => errors.push(String(err)));
-  let shotNo = 0;
-  const shot = (name) =>
-    page.screenshot({ path: path.join(SHOTS, `${String(++shotNo).padStart(2, "0")}-${name}.png`) });
+  const shot = (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 
   await page.goto(BASE);
   const palette = (type) =>

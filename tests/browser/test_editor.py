@@ -1,26 +1,42 @@
-"""The editor in headless Chromium: runs tests/browser/editor.test.js (node --test,
-playwright-core from tools/node, Debian's /usr/bin/chromium) against a real
-Node-RED with this checkout's shim (tests/nodered.py). Screenshots go to
-test-artifacts/screenshots/.
+"""The editor in headless Chromium: runs tests/browser/editor.test.js and
+tests/browser/guide.test.js (node --test, playwright-core from tools/node,
+Debian's /usr/bin/chromium) against a real Node-RED with this checkout's shim
+(tests/nodered.py).
+
+Screenshots go to .local/screenshots/ (never into tracked files);
+`make screenshots` runs these tests and copies the ones the docs show to
+docs/images/.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.nodered import ARTIFACTS, REPO_ROOT, free_port, running_node_red
+from tests.nodered import REPO_ROOT, free_port, running_node_red
+from tests.test_getting_started import demo_flow, guide_flow, station_script
 
 pytestmark = pytest.mark.nodered
 
 CHROMIUM = Path(os.environ.get("OCPP_CHROMIUM", "/usr/bin/chromium"))
 PLAYWRIGHT = REPO_ROOT / "tools" / "node" / "node_modules" / "playwright-core"
-SCREENSHOTS = ARTIFACTS / "screenshots"
+SCREENSHOTS = Path(os.environ.get("OCPP_SCREENSHOTS", REPO_ROOT / ".local" / "screenshots"))
+#: The screenshots docs/ shows (docs/images/<name>.png), taken by guide.test.js
+#: and editor.test.js; `make screenshots` copies exactly these.
+DOC_IMAGES = (
+    "demo-flow",
+    "getting-started-flow",
+    "getting-started-debug",
+    "getting-started-catch",
+    "csms-dialog",
+    "cs-dialog",
+)
 
 
 def browser_missing_reason() -> str | None:
@@ -35,7 +51,8 @@ def test_editor_in_headless_chromium(tmp_path: Path) -> None:
     reason = browser_missing_reason()
     if reason:
         pytest.skip(reason)
-    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    for old in SCREENSHOTS.glob("*.png"):
+        old.unlink()
     with running_node_red(tmp_path / "node-red", "test_editor_in_headless_chromium") as runtime:
         env = dict(os.environ)
         env.update(
@@ -59,3 +76,43 @@ def test_editor_in_headless_chromium(tmp_path: Path) -> None:
     assert result.returncode == 0, output
     assert "pass 6" in output and "fail 0" in output, output
     assert sorted(p.name for p in SCREENSHOTS.glob("*.png"))
+
+
+def test_getting_started_in_headless_chromium(tmp_path: Path) -> None:
+    reason = browser_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    port, demo_port = free_port(), free_port()
+    flow = tmp_path / "getting-started.json"
+    flow.write_text(json.dumps(guide_flow(port), indent=1))
+    script = tmp_path / "station.py"
+    script.write_text(station_script(port))
+    with running_node_red(
+        tmp_path / "node-red", "test_getting_started_in_headless_chromium"
+    ) as runtime:
+        runtime.deploy(demo_flow(demo_port))
+        env = dict(os.environ)
+        env.update(
+            OCPP_EDITOR_URL=runtime.base_url,
+            OCPP_GUIDE_FLOW=str(flow),
+            OCPP_STATION_PYTHON=sys.executable,
+            OCPP_STATION_SCRIPT=str(script),
+            OCPP_SCREENSHOTS=str(SCREENSHOTS),
+            OCPP_CHROMIUM=str(CHROMIUM),
+        )
+        started = time.monotonic()
+        result = subprocess.run(
+            ["node", "--test", "--test-reporter=spec", "tests/browser/guide.test.js"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        print(f"browser test: {time.monotonic() - started:.1f} s")
+    output = result.stdout + result.stderr
+    print(output)
+    assert result.returncode == 0, output
+    assert "pass 5" in output and "fail 0" in output, output
+    for name in DOC_IMAGES[:4]:
+        assert (SCREENSHOTS / f"{name}.png").is_file(), name
