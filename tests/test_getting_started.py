@@ -85,12 +85,24 @@ def by_name(nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def test_the_page_has_every_block_the_test_needs() -> None:
-    assert set(blocks()) >= {"flow", "answer requests", "station", "station output", "error"}
+    assert set(blocks()) >= {
+        "flow",
+        "answer requests",
+        "station",
+        "station output",
+        "GetVariables payload",
+        "error",
+    }
 
 
 def test_the_function_code_shown_is_the_code_in_the_flow() -> None:
     answer = by_name(guide_flow(), "answer requests")
     assert answer["func"].rstrip("\n") == blocks()["answer requests"]
+
+
+def test_the_inject_payload_shown_is_the_one_in_the_flow() -> None:
+    inject = by_name(guide_flow(), "GetVariables to CS100")
+    assert json.loads(inject["payload"]) == json.loads(blocks()["GetVariables payload"])
 
 
 def test_every_node_the_page_names_in_bold_is_in_the_flow() -> None:
