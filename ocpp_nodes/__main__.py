@@ -17,8 +17,10 @@ import signal
 import ssl
 import stat
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
-from . import IPC_PROTOCOL, __version__
+from . import IPC_PROTOCOL, __version__, hop_trace
 from .ipc.server import DaemonServer
 
 TOKEN_VARIABLE = "OCPP_NODES_TOKEN"
@@ -83,6 +85,8 @@ async def serve(
         logging.getLogger(__name__).warning(
             "nodes did not stop within %d s; exiting anyway", SHUTDOWN_SECONDS
         )
+    if hop_trace.TRACE is not None:
+        hop_trace.TRACE.save()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,11 +141,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     try:
-        asyncio.run(serve(args.socket, token, tcp, ssl_context))
+        _run(serve(args.socket, token, tcp, ssl_context))
     except OSError as exc:
         print(f"ocpp-nodes: cannot listen on {args.socket or args.tcp}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run the daemon on uvloop where it is installed (Linux, macOS), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _is_loopback(host: str) -> bool:

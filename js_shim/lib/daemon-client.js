@@ -34,6 +34,10 @@ const STDERR_TAIL_LINES = 20;
 // Only these message properties are read or given back by the engine; the
 // rest (an http request object, for instance) stays in Node-RED.
 const MSG_FIELDS = ["_msgid", "payload", "topic", "ocpp", "customData", "_linkSource"];
+// Set by the benchmark (bench/run.py, docs/benchmarks.md): input frames then
+// carry the monotonic clock at which the message entered the shim, and the
+// daemon (same clock, same host) writes how long each took to reach the wire.
+const HOP_TRACE = Boolean(process.env.OCPP_NODES_HOP_TRACE);
 
 const HELP_PYTHON =
   "Set ocppNodes: { python: '/path/to/python' } in settings.js, or the environment " +
@@ -215,6 +219,7 @@ class DaemonClient {
 
   /** Forward an input message; `done` is called when the engine answers with `done`. */
   input(node, msg, send, done) {
+    const entered = HOP_TRACE ? Number(process.hrtime.bigint()) : 0;
     // Replies come later as `send` frames naming only node and port, so they
     // go out through node.send; the per-input send() is not needed.
     if (this.state === "failed" || this.state === "stopped") {
@@ -230,6 +235,9 @@ class DaemonClient {
     }
     const seq = ++this.seq;
     const frame = { t: "input", node: node.id, seq, msg: wire };
+    if (entered) {
+      frame.hop_t0 = entered;
+    }
     if (this.state === "ready") {
       this.pending.set(seq, { nodeId: node.id, done });
       this.write(frame);

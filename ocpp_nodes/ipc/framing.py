@@ -17,6 +17,7 @@ __all__ = ["FrameDecoder", "FrameError", "MAX_FRAME_SIZE", "encode"]
 MAX_FRAME_SIZE = 16 * 1024 * 1024
 
 _LENGTH = struct.Struct(">I")
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 
 class FrameError(Exception):
@@ -30,8 +31,9 @@ def encode(frame: dict[str, Any]) -> bytes:
         FrameError: too large, or holding what msgpack cannot carry.
     """
     try:
-        body = msgpack.packb(frame, use_bin_type=True)
+        body = _PACKER.pack(frame)
     except (TypeError, ValueError, OverflowError) as exc:
+        _PACKER.reset()  # a failed pack leaves its partial output behind
         raise FrameError(f"frame cannot be encoded: {exc}") from None
     if len(body) > MAX_FRAME_SIZE:
         raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
@@ -55,22 +57,28 @@ class FrameDecoder:
         Raises:
             FrameError: a frame is too large, is not msgpack, or is not a map.
         """
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         frames = []
-        while len(self._buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self._buffer)
-            if length > self.max_frame_size:
-                raise FrameError(f"frame of {length} bytes exceeds {self.max_frame_size}")
-            end = _LENGTH.size + length
-            if len(self._buffer) < end:
-                break
-            body = bytes(self._buffer[_LENGTH.size : end])
-            del self._buffer[:end]
-            try:
-                frame = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            except Exception as exc:  # msgpack raises several unrelated types
-                raise FrameError(f"frame is not msgpack: {exc}") from None
-            if not isinstance(frame, dict):
-                raise FrameError("frame is not a msgpack map")
-            frames.append(frame)
+        start = 0
+        header = _LENGTH.size
+        with memoryview(buffer) as view:
+            while len(buffer) - start >= header:
+                (length,) = _LENGTH.unpack_from(buffer, start)
+                if length > self.max_frame_size:
+                    raise FrameError(f"frame of {length} bytes exceeds {self.max_frame_size}")
+                end = start + header + length
+                if len(buffer) < end:
+                    break
+                try:
+                    frame = msgpack.unpackb(
+                        view[start + header : end], raw=False, strict_map_key=False
+                    )
+                except Exception as exc:  # msgpack raises several unrelated types
+                    raise FrameError(f"frame is not msgpack: {exc}") from None
+                if not isinstance(frame, dict):
+                    raise FrameError("frame is not a msgpack map")
+                frames.append(frame)
+                start = end
+        del buffer[:start]
         return frames

@@ -24,7 +24,7 @@ import sqlite3
 import ssl
 from typing import Any
 
-from .. import IPC_PROTOCOL, __version__
+from .. import IPC_PROTOCOL, __version__, hop_trace
 from ..nodes import CsmsNode, CsNode, OcppNode
 from ..nodes.offline_store import OfflineStore
 from .framing import FrameDecoder, FrameError, encode
@@ -118,6 +118,9 @@ class ShimConnection:
                     break
                 for frame in decoder.feed(data):
                     try:
+                        if self._greeted and frame.get("t") == "input":  # the common case
+                            self._input(frame)
+                            continue
                         carry_on = await self._dispatch(frame)
                     except Exception:  # a bug in one frame's handling must not end the rest
                         log.exception("handling a %r frame failed", frame.get("t"))
@@ -191,7 +194,16 @@ class ShimConnection:
         if not isinstance(msg, dict):
             node.host.done(seq, "the message is not an object")
             return
-        node.input(seq, {key: msg[key] for key in _MSG_FIELDS if key in msg})
+        fields = {key: msg[key] for key in _MSG_FIELDS if key in msg}
+        t0 = frame.get("hop_t0")
+        if hop_trace.TRACE is None or type(t0) is not int:
+            node.input(seq, fields)
+            return
+        hop_trace.TRACE.current = t0
+        try:
+            node.input(seq, fields)
+        finally:
+            hop_trace.TRACE.current = 0
 
     async def _create(self, frame: dict[str, Any]) -> None:
         node_id = str(frame.get("node"))

@@ -201,10 +201,9 @@ class CsNode(OcppNode):
 
     def _send_request(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
         action = payload.get("command")
-        stored = self.store.count(self.cb_id) if self.offline_mode != "off" else 0
         if action == "TransactionEvent" and self.offline_mode != "off":
             # Kept in order: behind what is stored, even once connected again.
-            if self.session is None or stored or self._draining():
+            if self.session is None or self._draining() or self.store.count(self.cb_id):
                 self._store(seq, msg, payload, offline=self.session is None)
                 return
         elif self.session is None and self.offline_mode == "all":

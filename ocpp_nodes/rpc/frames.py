@@ -145,6 +145,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Made once: json.loads / json.dumps with options build a new coder per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=parse_int)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def parse(text: str | bytes) -> Frame:
     """Parse one websocket message into a frame.
 
@@ -160,7 +165,7 @@ def parse(text: str | bytes) -> Frame:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        data = json.loads(text, parse_constant=_reject_constant, parse_int=parse_int)
+        data = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, f"not valid JSON: {exc}"[:255]) from None
     if not isinstance(data, list) or not data:
@@ -271,4 +276,4 @@ def serialize(frame: Frame) -> str:
             frame.error_description[:255],
             frame.error_details,
         ]
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(body)

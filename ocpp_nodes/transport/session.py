@@ -2,8 +2,9 @@
 
 The session is the only place where the sans-I/O core meets a socket: it
 feeds received messages to :class:`~ocpp_nodes.rpc.OcppConnection`, writes
-what the core wants sent (in order, through one writer task), and runs the
-core's deadlines on the event loop's clock. Both roles use it; the CSMS
+what the core wants sent (in order; at once while the socket takes it, through
+a task only while the socket pushes back), and runs the core's deadlines on the
+event loop's clock. Both roles use it; the CSMS
 server and the CS client only differ in how the socket is made.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol
 
+from .. import hop_trace
 from ..rpc import Event, OcppConnection, OutgoingCall, ReceivedCall
 
 __all__ = ["OcppSession", "TextSocket", "SocketClosed"]
@@ -76,7 +79,10 @@ class OcppSession:
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self._outbox: deque[str] = deque()
-        self._outbox_ready = asyncio.Event()
+        # the task finishing a send the socket made wait for (back-pressure)
+        self._writer: asyncio.Task[None] | None = None
+        # with hop_trace on: the hop_t0 of each outbox entry (0: not from an input)
+        self._hop_stamps: deque[int] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -116,7 +122,6 @@ class OcppSession:
 
         Every call still pending is ended with ``CallAborted`` before this returns.
         """
-        writer = asyncio.create_task(self._write_loop())
         reason = "connection closed"
         try:
             while True:
@@ -132,47 +137,94 @@ class OcppSession:
                 self._deliver(events)
         finally:
             self.closed = True
-            writer.cancel()
+            self._outbox.clear()
+            self._hop_stamps.clear()
             if self._timer is not None:
                 self._timer.cancel()
             self._deliver(self.connection.connection_lost(reason))
-            # wait() rather than awaiting the task: a cancel of *this* task
-            # (the node stopping) must not be swallowed with the writer's.
-            await asyncio.wait([writer])
+            writer = self._writer
+            if writer is not None:
+                writer.cancel()
+                # wait() rather than awaiting the task: a cancel of *this* task
+                # (the node stopping) must not be swallowed with the writer's.
+                await asyncio.wait([writer])
         return reason
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            while self._outbox:
-                text = self._outbox.popleft()
-                try:
-                    await self.socket.send(text)
-                except Exception as exc:  # the reader sees the close and ends the session
-                    log.debug("%s: send failed: %s", self.cb_id, exc)
-                    self._outbox.clear()
-                    break
-                if self.on_frame is not None:
-                    self._log_frame(text, False)
-            self._outbox_ready.clear()
 
     def _flush(self) -> None:
         texts = self.connection.data_to_send()
         if texts and not self.closed:
             self._outbox.extend(texts)
-            self._outbox_ready.set()
+            if hop_trace.TRACE is not None:
+                self._hop_stamps.extend([hop_trace.TRACE.current] * len(texts))
+            if self._writer is None:
+                self._write()
         self._arm_timer()
 
+    def _write(self) -> None:
+        """Write the outbox in order, now, for as long as the socket takes it.
+
+        A websocket library's ``send`` is a coroutine that finishes without
+        suspending unless the socket's buffer is full. It is stepped here
+        directly: no task and no turn of the event loop per frame. If it does
+        suspend, a task finishes that send and then writes the rest.
+        """
+        while self._outbox and not self.closed:
+            text = self._outbox.popleft()
+            sending = self.socket.send(text)
+            try:
+                waiting_for = sending.send(None)
+            except StopIteration:
+                self._sent(text)
+                continue
+            except Exception as exc:
+                self._send_failed(exc)
+                return
+            self._writer = asyncio.ensure_future(self._finish_send(sending, waiting_for, text))
+            return
+
+    async def _finish_send(
+        self, sending: Coroutine[Any, Any, None], waiting_for: Any, text: str
+    ) -> None:
+        try:
+            await _resume(sending, waiting_for)
+        except Exception as exc:
+            self._writer = None
+            self._send_failed(exc)
+            return
+        self._writer = None
+        self._sent(text)
+        self._write()
+
+    def _sent(self, text: str) -> None:
+        if hop_trace.TRACE is not None:
+            stamp = self._hop_stamps.popleft()
+            if stamp:
+                hop_trace.TRACE.sent(stamp)
+        if self.on_frame is not None:
+            self._log_frame(text, False)
+
+    def _send_failed(self, exc: Exception) -> None:
+        # the reader sees the close and ends the session
+        log.debug("%s: send failed: %s", self.cb_id, exc)
+        self._outbox.clear()
+        self._hop_stamps.clear()
+
     def _arm_timer(self) -> None:
+        # Lazy: a timer already due no later than the next deadline stays as it
+        # is. Every message moves the deadline later; re-arming each time would
+        # cost a timer handle per message. A timer that fires early finds
+        # nothing expired and arms itself for the real next deadline.
+        if self.closed:
+            return
         deadline = self.connection.next_deadline()
-        if deadline == self._timer_at:
+        if deadline is None:
             return
         if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= deadline:
+                return
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if deadline is not None and not self.closed:
-            self._timer = self._loop.call_at(deadline, self._on_deadline)
+        self._timer = self._loop.call_at(deadline, self._on_deadline)
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -195,3 +247,26 @@ class OcppSession:
             self.on_events(self, events)
         except Exception:  # a bug in a handler must not end the connection
             log.exception("%s: handling %s failed", self.cb_id, events)
+
+
+@types.coroutine
+def _resume(sending: Coroutine[Any, Any, None], waiting_for: Any) -> Generator[Any, Any, None]:
+    """Go on with a coroutine that was stepped by hand and suspended on ``waiting_for``.
+
+    What ``yield from`` does, from the middle: the task running this waits for
+    what the coroutine yielded, then passes the outcome (a value, or an
+    exception such as a cancel) back into it, until it returns.
+    """
+    while True:
+        try:
+            value = yield waiting_for
+        except BaseException as exc:
+            try:
+                waiting_for = sending.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_for = sending.send(value)
+            except StopIteration:
+                return
