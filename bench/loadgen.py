@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Coroutine
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,11 @@ class Station:
         self.args = args
         self.stats = stats
         self.seq = 0
+        # MessageIds unique across stations and runs, as real stations make
+        # them (the old package keys waiting requests by MessageId alone,
+        # across stations); cheaper than a uuid4 per call, which reads
+        # os.urandom each time
+        self.id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self.ws: Any = None
 
     async def open(self, deadline: float, sem: asyncio.Semaphore) -> bool:
@@ -190,9 +196,7 @@ class Station:
 
     async def call(self, action: str, payload: dict[str, Any]) -> bool:
         self.seq += 1
-        # globally unique, as real stations do (UUIDs): the old package keys
-        # waiting requests by MessageId alone, across stations
-        mid = str(uuid.uuid4())
+        mid = f"{self.id_prefix}{self.seq}"
         frame = json.dumps([2, mid, action, payload], separators=(",", ":"))
         t0 = time.perf_counter_ns()
         await self.ws.send(frame)
@@ -216,7 +220,8 @@ class Station:
         try:
             while time.monotonic() < stop_at:
                 payload = meter_values_payload() if action == "MeterValues" else {}
-                await asyncio.wait_for(self.call(action, payload), self.args.call_timeout)
+                async with asyncio.timeout(self.args.call_timeout):
+                    await self.call(action, payload)
         except Exception as err:  # noqa: BLE001
             self.stats.lose(err)
 
@@ -230,7 +235,8 @@ class Station:
                     break
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await asyncio.wait_for(self.call("Heartbeat", {}), self.args.call_timeout)
+                async with asyncio.timeout(self.args.call_timeout):
+                    await self.call("Heartbeat", {})
                 next_at += self.args.interval
         except Exception as err:  # noqa: BLE001
             self.stats.lose(err)
@@ -378,12 +384,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run_loop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run on uvloop where installed (bench/requirements.txt): a cheaper generator
+    leaves more of the shared cores to the system under test."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_loopback(args.url)
     raise_nofile(args.stations // max(1, args.procs) + 256)
     if args.procs <= 1:
-        result = merge([asyncio.run(run_worker(args))])
+        result = merge([run_loop(run_worker(args))])
     else:
         per = -(-args.stations // args.procs)
         workers = []
@@ -420,7 +436,7 @@ def worker_main(argv: list[str]) -> int:
     argv = [a for a in argv if a != "--raw"]
     args = parse_args(argv)
     raise_nofile(args.stations + 256)
-    raw = asyncio.run(run_worker(args))
+    raw = run_loop(run_worker(args))
     assert args.json_out is not None
     args.json_out.write_text(json.dumps(raw))
     return 0

@@ -96,9 +96,10 @@ def tree(pid: int) -> list[psutil.Process]:
 class NodeRedSystem:
     """Node-RED with one of the two packages; the CSMS listens on `ws_port`."""
 
-    def __init__(self, name: str, user_dir: Path) -> None:
+    def __init__(self, name: str, user_dir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.user_dir = user_dir
+        self.env = env or {}
         self.port = free_port()
         self.ws_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -116,7 +117,7 @@ class NodeRedSystem:
             ensure_old_package(self.user_dir)
         for stale in ("flows.json", "flows_cred.json"):
             (self.user_dir / stale).unlink(missing_ok=True)
-        env = dict(os.environ, OCPP_NODES_PYTHON=sys.executable)
+        env = dict(os.environ, OCPP_NODES_PYTHON=sys.executable, **self.env)
         logf = (self.user_dir / "node-red.log").open("wb")
         self.proc = subprocess.Popen(
             [str(NODE_RED_BIN), "-u", str(self.user_dir), "-p", str(self.port)],
@@ -425,48 +426,68 @@ def summarize_profile(raw: Path, top: int = 15) -> list[dict[str, Any]]:
 def load_scenarios(
     systems: dict[str, Any], plan: dict[str, Any], results: dict[str, Any], profile: bool
 ) -> None:
+    """Each (action, N) is run `repeat` times; within a repetition the systems run back
+    to back, in an order rotated per repetition, so that drift of the shared machine
+    falls on all of them alike. The report takes medians."""
+    names = list(systems)
     for action in plan["actions"]:
         for n in plan["stations"]:
-            for name, system in systems.items():
-                procs = 1 if n <= 1000 else 2
-                args = [
-                    "--stations",
-                    str(n),
-                    "--action",
-                    action,
-                    "--duration",
-                    str(plan["duration"]),
-                    "--warmup",
-                    str(plan["warmup"]),
-                    "--procs",
-                    str(procs),
-                    "--connect-timeout",
-                    "90",
-                ]
-                prof = None
-                if (
-                    profile
-                    and name == "ours"
-                    and n == plan["profile_at"]
-                    and action == "MeterValues"
-                ):
-                    prof = WORK / f"py-spy-daemon-{action}-{n}.txt"
-                    prof.unlink(missing_ok=True)
-                log(f"{action} N={n} {name}")
-                r = run_loadgen(system, args, timeout=plan["duration"] + 300, profile=prof)
-                r.update(action=action, n=n, system=name)
-                if prof is not None:
-                    r["profile"] = summarize_profile(prof)
-                r.pop("latencies_us", None)
-                results["scenarios"].append(r)
-                lat = r["latency_ms"]
-                log(
-                    f"  -> {r['rps']:.0f} rt/s p50 {lat['p50']} p99 {lat['p99']} ms, "
-                    f"connected {r['connected']}/{n}, failed {r['failed']}, lost {r['lost']}, "
-                    f"res {r['resources']}"
-                )
-                save(results)
-                time.sleep(1)
+            for rep in range(plan["repeat"]):
+                shift = rep % len(names)
+                for name in names[shift:] + names[:shift]:
+                    load_run(systems[name], name, action, n, rep, plan, results, profile)
+
+
+def load_run(
+    system: Any,
+    name: str,
+    action: str,
+    n: int,
+    rep: int,
+    plan: dict[str, Any],
+    results: dict[str, Any],
+    profile: bool,
+) -> None:
+    procs = 1 if n <= 1000 else 2
+    args = [
+        "--stations",
+        str(n),
+        "--action",
+        action,
+        "--duration",
+        str(plan["duration"]),
+        "--warmup",
+        str(plan["warmup"]),
+        "--procs",
+        str(procs),
+        "--connect-timeout",
+        "90",
+    ]
+    prof = None
+    if (
+        profile
+        and name == "ours"
+        and n == plan["profile_at"]
+        and action == "MeterValues"
+        and rep == 0
+    ):
+        prof = WORK / f"py-spy-daemon-{action}-{n}.txt"
+        prof.unlink(missing_ok=True)
+    log(f"{action} N={n} {name} (run {rep + 1} of {plan['repeat']})")
+    r = run_loadgen(system, args, timeout=plan["duration"] + 300, profile=prof)
+    r.update(action=action, n=n, system=name, rep=rep)
+    if prof is not None:
+        r["profile"] = summarize_profile(prof)
+    r.pop("latencies_us", None)
+    results["scenarios"].append(r)
+    lat = r["latency_ms"]
+    log(
+        f"  -> {r['rps']:.0f} rt/s p50 {lat['p50']} p99 {lat['p99']} ms, "
+        f"connected {r['connected']}/{n}, failed {r['failed']}, lost {r['lost']}, "
+        f"res {r['resources']}"
+    )
+    save(results)
+    time.sleep(1)
 
 
 def capacity(systems: dict[str, Any], plan: dict[str, Any], results: dict[str, Any]) -> None:
@@ -506,47 +527,72 @@ def capacity(systems: dict[str, Any], plan: dict[str, Any], results: dict[str, A
         time.sleep(3)
 
 
-def cs_side(
-    ours: NodeRedSystem, null: NullSystem, plan: dict[str, Any], results: dict[str, Any]
-) -> None:
+def cs_side(null: NullSystem, plan: dict[str, Any], results: dict[str, Any]) -> None:
+    """Heartbeats through our CS node to the null server, one at a time.
+
+    Runs in a Node-RED of its own with OCPP_NODES_HOP_TRACE set, so that the shim
+    stamps its inputs and the daemon writes the shim -> wire times when it exits
+    (ocpp_nodes/hop_trace.py); the load scenarios ran without that.
+    """
     log("CS side: Heartbeats through our CS node to the null server")
-    ours.deploy(flows.cs_flow(null.url, password=PASSWORD))
-    deadline = time.monotonic() + 60
-    while null.http("GET", "/stats")["calls"] < 50:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the CS flow sent nothing to the null server within 60 s")
-        time.sleep(0.5)
-    time.sleep(plan["warmup"])
-    pids = ours.pids()
-    with Sampler(dict(pids)) as sampler:
-        null.http("POST", "/reset")
-        t0 = time.time()
-        time.sleep(plan["duration"])
-        stats = null.http("GET", "/stats")
-        t1 = time.time()
-    hops = sorted(stats["hop_us"])
-
-    def pct(q: float) -> float | None:
-        return hops[min(len(hops) - 1, int(q * len(hops)))] if hops else None
-
+    hop_file = WORK / "hop-times.txt"
+    hop_file.unlink(missing_ok=True)
+    ours = NodeRedSystem("ours", WORK / "ours-cs", env={"OCPP_NODES_HOP_TRACE": str(hop_file)})
+    try:
+        ours.start()
+        ours.deploy(flows.cs_flow(null.url, password=PASSWORD))
+        deadline = time.monotonic() + 60
+        while null.http("GET", "/stats")["calls"] < 50:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the CS flow sent nothing to the null server within 60 s")
+            time.sleep(0.5)
+        time.sleep(plan["warmup"])
+        pids = ours.pids()
+        with Sampler(dict(pids)) as sampler:
+            null.http("POST", "/reset")
+            t0 = time.time()
+            time.sleep(plan["duration"])
+            stats = null.http("GET", "/stats")
+            t1 = time.time()
+    finally:
+        ours.stop()
+    flow_to_wire = sorted(stats["hop_us"])
+    # the daemon's file covers that Node-RED's whole life (warm-up too): keep as
+    # many of its last samples as the measured window had Heartbeats
+    lines = hop_file.read_text().splitlines() if hop_file.is_file() else []
+    lines = lines[-len(flow_to_wire) :] if flow_to_wire else lines
+    handed = sorted(int(line.split()[0]) / 1000 for line in lines)
+    returned = sorted(int(line.split()[1]) / 1000 for line in lines)
     r = {
         "requests": stats["calls"],
         "rps": stats["calls"] / stats["since"],
-        "hop_us": {
-            "p50": pct(0.5),
-            "p90": pct(0.9),
-            "p99": pct(0.99),
-            "max": hops[-1] if hops else None,
-            "samples": len(hops),
-        },
+        "hop_us": percentiles(flow_to_wire),
+        "shim_to_kernel_us": percentiles(handed),
+        "shim_to_send_returned_us": percentiles(returned),
         "resources": sampler.window(t0, t1),
     }
     results["cs_side"] = r
     log(
-        f"  -> {r['rps']:.0f} requests/s, flow->wire p50 {r['hop_us']['p50']} µs, "
-        f"res {r['resources']}"
+        f"  -> {r['rps']:.0f} requests/s, shim->kernel p50 {r['shim_to_kernel_us']['p50']} µs, "
+        f"shim->send returned p50 {r['shim_to_send_returned_us']['p50']} µs, "
+        f"flow->wire p50 {r['hop_us']['p50']} µs, res {r['resources']}"
     )
     save(results)
+
+
+def percentiles(sorted_values: list[float]) -> dict[str, Any]:
+    def pct(q: float) -> float | None:
+        if not sorted_values:
+            return None
+        return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 1)
+
+    return {
+        "p50": pct(0.5),
+        "p90": pct(0.9),
+        "p99": pct(0.99),
+        "max": round(sorted_values[-1], 1) if sorted_values else None,
+        "samples": len(sorted_values),
+    }
 
 
 # -- machine, saving -------------------------------------------------------------
@@ -601,6 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stations", help="comma list of N (default 1,10,100,1000; quick 1,10,100)")
     p.add_argument("--duration", type=float, help="measured seconds per scenario")
     p.add_argument("--no-load", action="store_true", help="skip the N-station scenarios")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="runs of each N-station scenario, medians reported (default 3; quick 1)",
+    )
     p.add_argument("--no-capacity", action="store_true")
     p.add_argument("--no-cs", action="store_true")
     p.add_argument("--capacity-stations", type=int)
@@ -632,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         "capacity_stations": args.capacity_stations or (1000 if quick else 10000),
         "capacity_duration": args.capacity_duration or (20.0 if quick else 120.0),
         "profile_at": 100,
+        "repeat": args.repeat or (1 if quick else 3),
     }
     nofile = raise_nofile()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -660,8 +712,8 @@ def main(argv: list[str] | None = None) -> int:
             load_scenarios(systems, plan, results, args.profile)
         if not args.no_capacity:
             capacity(systems, plan, results)
-        if not args.no_cs and "ours" in systems and "null" in systems:
-            cs_side(systems["ours"], systems["null"], plan, results)
+        if not args.no_cs and "null" in systems:
+            cs_side(systems["null"], plan, results)
     finally:
         for s in systems.values():
             s.stop()
