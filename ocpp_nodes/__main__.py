@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -150,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run the daemon on uvloop where it is installed (Linux, macOS), else asyncio's loop."""
+    # Python's cycle collector runs every 700 allocations by default and then
+    # walks every young object: a busy daemon with thousands of connections
+    # spent several per cent of its time there (docs/benchmarks.md, "Tried").
+    # Messages are not cyclic garbage; collect less often.
+    gc.set_threshold(100_000, 50, 100)
     try:
         import uvloop
     except ImportError:
