@@ -318,6 +318,19 @@ def plot(results: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
     return True
 
 
+def _wakeup_lines(wakeup: dict[str, dict[str, float]] | None) -> list[str]:
+    if not wakeup:
+        return []
+    parts = [
+        f"{kind} {w['round_trip_p50_us']} µs (send {w['send_p50_us']} µs)"
+        for kind, w in wakeup.items()
+    ]
+    return [
+        "- waking another process (`bench/wakeup.py`, ping-pong between two processes, "
+        "median round trip = two wake-ups): " + "; ".join(parts)
+    ]
+
+
 def write(results: dict[str, Any]) -> None:
     m = results["machine"]
     plan = results["plan"]
@@ -356,6 +369,7 @@ def write(results: dict[str, Any]) -> None:
         f"- ocpp-nodes {m['ours']}; {m['old_package']}",
         f"- load average at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')}; "
         f"open files limit {results.get('nofile')}",
+        *_wakeup_lines(m.get("wakeup")),
         "",
         "Everything (generator, Node-RED, daemon) shares the same cores, so the",
         "generator's own CPU is part of the picture (column *loadgen CPU %*, 100 = one core).",

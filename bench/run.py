@@ -49,6 +49,7 @@ sys.path.insert(0, str(BENCH))
 import deploy_flow  # noqa: E402
 import prepare_userdir  # noqa: E402
 import report  # noqa: E402
+import wakeup  # noqa: E402
 
 import flows  # noqa: E402
 
@@ -631,6 +632,7 @@ def machine() -> dict[str, Any]:
         "old_package": f"{OLD_PACKAGE}@{OLD_VERSION}",
         "ours": version([sys.executable, "-c", "import ocpp_nodes; print(ocpp_nodes.__version__)"]),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "wakeup": wakeup.measure(),
     }
 
 

@@ -1,0 +1,87 @@
+"""What waking another process costs on this machine: a ping-pong between two.
+
+A parent and a forked child bounce one small message N times over a Unix
+socket pair and over loopback TCP; the round trip contains two wake-ups of
+a process blocked in ``recv``. Run with ``--pin`` both are pinned to one
+core (Linux), so the wake-ups become plain context switches. bench/run.py
+records the results with every run (docs/benchmarks.md, "Machine"): the
+shim -> daemon hop contains one such wake-up.
+
+    .venv/bin/python bench/wakeup.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+ROUND_TRIPS = 20_000
+
+
+def _pair(kind: str) -> tuple[socket.socket, socket.socket]:
+    if kind == "unix":
+        return socket.socketpair()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    a = socket.create_connection(server.getsockname())
+    b, _ = server.accept()
+    server.close()
+    for s in (a, b):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return a, b
+
+
+def ping_pong(kind: str, pin: bool = False, n: int = ROUND_TRIPS) -> dict[str, float]:
+    """Median and p90 round trip, and the median ``send`` call, in µs."""
+    a, b = _pair(kind)
+    if pin and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    pid = os.fork()
+    if pid == 0:  # the echoing child
+        a.close()
+        try:
+            while data := b.recv(64):
+                b.send(data)
+        finally:
+            os._exit(0)
+    b.close()
+    sends, trips = [], []
+    message = b"x" * 60
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            a.send(message)
+            t1 = time.perf_counter_ns()
+            a.recv(64)
+            trips.append(time.perf_counter_ns() - t0)
+            sends.append(t1 - t0)
+    finally:
+        a.close()
+        os.waitpid(pid, 0)
+        if pin and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    sends.sort()
+    trips.sort()
+    return {
+        "round_trip_p50_us": round(trips[n // 2] / 1000, 1),
+        "round_trip_p90_us": round(trips[n * 9 // 10] / 1000, 1),
+        "send_p50_us": round(sends[n // 2] / 1000, 1),
+    }
+
+
+def measure() -> dict[str, Any]:
+    return {
+        "unix": ping_pong("unix"),
+        "unix, one core": ping_pong("unix", pin=True),
+        "tcp": ping_pong("tcp"),
+    }
+
+
+if __name__ == "__main__":
+    json.dump(measure(), sys.stdout, indent=1)
+    print()
