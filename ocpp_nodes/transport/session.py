@@ -196,7 +196,7 @@ class OcppSession:
         self._write()
 
     def _sent(self, text: str) -> None:
-        if hop_trace.TRACE is not None:
+        if hop_trace.TRACE is not None and self._hop_stamps:  # empty once closed
             stamp = self._hop_stamps.popleft()
             if stamp:
                 hop_trace.TRACE.sent(stamp)
