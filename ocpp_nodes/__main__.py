@@ -154,7 +154,8 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     # Python's cycle collector runs every 700 allocations by default and then
     # walks every young object: a busy daemon with thousands of connections
     # spent several per cent of its time there (docs/benchmarks.md, "Tried").
-    # Messages are not cyclic garbage; collect less often.
+    # Messages are not cyclic garbage; collect less often, and once after
+    # nodes stop (ShimConnection._collect_soon), which does leave cycles.
     gc.set_threshold(100_000, 50, 100)
     try:
         import uvloop

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import os
@@ -69,6 +70,10 @@ class FrameHost:
         self.connection.write(frame)
 
 
+#: After a node stops, the cycle collector runs once this many seconds later.
+COLLECT_AFTER_STOP_S = 0.5
+
+
 class ShimConnection:
     """One shim on the socket and the nodes it created."""
 
@@ -84,6 +89,7 @@ class ShimConnection:
         self._flush_scheduled = False
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._greeted = False
+        self._collect: asyncio.TimerHandle | None = None
 
     def write(self, frame: dict[str, Any]) -> None:
         if self.writer.is_closing():
@@ -246,6 +252,20 @@ class ShimConnection:
             self._stopping.pop(node_id, None)
             if answer:
                 self.write({"t": "closed", "node": node_id})
+            self._collect_soon()
+
+    def _collect_soon(self) -> None:
+        # The daemon runs the cycle collector rarely (ocpp_nodes/__main__.py),
+        # and a stopped node leaves cycles behind (its sessions, tasks, server):
+        # collect once for a burst of stops (a redeploy stops several nodes).
+        if self._collect is None:
+            self._collect = asyncio.get_running_loop().call_later(
+                COLLECT_AFTER_STOP_S, self._collect_now
+            )
+
+    def _collect_now(self) -> None:
+        self._collect = None
+        gc.collect()
 
     def _store(self, user_dir: Any) -> OfflineStore | None:
         """The offline store in the Node-RED user dir (one per dir), or None (in memory)."""
