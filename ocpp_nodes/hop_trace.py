@@ -6,8 +6,9 @@ shim sees the same variable (the daemon is its child) and then stamps every
 entered the node's input handler. While the daemon handles that input, the
 OCPP frames it queues for a websocket carry the stamp. For each such frame two
 times are kept: until its bytes were handed to the kernel (the transport's
-``write``; CS connections only, see :meth:`HopTrace.watch`) and until the
-websocket library's ``send`` returned (that adds the kernel's loopback TCP
+``write``; CS connections only, see :meth:`HopTrace.watch`, and only for a
+send that did not wait for back-pressure; otherwise the same as the next) and
+until the websocket library's ``send`` returned (that adds the kernel's loopback TCP
 work). The daemon writes them (ns, one frame per line) to the file when it
 exits. bench/run.py reads them (docs/benchmarks.md, "CS side").
 """
@@ -34,7 +35,8 @@ class HopTrace:
         self.path = path
         #: ``hop_t0`` of the input being handled now, 0 outside one.
         self.current = 0
-        #: when a watched transport's write was last called
+        #: when a watched transport's write was called during the current send
+        #: (the session sets it to 0 before each send), else 0
         self.last_write = 0
         self.handed = array("q")
         self.returned = array("q")
@@ -47,7 +49,7 @@ class HopTrace:
         """The websocket's ``send`` of a frame stamped ``t0`` has just returned."""
         if len(self.returned) < MAX_SAMPLES:
             now = time.monotonic_ns()
-            handed = self.last_write if self.last_write >= t0 else now
+            handed = self.last_write or now
             self.handed.append(handed - t0)
             self.returned.append(now - t0)
 

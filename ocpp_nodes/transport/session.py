@@ -170,6 +170,8 @@ class OcppSession:
         """
         while self._outbox and not self.closed:
             text = self._outbox.popleft()
+            if hop_trace.TRACE is not None:
+                hop_trace.TRACE.last_write = 0  # set again if this socket's transport is watched
             sending = self.socket.send(text)
             try:
                 waiting_for = sending.send(None)
@@ -192,6 +194,8 @@ class OcppSession:
             self._send_failed(exc)
             return
         self._writer = None
+        if hop_trace.TRACE is not None:
+            hop_trace.TRACE.last_write = 0  # other sends ran meanwhile: count to the return
         self._sent(text)
         self._write()
 
