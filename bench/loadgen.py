@@ -238,8 +238,7 @@ class Station:
                     break
                 if delay > 0:
                     await asyncio.sleep(delay)
-                async with asyncio.timeout(self.args.call_timeout):
-                    await self.call("Heartbeat", {})
+                await asyncio.wait_for(self.call("Heartbeat", {}), self.args.call_timeout)
                 next_at += self.args.interval
         except Exception as err:  # noqa: BLE001
             self.stats.lose(err)
