@@ -47,6 +47,28 @@ def browser_missing_reason() -> str | None:
     return None
 
 
+def run_browser_test(name: str, timeout: float, **env: str) -> tuple[int, str]:
+    """Run tests/browser/<name> with node:test; its exit code and printed output."""
+    started = time.monotonic()
+    result = subprocess.run(
+        ["node", "--test", "--test-reporter=spec", f"tests/browser/{name}"],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "OCPP_SCREENSHOTS": str(SCREENSHOTS),
+            "OCPP_CHROMIUM": str(CHROMIUM),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    print(f"browser test {name}: {time.monotonic() - started:.1f} s")
+    output = result.stdout + result.stderr
+    print(output)
+    return result.returncode, output
+
+
 def test_editor_in_headless_chromium(tmp_path: Path) -> None:
     reason = browser_missing_reason()
     if reason:
@@ -54,26 +76,10 @@ def test_editor_in_headless_chromium(tmp_path: Path) -> None:
     for old in SCREENSHOTS.glob("*.png"):
         old.unlink()
     with running_node_red(tmp_path / "node-red", "test_editor_in_headless_chromium") as runtime:
-        env = dict(os.environ)
-        env.update(
-            OCPP_EDITOR_URL=runtime.base_url,
-            OCPP_CSMS_PORT=str(free_port()),
-            OCPP_SCREENSHOTS=str(SCREENSHOTS),
-            OCPP_CHROMIUM=str(CHROMIUM),
+        returncode, output = run_browser_test(
+            "editor.test.js", 150, OCPP_EDITOR_URL=runtime.base_url, OCPP_CSMS_PORT=str(free_port())
         )
-        started = time.monotonic()
-        result = subprocess.run(
-            ["node", "--test", "--test-reporter=spec", "tests/browser/editor.test.js"],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=150,
-        )
-        print(f"browser test: {time.monotonic() - started:.1f} s")
-    output = result.stdout + result.stderr
-    print(output)
-    assert result.returncode == 0, output
+    assert returncode == 0, output
     assert "pass 6" in output and "fail 0" in output, output
     assert sorted(p.name for p in SCREENSHOTS.glob("*.png"))
 
@@ -91,28 +97,15 @@ def test_getting_started_in_headless_chromium(tmp_path: Path) -> None:
         tmp_path / "node-red", "test_getting_started_in_headless_chromium"
     ) as runtime:
         runtime.deploy(demo_flow(demo_port))
-        env = dict(os.environ)
-        env.update(
+        returncode, output = run_browser_test(
+            "guide.test.js",
+            180,
             OCPP_EDITOR_URL=runtime.base_url,
             OCPP_GUIDE_FLOW=str(flow),
             OCPP_STATION_PYTHON=sys.executable,
             OCPP_STATION_SCRIPT=str(script),
-            OCPP_SCREENSHOTS=str(SCREENSHOTS),
-            OCPP_CHROMIUM=str(CHROMIUM),
         )
-        started = time.monotonic()
-        result = subprocess.run(
-            ["node", "--test", "--test-reporter=spec", "tests/browser/guide.test.js"],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        print(f"browser test: {time.monotonic() - started:.1f} s")
-    output = result.stdout + result.stderr
-    print(output)
-    assert result.returncode == 0, output
+    assert returncode == 0, output
     assert "pass 5" in output and "fail 0" in output, output
     for name in DOC_IMAGES[:4]:
         assert (SCREENSHOTS / f"{name}.png").is_file(), name
