@@ -11,6 +11,9 @@ Theory of operation (frame types in docs/architecture.md):
    them stop (their ports and station connections are released).
 4. A broken stream (oversized frame, bad msgpack) drops that connection; the
    daemon carries on.
+5. Frames are handled as they are read (an :class:`asyncio.Protocol`, no
+   task per read). ``create`` waits for its node to start, and the frames
+   after it wait with it, so every frame is handled in the order it came.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import logging
 import os
 import sqlite3
 import ssl
+from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import IPC_PROTOCOL, __version__, hop_trace
@@ -74,25 +79,82 @@ class FrameHost:
 COLLECT_AFTER_STOP_S = 0.5
 
 
-class ShimConnection:
-    """One shim on the socket and the nodes it created."""
+class ShimConnection(asyncio.Protocol):
+    """One shim on the socket and the nodes it created.
 
-    def __init__(
-        self, token: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    An :class:`asyncio.Protocol`: frames are decoded and handled in
+    :meth:`data_received`, with no task woken per read. ``input`` frames are
+    handled there and then. A frame whose handling waits (``create`` starts a
+    node) holds back the frames after it, so that they are still handled in
+    order; reading pauses until it is done.
+    """
+
+    def __init__(self, token: str, on_lost: Callable[[ShimConnection], None] | None = None) -> None:
         self.token = token
-        self.reader = reader
-        self.writer = writer
         self.nodes: dict[str, OcppNode] = {}
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder()
         self._stores: dict[str, OfflineStore] = {}
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._greeted = False
         self._collect: asyncio.TimerHandle | None = None
+        # frames held back behind one whose handling waits, and that handling
+        self._held: deque[dict[str, Any]] = deque()
+        self._waiting: asyncio.Task[None] | None = None
+        self._ended = False
+        self._write_paused = False
+        self._read_paused = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # a stream transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as exc:
+            log.warning("dropping shim connection: %s", exc)
+            self._end()
+            return
+        if self._waiting is not None:
+            self._held.extend(frames)
+            return
+        self._handle(deque(frames))
+
+    def pause_writing(self) -> None:
+        # the shim does not read what we write: stop reading what it writes
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("shim connection lost: %s", exc)
+        self._ended = True
+        self._outgoing.clear()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        self._held.clear()
+        task = asyncio.ensure_future(self.close_all())
+        task.add_done_callback(self._lost)
+
+    def _lost(self, _: asyncio.Future[None]) -> None:
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    # -- writing -------------------------------------------------------------------
 
     def write(self, frame: dict[str, Any]) -> None:
-        if self.writer.is_closing():
+        if self._ended or self._transport is None or self._transport.is_closing():
             return
         try:
             data = encode(frame)
@@ -111,55 +173,77 @@ class ShimConnection:
     def flush(self) -> None:
         """Write the frames made so far (also called before closing)."""
         self._flush_scheduled = False
-        if self._outgoing and not self.writer.is_closing():
-            self.writer.write(b"".join(self._outgoing))
+        transport = self._transport
+        if self._outgoing and transport is not None and not transport.is_closing():
+            transport.write(b"".join(self._outgoing))
         self._outgoing.clear()
 
-    async def serve(self) -> None:
-        decoder = FrameDecoder()
-        try:
-            while True:
-                data = await self.reader.read(256 * 1024)
-                if not data:
-                    break
-                for frame in decoder.feed(data):
-                    try:
-                        if self._greeted and frame.get("t") == "input":  # the common case
-                            self._input(frame)
-                            continue
-                        carry_on = await self._dispatch(frame)
-                    except Exception:  # a bug in one frame's handling must not end the rest
-                        log.exception("handling a %r frame failed", frame.get("t"))
-                        continue
-                    if not carry_on:
-                        return
-                await self.writer.drain()
-        except FrameError as exc:
-            log.warning("dropping shim connection: %s", exc)
-        except ConnectionError as exc:
-            log.info("shim connection lost: %s", exc)
-        finally:
-            await self.close_all()
-            self.flush()
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+    # -- frames in -------------------------------------------------------------------
 
-    async def _dispatch(self, frame: dict[str, Any]) -> bool:
-        """Handle one frame; False ends the connection."""
+    def _handle(self, frames: deque[dict[str, Any]]) -> None:
+        """Handle ``frames`` in order until one has to wait; hold back the rest."""
+        while frames and not self._ended:
+            frame = frames.popleft()
+            try:
+                if self._greeted and frame.get("t") == "input":  # the common case
+                    self._input(frame)
+                    continue
+                waits = self._dispatch(frame)
+            except Exception:  # a bug in one frame's handling must not end the rest
+                log.exception("handling a %r frame failed", frame.get("t"))
+                continue
+            if waits is not None:
+                self._held.extendleft(reversed(frames))
+                self._waiting = asyncio.ensure_future(self._after(waits))
+                self._update_reading()
+                return
+
+    async def _after(self, handling: Coroutine[Any, Any, None]) -> None:
+        """Finish a frame's handling that waits, then the frames held behind it."""
+        try:
+            await handling
+        except Exception:
+            log.exception("handling a frame failed")
+        self._waiting = None
+        held, self._held = self._held, deque()
+        self._handle(held)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._ended:
+            return
+        pause = self._write_paused or self._waiting is not None
+        if pause != self._read_paused:
+            self._read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _end(self) -> None:
+        """Close the connection (what was written still goes); the nodes then stop."""
+        self.flush()
+        self._ended = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _dispatch(self, frame: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
+        """Handle one frame; a coroutine to await when its handling waits."""
         kind = frame.get("t")
         if not self._greeted:
-            return self._greet(frame)
-        if kind == "input":
+            if not self._greet(frame):
+                self._end()
+        elif kind == "input":
             self._input(frame)
         elif kind == "create":
-            await self._create(frame)
+            return self._create(frame)
         elif kind == "close":
             node_id = str(frame.get("node"))
             self._stopping[node_id] = asyncio.create_task(self._close(node_id))
         else:
             log.warning("ignoring unknown frame type %r", kind)
-        return True
+        return None
 
     def _greet(self, frame: dict[str, Any]) -> bool:
         token = frame.get("token")
@@ -308,7 +392,9 @@ class DaemonServer:
             os.unlink(path)
         old_umask = os.umask(0o077)
         try:
-            self._server = await asyncio.start_unix_server(self._accept, path=path)
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                self._accept, path=path
+            )
         finally:
             os.umask(old_umask)
 
@@ -316,16 +402,15 @@ class DaemonServer:
         self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> int:
         """Listen on TCP (for a shim on another host); returns the bound port."""
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=ssl_context)
+        self._server = await asyncio.get_running_loop().create_server(
+            self._accept, host, port, ssl=ssl_context
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = ShimConnection(self.token, reader, writer)
+    def _accept(self) -> ShimConnection:
+        connection = ShimConnection(self.token, on_lost=self.connections.discard)
         self.connections.add(connection)
-        try:
-            await connection.serve()
-        finally:
-            self.connections.discard(connection)
+        return connection
 
     async def close(self) -> None:
         if self._server is not None:
