@@ -45,6 +45,10 @@ __all__ = [
 class Direction(Enum):
     """Which half of an action a payload belongs to."""
 
+    # A member is its own identity: hashing it (a dict key on every validation)
+    # need not run Enum's Python-level __hash__.
+    __hash__ = object.__hash__
+
     REQUEST = "Request"
     RESPONSE = "Response"
 

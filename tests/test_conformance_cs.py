@@ -619,6 +619,27 @@ async def test_cs_offers_permessage_deflate_3_3(fake: FakeCsms, make_station: Ma
     await station.assert_heartbeat_works(ws)  # compressed both ways
 
 
+@pytest.mark.parametrize("size", [10, 200, 70_000])
+async def test_cs_frames_without_compression_are_masked_text_frames_rfc6455_5_2(
+    make_fake: MakeFake, make_station: MakeStation, size: int
+) -> None:
+    # Without an extension the daemon frames text itself (cs_client.client_text_frame):
+    # the websockets server drops a connection that sends an unmasked or
+    # malformed frame (1002), so an intact DataTransfer proves the framing,
+    # at each of the three length encodings (7-bit, 16-bit, 64-bit).
+    fake = await make_fake(compression=None)
+    station = await make_station(fake.url)
+    ws = await fake.accept()
+    assert not ws.protocol.extensions
+    await station.wait_online()
+    data = {"vendorId": "V", "data": "x" * size}
+    seq = station.call("DataTransfer", data, MessageId=f"dt-{size}")
+    assert await recv_frame(ws) == [2, f"dt-{size}", "DataTransfer", data]
+    await ws.send(json.dumps([3, f"dt-{size}", {"status": "Accepted"}]))
+    assert (await station.shim.done(seq)).get("error") is None
+    await station.assert_heartbeat_works(ws)
+
+
 # -- 11. keep-alive (5.2) --
 
 

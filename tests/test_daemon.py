@@ -285,6 +285,39 @@ async def test_cs_reconnects_after_the_csms_goes_away(shim: ShimDouble) -> None:
     assert events == ["ONLINE", "OFFLINE", "ONLINE"]
 
 
+async def test_frames_after_a_create_wait_until_the_node_has_started(shim: ShimDouble) -> None:
+    # create, then an input for that node and a close of another, in one write:
+    # the daemon handles frames as they are read, but the input must still
+    # find the node started.
+    from ocpp_nodes.ipc.framing import encode
+
+    port = free_port()
+    shim._seq += 1
+    seq = shim._seq
+    shim.writer.write(
+        encode(
+            {
+                "t": "create",
+                "node": "csms",
+                "type": "CSMS",
+                "config": {"port": str(port), "path": "/ocpp"},
+                "credentials": {"basic_auths": "{}"},
+            }
+        )
+        + encode(
+            {
+                "t": "input",
+                "node": "csms",
+                "seq": seq,
+                "msg": {"payload": {"msgType": 99, "command": "connections"}},
+            }
+        )
+        + encode({"t": "close", "node": "other"})
+    )
+    assert "error" not in await shim.done(seq)
+    await shim.wait_for(lambda: any(f["t"] == "closed" for f in shim.frames["other"]))
+
+
 async def test_wrong_token_is_rejected_and_daemon_carries_on(shim: ShimDouble) -> None:
     reader, writer = await asyncio.open_unix_connection(os.path.join(shim.directory, "daemon.sock"))
     from ocpp_nodes.ipc.framing import FrameDecoder, encode

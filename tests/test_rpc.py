@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from itertools import count
 
 import pytest
@@ -306,3 +307,17 @@ def test_integers_beyond_64_bits_never_reach_the_flow(
     (event,) = conn.receive_text(text, now=0)
     assert isinstance(event, PeerError)
     assert json.loads(conn.data_to_send()[0])[:3] == [4, message_id, code]
+
+
+def test_default_message_ids_are_distinct_version_4_uuids() -> None:
+    connection = OcppConnection(registry("2.0.1"))
+    ids = set()
+    for _ in range(2000):
+        call = connection.send_call("Heartbeat", {}, 0.0)
+        connection.calls.settle(call.message_id, 0.0)
+        ids.add(call.message_id)
+    assert len(ids) == 2000
+    for message_id in list(ids)[:50]:
+        parsed = uuid.UUID(message_id)
+        assert str(parsed) == message_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

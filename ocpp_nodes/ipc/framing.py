@@ -20,6 +20,10 @@ _LENGTH = struct.Struct(">I")
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 
+def _unpack(body: memoryview) -> Any:
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
 class FrameError(Exception):
     """The byte stream is broken: the connection must be dropped."""
 
@@ -57,28 +61,33 @@ class FrameDecoder:
         Raises:
             FrameError: a frame is too large, is not msgpack, or is not a map.
         """
-        buffer = self._buffer
-        buffer += data
+        if self._buffer:
+            self._buffer += data
+            data = self._buffer
+        # else (the common case: reads end on a frame boundary) frames are
+        # decoded from ``data`` itself, and only an incomplete rest is kept
         frames = []
         start = 0
+        size = len(data)
         header = _LENGTH.size
-        with memoryview(buffer) as view:
-            while len(buffer) - start >= header:
-                (length,) = _LENGTH.unpack_from(buffer, start)
+        with memoryview(data) as view:
+            while size - start >= header:
+                (length,) = _LENGTH.unpack_from(data, start)
                 if length > self.max_frame_size:
                     raise FrameError(f"frame of {length} bytes exceeds {self.max_frame_size}")
                 end = start + header + length
-                if len(buffer) < end:
+                if size < end:
                     break
                 try:
-                    frame = msgpack.unpackb(
-                        view[start + header : end], raw=False, strict_map_key=False
-                    )
+                    frame = _unpack(view[start + header : end])
                 except Exception as exc:  # msgpack raises several unrelated types
                     raise FrameError(f"frame is not msgpack: {exc}") from None
-                if not isinstance(frame, dict):
+                if type(frame) is not dict:
                     raise FrameError("frame is not a msgpack map")
                 frames.append(frame)
                 start = end
-        del buffer[:start]
+        if data is self._buffer:
+            del self._buffer[:start]
+        elif start < size:
+            self._buffer = bytearray(data[start:])
         return frames

@@ -29,7 +29,7 @@ No I/O.
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +154,23 @@ Event = (
 )
 
 
+# Seeded once from the OS; a MessageId needs to be unique, not secret.
+_random = random.Random()
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_message_id() -> str:
+    """A random UUID (version 4) as text: the MessageId of our CALLs.
+
+    Made from a pseudo-random generator seeded once, rather than
+    ``uuid.uuid4()``, which reads the OS's random source (a system call) for
+    every message.
+    """
+    digits = f"{(_random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
 class OutgoingError(ValueError):
     """What the flow asked us to send cannot be sent; nothing went on the wire."""
 
@@ -200,7 +217,7 @@ class OcppConnection:
         answer_timeout: float = 30.0,
         max_queued: int = 1000,
         max_frame_size: int = 1024 * 1024,
-        new_message_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_message_id: Callable[[], str] = new_message_id,
     ) -> None:
         self.schemas = schemas
         self.role = role

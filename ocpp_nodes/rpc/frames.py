@@ -19,6 +19,7 @@ No I/O, no clock.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -150,6 +151,39 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=parse_int
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _one_shot_encoder() -> Callable[[Any], str]:
+    """``_ENCODER.encode``, without building the C encoder anew for every call.
+
+    ``JSONEncoder.encode`` makes a C encoder object per call (most of its cost
+    for a small frame); this one is made once. It skips the check for circular
+    containers: a payload comes from msgpack or JSON, which cannot make one,
+    and a structure nested too deeply still raises ``RecursionError``.
+    Without the C accelerator, ``_ENCODER.encode`` itself.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    encode_chunks = make(
+        None,  # markers: no circular check
+        _ENCODER.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        _ENCODER.indent,
+        _ENCODER.key_separator,
+        _ENCODER.item_separator,
+        _ENCODER.sort_keys,
+        _ENCODER.skipkeys,
+        _ENCODER.allow_nan,
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(encode_chunks(value, 0))
+
+    return encode
+
+
+_encode_json = _one_shot_encoder()
+
+
 def parse(text: str | bytes) -> Frame:
     """Parse one websocket message into a frame.
 
@@ -276,4 +310,4 @@ def serialize(frame: Frame) -> str:
             frame.error_description[:255],
             frame.error_details,
         ]
-    return _ENCODER.encode(body)
+    return _encode_json(body)

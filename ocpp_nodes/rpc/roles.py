@@ -17,6 +17,8 @@ class Role(Enum):
     CHARGING_STATION = "CS"
     CSMS = "CSMS"
 
+    __hash__ = object.__hash__  # a member is its own identity (see schemas.Direction)
+
     @property
     def peer(self) -> Role:
         return Role.CSMS if self is Role.CHARGING_STATION else Role.CHARGING_STATION
