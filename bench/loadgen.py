@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-from websockets.frames import Opcode
+from websockets.frames import Opcode, apply_mask
 
 SUBPROTOCOL = "ocpp2.0.1"
 
@@ -244,23 +244,45 @@ class Station:
             self.stats.lose(err)
 
 
+_mask_pool = [b"", 0]
+
+
+def text_frame(data: bytes) -> bytes:
+    """A whole masked text frame from a client (RFC 6455, 5.2); keys cut from 4 KiB reads."""
+    pool, at = _mask_pool
+    if at >= len(pool):
+        pool, at = os.urandom(4096), 0
+    mask = pool[at : at + 4]
+    _mask_pool[:] = [pool, at + 4]
+    n = len(data)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + mask + apply_mask(data, mask)
+
+
 class LoopProtocol(asyncio.Protocol):
     """The loop phase of one station without per-message tasks, futures or queues.
 
     The handshake and the BootNotification go through websockets' asyncio
     client (``Station.open``, ``Station.call``). For the loop, the connection's
-    transport is handed to this protocol, which keeps using the connection's
-    own sans-I/O websockets protocol object to parse and frame: each answer is
-    taken in ``data_received`` and the next CALL written from there. The
-    generator then costs less CPU per round trip, which on a small machine is
-    CPU the system under test does not have to share. ``stop`` hands the
-    transport back to the connection (for its closing handshake). Answers are
-    expected whole, in one frame each (as every system measured sends them).
+    transport is handed to this protocol: each answer is taken in
+    ``data_received`` and the next CALL written from there. Whole text frames
+    are framed (``text_frame``) and parsed here; every other frame (ping,
+    close, fragments) goes to the connection's own sans-I/O websockets
+    protocol object. The generator then costs less CPU per round trip, which
+    on a small machine is CPU the system under test does not have to share.
+    ``stop`` hands the transport back to the connection (for its closing
+    handshake).
     """
 
     def __init__(self, station: Station, stop_at: float, finished: asyncio.Future[None]) -> None:
         self.station = station
         self.ws = station.ws
+        self.buffer = b""  # the start of a frame not whole yet
         self.stop_at = stop_at
         self.finished = finished
         self.loop = asyncio.get_running_loop()
@@ -299,8 +321,7 @@ class LoopProtocol(asyncio.Protocol):
         self.mid = f"{station.id_prefix}{station.seq}"
         text = json.dumps([2, self.mid, action, payload], separators=(",", ":"))
         self.t0 = time.perf_counter_ns()
-        self.ws.protocol.send_text(text.encode())
-        self.flush()
+        self.ws.transport.write(text_frame(text.encode()))
         if self.timer is None:
             self.timer = self.loop.call_later(station.args.call_timeout, self.check_timeout)
 
@@ -320,14 +341,38 @@ class LoopProtocol(asyncio.Protocol):
                 self.ws.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
+        # Whole unfragmented text frames are taken apart here; any other frame
+        # (ping, close, a fragment) goes whole to the websockets protocol.
+        buf = self.buffer + data if self.buffer else data
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            second = buf[pos + 1]
+            length = second & 0x7F
+            extended = 2 if length == 126 else 8 if length == 127 else 0
+            head = 2 + extended + (4 if second & 0x80 else 0)  # masked: the library objects
+            if size - pos < head:
+                break
+            if extended:
+                length = int.from_bytes(buf[pos + 2 : pos + 2 + extended], "big")
+            end = pos + head + length
+            if size < end:
+                break
+            if buf[pos] == 0x81 and not second & 0x80:  # FIN, text, unmasked
+                self.on_text(buf[pos + head : end])
+            else:
+                self.to_library(buf[pos:end])
+            pos = end
+        self.buffer = buf[pos:]
+        self.flush()  # pongs, the closing handshake
+
+    def to_library(self, frame: bytes) -> None:
         protocol = self.ws.protocol
-        protocol.receive_data(data)
+        protocol.receive_data(frame)
         for event in protocol.events_received():
             if event.opcode is Opcode.TEXT:
                 self.on_text(event.data)
             elif event.opcode is Opcode.CLOSE:
                 self.end(ConnectionError("closed by the server"))
-        self.flush()  # pongs, the closing handshake
 
     def on_text(self, raw: bytes) -> None:
         msg = json.loads(raw)
