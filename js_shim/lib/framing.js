@@ -30,7 +30,9 @@ class FrameTooLargeError extends Error {
  *   peer never has to disconnect us for it.
  */
 function encodeFrame(map, maxBytes = MAX_FRAME_BYTES) {
-  const body = encoder.encode(map);
+  // A view of the encoder's own buffer, valid until its next encode: copied
+  // once, into the frame, below.
+  const body = encoder.encodeSharedRef(map);
   if (body.length > maxBytes) {
     throw new FrameTooLargeError(body.length, maxBytes);
   }

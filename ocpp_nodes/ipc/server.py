@@ -125,7 +125,7 @@ class ShimConnection(asyncio.Protocol):
         if self._waiting is not None:
             self._held.extend(frames)
             return
-        self._handle(deque(frames))
+        self._handle(frames)
 
     def pause_writing(self) -> None:
         # the shim does not read what we write: stop reading what it writes
@@ -180,10 +180,11 @@ class ShimConnection(asyncio.Protocol):
 
     # -- frames in -------------------------------------------------------------------
 
-    def _handle(self, frames: deque[dict[str, Any]]) -> None:
+    def _handle(self, frames: list[dict[str, Any]] | deque[dict[str, Any]]) -> None:
         """Handle ``frames`` in order until one has to wait; hold back the rest."""
-        while frames and not self._ended:
-            frame = frames.popleft()
+        for index, frame in enumerate(frames):
+            if self._ended:
+                return
             try:
                 if self._greeted and frame.get("t") == "input":  # the common case
                     self._input(frame)
@@ -193,7 +194,7 @@ class ShimConnection(asyncio.Protocol):
                 log.exception("handling a %r frame failed", frame.get("t"))
                 continue
             if waits is not None:
-                self._held.extendleft(reversed(frames))
+                self._held.extendleft(reversed(list(frames)[index + 1 :]))
                 self._waiting = asyncio.ensure_future(self._after(waits))
                 self._update_reading()
                 return
