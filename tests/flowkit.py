@@ -113,13 +113,16 @@ class Flow:
         self.runtime = runtime
         self.prefix = prefix
 
+    # Both repeat a request that gets 404: right after a deploy, its `http in`
+    # routes may not exist yet (NodeRed.wait_for_endpoint).
+
     def records(self, tag: str | None = None) -> list[Record]:
-        status, body = self.runtime.http("GET", f"/{self.prefix}/records")
+        status, body = self.runtime.wait_for_endpoint("GET", f"/{self.prefix}/records")
         assert status == 200 and isinstance(body, list), (status, body)
         return [r for r in body if tag is None or r["tag"] == tag]
 
     def send(self, name: str, msg: dict[str, Any]) -> None:
-        status, body = self.runtime.http("POST", f"/{self.prefix}/in/{name}", msg)
+        status, body = self.runtime.wait_for_endpoint("POST", f"/{self.prefix}/in/{name}", msg)
         assert status == 200, (status, body)
 
     def wait(
