@@ -141,15 +141,18 @@ class ShimConnection(asyncio.Protocol):
             log.info("shim connection lost: %s", exc)
         self._ended = True
         self._outgoing.clear()
-        if self._waiting is not None:
-            self._waiting.cancel()
         self._held.clear()
-        task = asyncio.ensure_future(self.close_all())
-        task.add_done_callback(self._lost)
+        asyncio.ensure_future(self._wind_down())
 
-    def _lost(self, _: asyncio.Future[None]) -> None:
-        if self._on_lost is not None:
-            self._on_lost(self)
+    async def _wind_down(self) -> None:
+        """Stop every node of this shim; a node still starting finishes starting first."""
+        try:
+            if self._waiting is not None:
+                await asyncio.wait([self._waiting])
+            await self.close_all()
+        finally:
+            if self._on_lost is not None:
+                self._on_lost(self)
 
     # -- writing -------------------------------------------------------------------
 
