@@ -20,10 +20,6 @@ _LENGTH = struct.Struct(">I")
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 
-def _unpack(body: memoryview) -> Any:
-    return msgpack.unpackb(body, raw=False, strict_map_key=False)
-
-
 class FrameError(Exception):
     """The byte stream is broken: the connection must be dropped."""
 
@@ -79,7 +75,9 @@ class FrameDecoder:
                 if size < end:
                     break
                 try:
-                    frame = _unpack(view[start + header : end])
+                    frame = msgpack.unpackb(
+                        view[start + header : end], raw=False, strict_map_key=False
+                    )
                 except Exception as exc:  # msgpack raises several unrelated types
                     raise FrameError(f"frame is not msgpack: {exc}") from None
                 if type(frame) is not dict:
