@@ -75,6 +75,13 @@ SIDE = {
             {"reason": "Bored", "chargingStation": {"model": "M", "vendorName": "V"}},
         ),
         "pending": ("Authorize", {"idToken": {"idToken": "X1", "type": "Central"}}),
+        "proto": (
+            "Authorize",
+            {
+                "idToken": {"idToken": "X2", "type": "Central"},
+                "customData": {"vendorId": "V", "__proto__": {"polluted": True}},
+            },
+        ),
     },
     "cs": {
         "action": "ClearCache",
@@ -89,6 +96,13 @@ SIDE = {
         "pending": (
             "GetVariables",
             {"getVariableData": [{"component": {"name": "C"}, "variable": {"name": "V"}}]},
+        ),
+        "proto": (
+            "GetVariables",
+            {
+                "getVariableData": [{"component": {"name": "C"}, "variable": {"name": "V"}}],
+                "customData": {"vendorId": "V", "__proto__": {"polluted": True}},
+            },
         ),
     },
 }
@@ -264,6 +278,9 @@ CORPUS: list[Case] = [
         lambda s: [_s("pending", "dup1")(s), _s("pending", "dup1")(s)],
         ("error", "dup1", "RpcFrameworkError"),
     ),
+    # a key JavaScript treats specially, in a valid CALL the flow gets (Authorize /
+    # GetVariables wait for the flow's answer, which never comes): no reply yet
+    Case("proto_key_in_custom_data", _s("proto", "pro1"), ("nothing",)),
     Case("callresult_for_id_never_sent", lambda s: '[3,"never-sent-1",{}]', ("nothing",)),
     Case(
         "callerror_for_id_never_sent",
@@ -627,3 +644,22 @@ async def test_csms_sends_hostile_input_to_cs_node(env: Env, case: Case) -> None
     ]
     assert new == [], new
     await env.fake.connection()  # the CS node is (back) online for the next case
+
+
+async def test_a_proto_key_from_a_station_reaches_the_flow(env: Env) -> None:
+    """The request with the key is delivered, and nothing restarts.
+
+    The key itself arrives as an own key (tests/shim/framing.test.js); it does
+    not survive into this recorder: Node-RED clones the message for the second
+    wire with lodash.clonedeep 4.5, which assigns "__proto__" (so sets the
+    clone's prototype), as it would for the package we replace.
+    """
+    good_before = env.good.answered
+    ws = await hostile_station(env)
+    before = len(await env.flow.arecords("csms"))
+    await ws.send(call("pro2", *SIDE["csms"]["proto"]))
+    record = await env.flow.await_(
+        "csms", lambda r: r.get("ocpp", {}).get("MessageId") == "pro2", after=before
+    )
+    assert record["payload"]["data"]["customData"]["vendorId"] == "V", record
+    await assert_everything_up(env, good_before)

@@ -121,7 +121,14 @@ function jsonLike(value, depth) {
   }
   const out = {};
   for (const [key, item] of Object.entries(value)) {
-    out[key] = jsonLike(item, depth + 1);
+    if (key === "__proto__") {
+      // An own key of that name (JSON.parse makes them) stays a key; `out[key] =`
+      // would set out's prototype instead.
+      Object.defineProperty(out, key,
+        { value: jsonLike(item, depth + 1), enumerable: true, writable: true, configurable: true });
+    } else {
+      out[key] = jsonLike(item, depth + 1);
+    }
   }
   return out;
 }

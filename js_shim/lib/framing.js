@@ -13,6 +13,10 @@ const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 // with a Node-RED message, which is what flows expect.
 const encoder = new Encoder({ ignoreUndefined: true });
 
+// Deeper than this is no message of ours (the daemon's JSON parser stops far
+// sooner); the fallback decoder below refuses it rather than recurse on.
+const MAX_DEPTH = 1000;
+
 class FrameTooLargeError extends Error {
   constructor(length, max) {
     super(`frame of ${length} bytes exceeds the limit of ${max} bytes`);
@@ -40,6 +44,126 @@ function encodeFrame(map, maxBytes = MAX_FRAME_BYTES) {
   frame.writeUInt32BE(body.length, 0);
   frame.set(body, HEADER_BYTES);
   return frame;
+}
+
+/**
+ * Decode one frame body. @msgpack/msgpack refuses a map key "__proto__", and a
+ * station may send one (customData allows any key): such a body is decoded
+ * again by decodeOwnKeys, which makes that key an ordinary own property, as
+ * JSON.parse does (and so the package we replace). A body neither can decode
+ * throws the library's error.
+ */
+function decodeBody(decoder, body) {
+  try {
+    return decoder.decode(body);
+  } catch (err) {
+    try {
+      return decodeOwnKeys(body);
+    } catch {
+      throw err;
+    }
+  }
+}
+
+/**
+ * msgpack (github.com/msgpack/msgpack, spec.md) without extension types: what
+ * Python's msgpack writes for our frames. Map keys are set as own properties,
+ * "__proto__" included; 64-bit integers become Numbers, binary a view of `bytes`.
+ * @param {Buffer} bytes - exactly one msgpack value.
+ */
+function decodeOwnKeys(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let pos = 0;
+  const need = (n) => {
+    if (n > bytes.length - pos) {
+      throw new RangeError(`msgpack: ${n} bytes needed at ${pos}, ${bytes.length - pos} left`);
+    }
+  };
+  const uint = (size) => {
+    need(size);
+    const at = pos;
+    pos += size;
+    return size === 1 ? view.getUint8(at) : size === 2 ? view.getUint16(at) : view.getUint32(at);
+  };
+  const str = (n) => {
+    need(n);
+    pos += n;
+    return bytes.toString("utf8", pos - n, pos);
+  };
+  const bin = (n) => {
+    need(n);
+    pos += n;
+    return bytes.subarray(pos - n, pos);
+  };
+  const array = (n, depth) => {
+    need(n); // every item takes at least one byte
+    const out = [];
+    for (let i = 0; i < n; i++) {
+      out.push(read(depth));
+    }
+    return out;
+  };
+  const map = (n, depth) => {
+    need(2 * n);
+    const out = {};
+    for (let i = 0; i < n; i++) {
+      const key = read(depth);
+      if (typeof key !== "string" && typeof key !== "number") {
+        throw new TypeError(`msgpack: a map key of type ${typeof key}`);
+      }
+      const value = read(depth);
+      Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true });
+    }
+    return out;
+  };
+  const read = (depth) => {
+    if (depth > MAX_DEPTH) {
+      throw new RangeError(`msgpack: nested deeper than ${MAX_DEPTH}`);
+    }
+    const type = uint(1);
+    if (type <= 0x7f) return type;
+    if (type >= 0xe0) return type - 0x100;
+    if (type >= 0xa0 && type <= 0xbf) return str(type & 0x1f);
+    if (type >= 0x90 && type <= 0x9f) return array(type & 0x0f, depth + 1);
+    if (type >= 0x80 && type <= 0x8f) return map(type & 0x0f, depth + 1);
+    const fixed = (size, get) => {
+      need(size);
+      pos += size;
+      return get(pos - size);
+    };
+    switch (type) {
+      case 0xc0: return null;
+      case 0xc2: return false;
+      case 0xc3: return true;
+      case 0xc4: return bin(uint(1));
+      case 0xc5: return bin(uint(2));
+      case 0xc6: return bin(uint(4));
+      case 0xca: return fixed(4, (at) => view.getFloat32(at));
+      case 0xcb: return fixed(8, (at) => view.getFloat64(at));
+      case 0xcc: return uint(1);
+      case 0xcd: return uint(2);
+      case 0xce: return uint(4);
+      case 0xcf: return fixed(8, (at) => Number(view.getBigUint64(at)));
+      case 0xd0: return fixed(1, (at) => view.getInt8(at));
+      case 0xd1: return fixed(2, (at) => view.getInt16(at));
+      case 0xd2: return fixed(4, (at) => view.getInt32(at));
+      case 0xd3: return fixed(8, (at) => Number(view.getBigInt64(at)));
+      case 0xd9: return str(uint(1));
+      case 0xda: return str(uint(2));
+      case 0xdb: return str(uint(4));
+      case 0xdc: return array(uint(2), depth + 1);
+      case 0xdd: return array(uint(4), depth + 1);
+      case 0xde: return map(uint(2), depth + 1);
+      case 0xdf: return map(uint(4), depth + 1);
+      default:
+        throw new TypeError(`msgpack: type byte 0x${type.toString(16)} is not read here`);
+    }
+  };
+  const value = read(0);
+  if (pos !== bytes.length) {
+    throw new RangeError(`msgpack: ${bytes.length - pos} bytes after the value`);
+  }
+  return value;
 }
 
 /**
@@ -82,7 +206,7 @@ class FrameDecoder {
         break;
       }
       const frame = this.take(HEADER_BYTES + length);
-      frames.push(this.decoder.decode(frame.subarray(HEADER_BYTES)));
+      frames.push(decodeBody(this.decoder, frame.subarray(HEADER_BYTES)));
     }
     return frames;
   }
@@ -114,5 +238,6 @@ module.exports = {
   MAX_FRAME_BYTES,
   FrameTooLargeError,
   FrameDecoder,
+  decodeOwnKeys,
   encodeFrame,
 };

@@ -34,6 +34,14 @@ test("values with toJSON travel as JSON would carry them", () => {
   });
 });
 
+test("an own key __proto__ (JSON.parse makes them) crosses as a key", () => {
+  const msg = JSON.parse('{"payload":{"data":{"customData":{"vendorId":"V","__proto__":{"x":1}}}}}');
+  const customData = wireMsg(msg).payload.data.customData;
+  assert.equal(Object.getPrototypeOf(customData), Object.prototype);
+  assert.deepEqual(Object.keys(customData), ["vendorId", "__proto__"]);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(customData, "__proto__").value, { x: 1 });
+});
+
 test("a circular message is refused with an error, not a crash", () => {
   const payload = { command: "Heartbeat" };
   payload.self = payload;
