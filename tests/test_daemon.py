@@ -13,6 +13,8 @@ import websockets
 from ocpp.v201 import ChargePoint, call
 from websockets.asyncio.client import connect
 
+from ocpp_nodes.ipc.framing import FrameDecoder
+from ocpp_nodes.ipc.server import ShimConnection
 from tests.shim_double import ShimDouble, free_port
 
 BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M1", "vendorName": "V1"}}
@@ -400,3 +402,31 @@ async def test_refused_logins_are_summed_up_in_the_log_without_secrets(shim: Shi
     assert "2 x HTTP 401 (wrong or missing credentials)" in line
     assert "1 x HTTP 404 (unknown identity)" in line and "127.0.0.1" in line
     assert "guess-1" not in line and "s3cret" not in line
+
+
+class _RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[list[dict[str, Any]]] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(FrameDecoder().feed(bytes(data)))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_frames_of_one_turn_leave_together_in_writes_of_at_most_four() -> None:
+    connection = ShimConnection("token")
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+    for seq in range(10):
+        connection.write({"t": "done", "node": "n", "seq": seq})
+    # the first eight went at once, four per write; the rest wait for the turn's end
+    assert [[f["seq"] for f in w] for w in transport.writes] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    await asyncio.sleep(0)
+    assert [[f["seq"] for f in w] for w in transport.writes][2:] == [[8, 9]]
+    connection.write({"t": "done", "node": "n", "seq": 10})
+    assert len(transport.writes) == 3
+    await asyncio.sleep(0)
+    assert [[f["seq"] for f in w] for w in transport.writes][3:] == [[10]]
