@@ -13,9 +13,10 @@ const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 // with a Node-RED message, which is what flows expect.
 const encoder = new Encoder({ ignoreUndefined: true });
 
-// Deeper than this is no message of ours (the daemon's JSON parser stops far
-// sooner); the fallback decoder below refuses it rather than recurse on.
-const MAX_DEPTH = 1000;
+// Deeper than this is no frame of ours (the daemon's msgpack writer refuses
+// more than 1,024 levels); the fallback decoder below stops there rather than
+// recurse on.
+const MAX_DEPTH = 1025;
 
 class FrameTooLargeError extends Error {
   constructor(length, max) {
