@@ -287,7 +287,9 @@ class LoopProtocol(asyncio.Protocol):
         self.finished = finished
         self.loop = asyncio.get_running_loop()
         self.mid = ""
+        self.answer_head = b""  # how a compact CALLRESULT to the outstanding CALL starts
         self.t0 = 0
+        self.to_flush = False  # the websockets protocol has bytes to write
         self.timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -318,8 +320,10 @@ class LoopProtocol(asyncio.Protocol):
         action = station.args.action
         payload = meter_values_payload() if action == "MeterValues" else {}
         station.seq += 1
-        self.mid = f"{station.id_prefix}{station.seq}"
-        text = json.dumps([2, self.mid, action, payload], separators=(",", ":"))
+        mid = self.mid = f"{station.id_prefix}{station.seq}"
+        # The MessageId is hex digits, "-" and a counter: nothing JSON escapes.
+        text = f'[2,"{mid}","{action}",{json.dumps(payload, separators=(",", ":"))}]'
+        self.answer_head = f'[3,"{mid}",'.encode()
         self.t0 = time.perf_counter_ns()
         self.ws.transport.write(text_frame(text.encode()))
         if self.timer is None:
@@ -363,11 +367,14 @@ class LoopProtocol(asyncio.Protocol):
                 self.to_library(buf[pos:end])
             pos = end
         self.buffer = buf[pos:]
-        self.flush()  # pongs, the closing handshake
+        if self.to_flush:  # pongs, the closing handshake, answers to CALLs
+            self.to_flush = False
+            self.flush()
 
     def to_library(self, frame: bytes) -> None:
         protocol = self.ws.protocol
         protocol.receive_data(frame)
+        self.to_flush = True
         for event in protocol.events_received():
             if event.opcode is Opcode.TEXT:
                 self.on_text(event.data)
@@ -375,15 +382,19 @@ class LoopProtocol(asyncio.Protocol):
                 self.end(ConnectionError("closed by the server"))
 
     def on_text(self, raw: bytes) -> None:
-        msg = json.loads(raw)
-        if msg[0] == 2:  # a CALL from the CSMS: answer it as a station would
-            self.ws.protocol.send_text(json.dumps([3, msg[1], {}]).encode())
-            return
-        if msg[0] not in (3, 4) or msg[1] != self.mid:
-            return
+        # The common case, a compact CALLRESULT to the outstanding CALL, is
+        # recognised by its start; anything else is parsed.
+        if not raw.startswith(self.answer_head):
+            msg = json.loads(raw)
+            if msg[0] == 2:  # a CALL from the CSMS: answer it as a station would
+                self.ws.protocol.send_text(json.dumps([3, msg[1], {}]).encode())
+                self.to_flush = True
+                return
+            if msg[0] not in (3, 4) or msg[1] != self.mid:
+                return
+            if msg[0] == 4:
+                self.station.stats.errors += 1
         stats = self.station.stats
-        if msg[0] == 4:
-            stats.errors += 1
         if stats.recording:
             stats.round_trips += 1
             stats.latencies_us.append((time.perf_counter_ns() - self.t0) // 1000)
