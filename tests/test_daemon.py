@@ -13,7 +13,8 @@ import websockets
 from ocpp.v201 import ChargePoint, call
 from websockets.asyncio.client import connect
 
-from ocpp_nodes.ipc.framing import FrameDecoder
+from ocpp_nodes import IPC_PROTOCOL
+from ocpp_nodes.ipc.framing import FrameDecoder, encode
 from ocpp_nodes.ipc.server import ShimConnection
 from tests.shim_double import ShimDouble, free_port
 
@@ -408,12 +409,22 @@ class _RecordingTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[list[dict[str, Any]]] = []
+        self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(FrameDecoder().feed(bytes(data)))
 
     def is_closing(self) -> bool:
-        return False
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 async def test_frames_of_one_turn_leave_together_in_writes_of_at_most_four() -> None:
@@ -430,3 +441,26 @@ async def test_frames_of_one_turn_leave_together_in_writes_of_at_most_four() -> 
     assert len(transport.writes) == 3
     await asyncio.sleep(0)
     assert [[f["seq"] for f in w] for w in transport.writes][3:] == [[10]]
+
+
+async def test_frames_held_behind_a_starting_node_are_handled_before_a_broken_stream_ends() -> None:
+    connection = ShimConnection("token")
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+    node = {"port": str(free_port()), "path": "/ocpp"}
+    connection.data_received(
+        encode({"t": "hello", "protocol": IPC_PROTOCOL, "token": "token"})
+        + encode({"t": "create", "node": "csms", "type": "CSMS", "config": node})
+        + encode({"t": "input", "node": "csms", "seq": 5, "msg": {"payload": "not an object"}})
+        + b"\x00\x00\x00\x01\xc1"  # never-used msgpack byte
+    )
+    assert not transport.closed  # the input waits for the node to start
+    for _ in range(200):
+        if transport.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert transport.closed
+    connection.flush()
+    done = [f for w in transport.writes for f in w if f["t"] == "done"]
+    assert [(f["seq"], "payload must be an object" in f["error"]) for f in done] == [(5, True)]
+    await connection.close_all()

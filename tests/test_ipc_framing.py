@@ -40,3 +40,11 @@ def test_backoff_doubles_repeat_times_then_stays_constant() -> None:
     assert [backoff.next_wait() for _ in range(5)] == [5, 7, 11, 11, 11]
     backoff.reset()
     assert backoff.next_wait() == 5
+
+
+def test_a_broken_frame_carries_the_whole_frames_before_it() -> None:
+    good = [{"t": "input", "seq": 1}, {"t": "input", "seq": 2}]
+    data = b"".join(encode(f) for f in good) + struct.pack(">I", 1) + b"\xc1"
+    with pytest.raises(FrameError) as caught:
+        FrameDecoder().feed(data)
+    assert caught.value.frames == good

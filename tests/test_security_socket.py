@@ -318,6 +318,24 @@ async def test_malformed_msgpack_is_disconnected(daemon: LoggedDaemon, body: byt
     await daemon.still_serves("after-malformed")
 
 
+async def test_frames_before_a_broken_one_are_handled_then_disconnected(
+    daemon: LoggedDaemon,
+) -> None:
+    """A read with valid frames and then a broken one: the valid ones are answered first."""
+    reader, writer = await greeted_connection(daemon)
+    valid = b"".join(
+        encode({"t": "input", "node": "nowhere", "seq": seq, "msg": {"payload": {}}})
+        for seq in (7, 8)
+    )
+    writer.write(valid + struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+    frames = await read_until_eof(reader)
+    assert [(f["t"], f["seq"]) for f in frames] == [("done", 7), ("done", 8)], frames
+    assert "not running" in frames[0]["error"]
+    writer.close()
+    await daemon.wait_logged(r"dropping shim connection: frame is not msgpack")
+    await daemon.still_serves("after-valid-then-malformed")
+
+
 async def test_good_shim_unaffected_by_a_series_of_abusers(daemon: LoggedDaemon) -> None:
     """All abuses in a row, concurrently with a node of the good shim that keeps running."""
     port = free_port()

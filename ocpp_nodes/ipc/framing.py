@@ -21,7 +21,15 @@ _PACKER = msgpack.Packer(use_bin_type=True)
 
 
 class FrameError(Exception):
-    """The byte stream is broken: the connection must be dropped."""
+    """The byte stream is broken: the connection must be dropped.
+
+    ``frames`` holds the whole frames that came before the broken one in the
+    same :meth:`FrameDecoder.feed` call: they are valid and still to be handled.
+    """
+
+    def __init__(self, message: str, frames: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.frames = frames or []
 
 
 def encode(frame: dict[str, Any]) -> bytes:
@@ -55,7 +63,8 @@ class FrameDecoder:
         """Take received bytes; return the frames they complete, in order.
 
         Raises:
-            FrameError: a frame is too large, is not msgpack, or is not a map.
+            FrameError: a frame is too large, is not msgpack, or is not a map;
+                its ``frames`` are those before it in ``data``.
         """
         if self._buffer:
             self._buffer += data
@@ -70,7 +79,9 @@ class FrameDecoder:
             while size - start >= header:
                 (length,) = _LENGTH.unpack_from(data, start)
                 if length > self.max_frame_size:
-                    raise FrameError(f"frame of {length} bytes exceeds {self.max_frame_size}")
+                    raise FrameError(
+                        f"frame of {length} bytes exceeds {self.max_frame_size}", frames
+                    )
                 end = start + header + length
                 if size < end:
                     break
@@ -79,9 +90,9 @@ class FrameDecoder:
                         view[start + header : end], raw=False, strict_map_key=False
                     )
                 except Exception as exc:  # msgpack raises several unrelated types
-                    raise FrameError(f"frame is not msgpack: {exc}") from None
+                    raise FrameError(f"frame is not msgpack: {exc}", frames) from None
                 if type(frame) is not dict:
-                    raise FrameError("frame is not a msgpack map")
+                    raise FrameError("frame is not a msgpack map", frames)
                 frames.append(frame)
                 start = end
         if data is self._buffer:

@@ -9,8 +9,9 @@ Theory of operation (frame types in docs/architecture.md):
    through a :class:`FrameHost`: ``send``, ``status``, ``done``, ``log``.
 3. The nodes of a shim connection live as long as it: when it closes, all of
    them stop (their ports and station connections are released).
-4. A broken stream (oversized frame, bad msgpack) drops that connection; the
-   daemon carries on.
+4. A broken stream (oversized frame, bad msgpack) drops that connection,
+   after the whole frames read before the broken one are handled; the daemon
+   carries on.
 5. Frames are handled as they are read (an :class:`asyncio.Protocol`, no
    task per read). ``create`` waits for its node to start, and the frames
    after it wait with it, so every frame is handled in the order it came.
@@ -109,6 +110,8 @@ class ShimConnection(asyncio.Protocol):
         self._held: deque[dict[str, Any]] = deque()
         self._waiting: asyncio.Task[None] | None = None
         self._ended = False
+        # the stream broke after the frames still being handled (see data_received)
+        self._broken: FrameError | None = None
         self._write_paused = False
         self._read_paused = False
 
@@ -118,18 +121,26 @@ class ShimConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # a stream transport
 
     def data_received(self, data: bytes) -> None:
-        if self._ended:
+        if self._ended or self._broken is not None:
             return
+        broken = None
         try:
             frames = self._decoder.feed(data)
         except FrameError as exc:
-            log.warning("dropping shim connection: %s", exc)
-            self._end()
-            return
+            # the frames read before the broken one are handled first
+            frames, broken = exc.frames, exc
         if self._waiting is not None:
             self._held.extend(frames)
-            return
-        self._handle(frames)
+        else:
+            self._handle(frames)
+        if broken is not None:
+            self._broken = broken
+            if self._waiting is None:  # else once the frames held back are handled
+                self._drop_broken()
+
+    def _drop_broken(self) -> None:
+        log.warning("dropping shim connection: %s", self._broken)
+        self._end()
 
     def pause_writing(self) -> None:
         # the shim does not read what we write: stop reading what it writes
@@ -222,6 +233,9 @@ class ShimConnection(asyncio.Protocol):
         self._waiting = None
         held, self._held = self._held, deque()
         self._handle(held)
+        if self._broken is not None and self._waiting is None:
+            self._drop_broken()
+            return
         self._update_reading()
 
     def _update_reading(self) -> None:
