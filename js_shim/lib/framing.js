@@ -69,10 +69,13 @@ function decodeBody(decoder, body) {
 /**
  * msgpack (github.com/msgpack/msgpack, spec.md) without extension types: what
  * Python's msgpack writes for our frames. Map keys are set as own properties,
- * "__proto__" included; 64-bit integers become Numbers, binary a view of `bytes`.
- * @param {Buffer} bytes - exactly one msgpack value.
+ * "__proto__" included; 64-bit integers become Numbers, binary a view of the input.
+ * @param {Uint8Array} input - exactly one msgpack value (a Buffer or any Uint8Array).
  */
-function decodeOwnKeys(bytes) {
+function decodeOwnKeys(input) {
+  // A Buffer over the same memory (no copy): its toString decodes UTF-8 ranges,
+  // where a plain Uint8Array's would list the numbers.
+  const bytes = Buffer.from(input.buffer, input.byteOffset, input.byteLength);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let pos = 0;
   const need = (n) => {

@@ -98,6 +98,9 @@ test("the fallback decoder reads what the library reads", () => {
       "73c3a26e6fc2a5617272313693000102", "hex");
   assert.deepEqual(decodeOwnKeys(python), new Decoder().decode(python));
   assert.equal(decodeOwnKeys(Buffer.from("ca3f000000", "hex")), 0.5);
+  // a plain Uint8Array (what @msgpack/msgpack's own encode returns) reads the same
+  const plain = new Uint8Array(body);
+  assert.deepEqual(decodeOwnKeys(plain), new Decoder().decode(plain));
 });
 
 test("the fallback decoder refuses what is not one whole msgpack value", () => {
