@@ -672,7 +672,10 @@ async def test_csms_drops_station_that_never_pongs_5_2(
     # never read, never pong: the CSMS must give up on its own
     await csms.wait_connected(0, timeout=5)
     assert time.monotonic() - started < 3.0
-    assert any("CP1 disconnected" in text for text in logs(shim, csms.node))
+    assert any(
+        "CP1 disconnected" in text and "no answer to a websocket ping within 0.25 s" in text
+        for text in logs(shim, csms.node)
+    ), logs(shim, csms.node)
     # and the socket is really closed: EOF after whatever was sent
     await asyncio.wait_for(reader.read(), 3)
     writer.close()
@@ -686,6 +689,34 @@ async def test_station_that_pongs_stays_connected_5_2(make_csms: MakeCsms) -> No
     assert csms.connected() == 1
     await csms.assert_heartbeat_works(ws)
     await ws.close()
+
+
+async def test_station_that_keeps_sending_stays_connected_without_pongs_5_2(
+    make_csms: MakeCsms,
+) -> None:
+    """Any frame from the station shows it is alive: no ping goes unanswered
+    while it sends, although it would never answer one."""
+    csms = await make_csms(ping_interval=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", csms.port)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    auth = basic("CP1", "pw")["Authorization"]
+    writer.write(
+        (
+            f"GET /ocpp/CP1 HTTP/1.1\r\nHost: 127.0.0.1:{csms.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: ocpp2.0.1\r\nAuthorization: {auth}\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 101")
+    await csms.wait_connected(1)
+    for n in range(16):  # 1.6 s: without the frames, dropped after 0.75 s
+        text = json.dumps([2, f"hb{n}", "Heartbeat", {}]).encode()
+        writer.write(bytes((0x81, 0x80 | len(text))) + b"\0\0\0\0" + text)  # mask key 0
+        await asyncio.sleep(0.1)
+        assert csms.connected() == 1
+    writer.close()
 
 
 # -- 12. duplicate identity --

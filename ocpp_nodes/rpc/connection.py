@@ -424,11 +424,11 @@ class OcppConnection:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`expire` has work, or ``None``."""
-        deadlines = [request.deadline for request in self.received.values()]
-        call_deadline = self.calls.next_deadline()
-        if call_deadline is not None:
-            deadlines.append(call_deadline)
-        return min(deadlines, default=None)
+        deadline = self.calls.next_deadline()
+        for request in self.received.values():  # called per message: no list, no min()
+            if deadline is None or request.deadline < deadline:
+                deadline = request.deadline
+        return deadline
 
     def connection_lost(self, reason: str) -> list[Event]:
         """End every call of ours and forget received CALLs; the socket is gone."""

@@ -63,27 +63,99 @@ def route_for(path: str) -> str:
 
 
 class StationSocket:
-    """:class:`TextSocket` over an aiohttp ``WebSocketResponse``."""
+    """:class:`TextSocket` over an aiohttp ``WebSocketResponse``, with its keep-alive.
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    Keep-alive (part 4, 5.2 and 8.4): after ``ping_interval`` seconds in which
+    nothing came from the station, a ping; when nothing (a pong or any other
+    frame) comes within half the interval after it, the connection is
+    aborted and :meth:`receive` raises ``SocketClosed`` saying so. 0 turns
+    it off. This is aiohttp's ``heartbeat``, done here because aiohttp
+    re-arms its timer through a loop callback for every message (about 2 %
+    of the daemon's CPU with 100 stations sending as fast as answered); here
+    a message costs one read of the loop's clock.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+        ping_interval: float,
+    ) -> None:
         self.ws = ws
+        self._transport = transport
+        self._interval = ping_interval
+        self._loop = asyncio.get_running_loop()
+        self._last_heard = self._loop.time()
+        self._pinged_at: float | None = None
+        self._silent: str | None = None  # why the keep-alive ended the connection
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping: asyncio.Task[None] | None = None
+        if ping_interval > 0:
+            self._timer = self._loop.call_at(self._last_heard + ping_interval, self._keep_alive)
 
     async def receive(self) -> str | bytes:
-        msg = await self.ws.receive()
-        if msg.type is WSMsgType.TEXT:
-            return str(msg.data)
-        if msg.type is WSMsgType.BINARY:
-            return bytes(msg.data)
-        if msg.type is WSMsgType.ERROR:
-            raise SocketClosed(f"websocket error: {self.ws.exception()}")
-        code = self.ws.close_code
-        raise SocketClosed(f"closed by station (code {code})" if code else "closed")
+        while True:
+            msg = await self.ws.receive()
+            self._last_heard = self._loop.time()
+            if msg.type is WSMsgType.TEXT:
+                return str(msg.data)
+            if msg.type is WSMsgType.BINARY:
+                return bytes(msg.data)
+            if msg.type is WSMsgType.PING:
+                await self.ws.pong(msg.data)
+                continue
+            if msg.type is WSMsgType.PONG:
+                continue
+            self.stop_keep_alive()
+            if self._silent is not None:
+                raise SocketClosed(self._silent)
+            if msg.type is WSMsgType.ERROR:
+                raise SocketClosed(f"websocket error: {self.ws.exception()}")
+            code = self.ws.close_code
+            raise SocketClosed(f"closed by station (code {code})" if code else "closed")
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode("utf-8"))
+
+    def stop_keep_alive(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._ping is not None:
+            self._ping.cancel()
+            self._ping = None
+
+    def _keep_alive(self) -> None:
+        now = self._loop.time()
+        wait = self._interval / 2
+        if self._pinged_at is not None and self._last_heard < self._pinged_at:
+            if now < self._pinged_at + wait:  # woken early: not due yet
+                self._timer = self._loop.call_at(self._pinged_at + wait, self._keep_alive)
+                return
+            self._timer = None
+            self._silent = f"no answer to a websocket ping within {wait:g} s"
+            if self._transport is not None:
+                self._transport.abort()  # a dead peer would not answer a close either
+            return
+        self._pinged_at = None
+        quiet_until = self._last_heard + self._interval
+        if now < quiet_until:
+            self._timer = self._loop.call_at(quiet_until, self._keep_alive)
+            return
+        self._pinged_at = now
+        self._ping = asyncio.ensure_future(self._send_ping())
+        self._timer = self._loop.call_at(now + wait, self._keep_alive)
+
+    async def _send_ping(self) -> None:
+        try:
+            await self.ws.ping()
+        except Exception as exc:  # closing already: the reader sees it
+            log.debug("ping not sent: %s", exc)
+        finally:
+            self._ping = None
 
 
 #: ``(cbId, Basic credentials or None, client certificate CN or None) -> decision``
@@ -209,8 +281,7 @@ class CsmsServer:
             protocols=(SUBPROTOCOL,),
             max_msg_size=self.options.max_frame_size,
             compress=self.options.compress,
-            autoping=True,
-            heartbeat=self.options.ping_interval or None,
+            autoping=False,  # pings and pongs: StationSocket
             timeout=3.0,  # seconds to wait for the close handshake of a stopping node
         )
         if not ws.can_prepare(request).ok:
@@ -221,13 +292,15 @@ class CsmsServer:
             return ws
         self._sockets.add(ws)
         remote = request.remote or ""
+        socket = StationSocket(ws, request.transport, self.options.ping_interval)
         try:
-            await self.on_station(cb_id, StationSocket(ws), remote)
+            await self.on_station(cb_id, socket, remote)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("station %s: handler failed", cb_id)
         finally:
+            socket.stop_keep_alive()
             self._sockets.discard(ws)
             await ws.close()
         return ws
