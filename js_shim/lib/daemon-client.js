@@ -106,7 +106,10 @@ const MAX_MSG_DEPTH = 100;
 // JSON.stringify semantics for values that define toJSON (a Date becomes its
 // ISO string, a Buffer {type, data}): the package we replace sent messages as
 // JSON, so `currentTime: new Date()` in a flow must keep arriving as a string.
-function jsonLike(value, depth) {
+// Returns `value` itself where nothing in it changes (the usual message: no
+// copy and no garbage per input), else copies of the parts that change; with
+// `copy`, a copy throughout (a snapshot that later changes to msg do not reach).
+function jsonLike(value, depth, copy) {
   if (value === null || typeof value !== "object") {
     return value;
   }
@@ -114,31 +117,60 @@ function jsonLike(value, depth) {
     throw new Error("message nested too deeply (circular?)");
   }
   if (typeof value.toJSON === "function") {
-    return jsonLike(value.toJSON(), depth + 1);
+    return jsonLike(value.toJSON(), depth + 1, copy);
   }
   if (Array.isArray(value)) {
-    return value.map((item) => jsonLike(item, depth + 1));
+    let out = copy ? [] : null;
+    for (let i = 0; i < value.length; i++) {
+      const item = value[i];
+      const wire = jsonLike(item, depth + 1, copy);
+      if (out === null && wire !== item) {
+        out = value.slice(0, i);
+      }
+      if (out !== null) {
+        out.push(wire);
+      }
+    }
+    return out === null ? value : out;
   }
-  const out = {};
-  for (const [key, item] of Object.entries(value)) {
-    if (key === "__proto__") {
-      // An own key of that name (JSON.parse makes them) stays a key; `out[key] =`
-      // would set out's prototype instead.
-      Object.defineProperty(out, key,
-        { value: jsonLike(item, depth + 1), enumerable: true, writable: true, configurable: true });
-    } else {
-      out[key] = jsonLike(item, depth + 1);
+  const keys = Object.keys(value);
+  let out = copy ? {} : null;
+  for (let i = 0; i < keys.length; i++) {
+    const item = value[keys[i]];
+    const wire = jsonLike(item, depth + 1, copy);
+    if (out === null && wire !== item) {
+      out = {};
+      for (let j = 0; j < i; j++) {
+        setOwn(out, keys[j], value[keys[j]]);
+      }
+    }
+    if (out !== null) {
+      setOwn(out, keys[i], wire);
     }
   }
-  return out;
+  return out === null ? value : out;
 }
 
-/** The part of a Node-RED message the engine reads or gives back, JSON-like. */
-function wireMsg(msg) {
+function setOwn(out, key, item) {
+  if (key === "__proto__") {
+    // An own key of that name (JSON.parse makes them) stays a key; `out[key] =`
+    // would set out's prototype instead.
+    Object.defineProperty(out, key, { value: item, enumerable: true, writable: true, configurable: true });
+  } else {
+    out[key] = item;
+  }
+}
+
+/**
+ * The part of a Node-RED message the engine reads or gives back, JSON-like.
+ * Shares what needs no change with msg, unless `snapshot` (for a frame that
+ * is encoded later, not at once).
+ */
+function wireMsg(msg, snapshot = false) {
   const out = {};
   for (const key of MSG_FIELDS) {
     if (msg[key] !== undefined) {
-      out[key] = jsonLike(msg[key], 0);
+      out[key] = jsonLike(msg[key], 0, snapshot);
     }
   }
   return out;
@@ -235,7 +267,8 @@ class DaemonClient {
     }
     let wire;
     try {
-      wire = wireMsg(msg);
+      // encoded at once when ready; a queued frame must not change with msg
+      wire = wireMsg(msg, this.state !== "ready");
     } catch (err) {
       done(new Error(`cannot pass message to the OCPP engine: ${err.message}`));
       return;

@@ -34,12 +34,50 @@ test("values with toJSON travel as JSON would carry them", () => {
   });
 });
 
+test("what needs no change is shared with msg, and msg is never changed", () => {
+  const when = new Date("2024-05-06T07:08:09.123Z");
+  const msg = {
+    payload: { msgType: 3, data: { currentTime: when, idTokenInfo: { status: "Accepted" } } },
+    ocpp: { MessageId: "m1" },
+  };
+  const wire = wireMsg(msg);
+  assert.equal(wire.ocpp, msg.ocpp); // nothing to change: not copied
+  assert.notEqual(wire.payload, msg.payload); // a Date below: the path to it is copied
+  assert.equal(wire.payload.data.idTokenInfo, msg.payload.data.idTokenInfo);
+  assert.equal(wire.payload.data.currentTime, "2024-05-06T07:08:09.123Z");
+  assert.equal(msg.payload.data.currentTime, when);
+  const list = [1, { a: 1 }, when, "x"];
+  const wireList = wireMsg({ payload: list }).payload;
+  assert.deepEqual(wireList, [1, { a: 1 }, "2024-05-06T07:08:09.123Z", "x"]);
+  assert.equal(wireList[1], list[1]);
+  assert.equal(list[2], when);
+});
+
+test("a snapshot (a frame queued until the engine is ready) does not change with msg", () => {
+  const msg = { payload: { command: "Heartbeat", data: { list: [{ a: 1 }] } } };
+  const wire = wireMsg(msg, true);
+  msg.payload.data.list[0].a = 2;
+  msg.payload.command = "Changed";
+  assert.deepEqual(wire.payload, { command: "Heartbeat", data: { list: [{ a: 1 }] } });
+});
+
 test("an own key __proto__ (JSON.parse makes them) crosses as a key", () => {
   const msg = JSON.parse('{"payload":{"data":{"customData":{"vendorId":"V","__proto__":{"x":1}}}}}');
-  const customData = wireMsg(msg).payload.data.customData;
-  assert.equal(Object.getPrototypeOf(customData), Object.prototype);
-  assert.deepEqual(Object.keys(customData), ["vendorId", "__proto__"]);
-  assert.deepEqual(Object.getOwnPropertyDescriptor(customData, "__proto__").value, { x: 1 });
+  for (const customData of [
+    wireMsg(msg).payload.data.customData,
+    wireMsg(msg, true).payload.data.customData,
+  ]) {
+    assert.equal(Object.getPrototypeOf(customData), Object.prototype);
+    assert.deepEqual(Object.keys(customData), ["vendorId", "__proto__"]);
+    assert.deepEqual(Object.getOwnPropertyDescriptor(customData, "__proto__").value, { x: 1 });
+  }
+  // copied, key by key, because of the Date after it
+  const withDate = JSON.parse('{"__proto__":{"x":1},"vendorId":"V"}');
+  withDate.when = new Date(0);
+  const copied = wireMsg({ payload: withDate }).payload;
+  assert.equal(Object.getPrototypeOf(copied), Object.prototype);
+  assert.deepEqual(Object.keys(copied), ["__proto__", "vendorId", "when"]);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(copied, "__proto__").value, { x: 1 });
 });
 
 test("a circular message is refused with an error, not a crash", () => {
