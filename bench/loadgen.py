@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,8 @@ def boot_payload() -> dict[str, Any]:
     }
 
 
-def meter_values_payload() -> dict[str, Any]:
-    """A realistic periodic sample of a three-phase AC charger."""
+def meter_values_payload(timestamp: str | None = None) -> dict[str, Any]:
+    """A realistic periodic sample of a three-phase AC charger, taken now by default."""
     sampled = [
         {
             "value": 230.4,
@@ -94,7 +94,30 @@ def meter_values_payload() -> dict[str, Any]:
             "context": "Sample.Periodic",
         },
     ]
-    return {"evseId": 1, "meterValue": [{"timestamp": now_iso(), "sampledValue": sampled}]}
+    return {
+        "evseId": 1,
+        "meterValue": [{"timestamp": timestamp or now_iso(), "sampledValue": sampled}],
+    }
+
+
+def payload_text(action: str) -> Callable[[], str]:
+    """What makes the compact JSON of a loop CALL's payload, fresh for each call.
+
+    The payload is encoded once; each call only puts the current time into
+    the MeterValues text. Encoding the whole payload per call (``json.dumps``
+    with ``separators`` builds an encoder each time) cost the generator
+    2.7 µs per Heartbeat and 15 µs per MeterValues of CPU the system under
+    test shares on a small machine.
+    """
+    if action == "Heartbeat":
+        return lambda: "{}"
+    mark = "\x01timestamp\x01"
+    head, tail = compact(meter_values_payload(timestamp=mark)).split(compact(mark))
+    return lambda: f"{head}{compact(now_iso())}{tail}"
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def percentiles(samples_us: list[int]) -> dict[str, float | None]:
@@ -288,6 +311,7 @@ class LoopProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.mid = ""
         self.answer_head = b""  # how a compact CALLRESULT to the outstanding CALL starts
+        self.payload_text = payload_text(station.args.action)
         self.t0 = 0
         self.to_flush = False  # the websockets protocol has bytes to write
         self.timer: asyncio.TimerHandle | None = None
@@ -318,11 +342,10 @@ class LoopProtocol(asyncio.Protocol):
             return
         station = self.station
         action = station.args.action
-        payload = meter_values_payload() if action == "MeterValues" else {}
         station.seq += 1
         mid = self.mid = f"{station.id_prefix}{station.seq}"
         # The MessageId is hex digits, "-" and a counter: nothing JSON escapes.
-        text = f'[2,"{mid}","{action}",{json.dumps(payload, separators=(",", ":"))}]'
+        text = f'[2,"{mid}","{action}",{self.payload_text()}]'
         self.answer_head = f'[3,"{mid}",'.encode()
         self.t0 = time.perf_counter_ns()
         self.ws.transport.write(text_frame(text.encode()))
