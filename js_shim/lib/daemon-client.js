@@ -491,17 +491,21 @@ class DaemonClient {
     });
     socket.on("data", (chunk) => {
       let frames;
+      let broken = null;
       try {
         frames = attempt.decoder.push(chunk);
       } catch (err) {
-        this.dropAttempt(attempt, `bad frame from daemon: ${err.message}`);
-        return;
+        frames = err.frames || []; // the whole frames before the broken one
+        broken = err;
       }
       for (const frame of frames) {
         if (attempt.over) {
           return;
         }
         this.onFrame(attempt, frame);
+      }
+      if (broken && !attempt.over) {
+        this.dropAttempt(attempt, `bad frame from daemon: ${broken.message}`);
       }
     });
     socket.on("error", (err) => {

@@ -189,9 +189,13 @@ class FrameDecoder {
   /**
    * @param {Buffer} chunk
    * @returns {object[]} the decoded maps completed by this chunk (maybe none).
+   * @throws the first broken frame's error (too large, or a body that does
+   *   not decode), with `frames`: the whole frames of this chunk before it.
+   *   The stream is then unusable: every later push throws it again.
    */
   push(chunk) {
     if (this.failed) {
+      this.failed.frames = [];
       throw this.failed;
     }
     this.chunks.push(chunk);
@@ -201,18 +205,27 @@ class FrameDecoder {
       const head = this.peek(HEADER_BYTES);
       const length = head.readUInt32BE(0);
       if (length > this.maxBytes) {
-        this.failed = new FrameTooLargeError(length, this.maxBytes);
-        this.chunks = [];
-        this.buffered = 0;
-        throw this.failed;
+        this.fail(new FrameTooLargeError(length, this.maxBytes), frames);
       }
       if (this.buffered < HEADER_BYTES + length) {
         break;
       }
       const frame = this.take(HEADER_BYTES + length);
-      frames.push(decodeBody(this.decoder, frame.subarray(HEADER_BYTES)));
+      try {
+        frames.push(decodeBody(this.decoder, frame.subarray(HEADER_BYTES)));
+      } catch (err) {
+        this.fail(err, frames);
+      }
     }
     return frames;
+  }
+
+  fail(err, frames) {
+    this.failed = err;
+    this.chunks = [];
+    this.buffered = 0;
+    err.frames = frames;
+    throw err;
   }
 
   // Join only as much as needed, so a frame split over many small chunks is

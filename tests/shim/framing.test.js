@@ -56,6 +56,27 @@ test("an announced length over the limit is rejected before the body arrives", (
   assert.throws(() => decoder.push(encodeFrame({ t: "done" })), FrameTooLargeError);
 });
 
+test("the whole frames before a broken one come with its error", () => {
+  const broken = Buffer.from([0, 0, 0, 1, 0xc1]); // 0xc1: never used in msgpack
+  const tooLarge = Buffer.alloc(4);
+  tooLarge.writeUInt32BE(MAX_FRAME_BYTES + 1, 0);
+  for (const bad of [broken, tooLarge]) {
+    const decoder = new FrameDecoder();
+    const chunk = Buffer.concat([encodeFrame({ t: "done", seq: 7 }), encodeFrame({ t: "done", seq: 8 }), bad,
+      encodeFrame({ t: "done", seq: 9 })]);
+    let error = null;
+    try {
+      decoder.push(chunk);
+    } catch (err) {
+      error = err;
+    }
+    assert.ok(error);
+    assert.deepEqual(error.frames.map((frame) => frame.seq), [7, 8]);
+    // unusable afterwards, and the frames are not handed out twice
+    assert.throws(() => decoder.push(encodeFrame({ t: "done" })), (err) => err === error && err.frames.length === 0);
+  }
+});
+
 test("a frame of exactly the limit is accepted; the encoder refuses a larger one", () => {
   const small = 64;
   const body = encodeFrame({ t: "x", s: "a".repeat(small) }).length - 4;
