@@ -398,9 +398,15 @@ def write(results: dict[str, Any]) -> None:
     ]
     if has_png:
         lines += ["![round trips/s and p99 against N](benchmarks.png)", ""]
+    others = (
+        "the other systems' processes stopped (SIGSTOP) during each run"
+        if plan.get("others_paused")
+        else "the other systems idle but running during each run"
+    )
     lines += [
         f"Each scenario ran {plan.get('repeat', 1)} time(s); within a repetition the three",
-        "systems ran back to back (order rotated per repetition). A ratio is the median",
+        "systems ran back to back (order rotated per repetition), with",
+        f"{others}. A ratio is the median",
         "of the ratios of runs made back to back (*each run* lists them); throughput:",
         "higher is better, p99 and CPU: lower is better.",
         "",
