@@ -106,9 +106,10 @@ const MAX_MSG_DEPTH = 100;
 // JSON.stringify semantics for values that define toJSON (a Date becomes its
 // ISO string, a Buffer {type, data}): the package we replace sent messages as
 // JSON, so `currentTime: new Date()` in a flow must keep arriving as a string.
-// Returns `value` itself where nothing in it changes (the usual message: no
-// copy and no garbage per input), else copies of the parts that change; with
-// `copy`, a copy throughout (a snapshot that later changes to msg do not reach).
+// Returns `value` itself where nothing in it changes (plain objects and arrays
+// without such values: the usual message, no copy and no garbage per input),
+// else copies of the parts that change; with `copy`, a copy throughout (a
+// snapshot that later changes to msg do not reach).
 function jsonLike(value, depth, copy) {
   if (value === null || typeof value !== "object") {
     return value;
@@ -134,7 +135,12 @@ function jsonLike(value, depth, copy) {
     return out === null ? value : out;
   }
   const keys = Object.keys(value);
-  let out = copy ? {} : null;
+  // Anything but a plain object (of any realm: a function node makes its
+  // objects in a context of its own) is copied into one, as JSON would see
+  // it: the encoder would write a typed array as binary, for one.
+  const proto = Object.getPrototypeOf(value);
+  const plain = proto === null || Object.getPrototypeOf(proto) === null;
+  let out = copy || !plain ? {} : null;
   for (let i = 0; i < keys.length; i++) {
     const item = value[keys[i]];
     const wire = jsonLike(item, depth + 1, copy);

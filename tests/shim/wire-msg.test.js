@@ -5,6 +5,7 @@
 const test = require("node:test");
 const assert = require("node:assert/strict");
 const path = require("node:path");
+const vm = require("node:vm");
 
 const root = path.resolve(__dirname, "..", "..");
 const { wireMsg, createFrame } = require(path.join(root, "js_shim/lib/daemon-client"));
@@ -51,6 +52,16 @@ test("what needs no change is shared with msg, and msg is never changed", () => 
   assert.deepEqual(wireList, [1, { a: 1 }, "2024-05-06T07:08:09.123Z", "x"]);
   assert.equal(wireList[1], list[1]);
   assert.equal(list[2], when);
+});
+
+test("objects that are not plain travel as JSON would carry them; plain ones of any realm are shared", () => {
+  class Reading { constructor() { this.value = 1; } }
+  const payload = { map: new Map([["a", 1]]), bytes: new Uint8Array([7, 8]), reading: new Reading() };
+  const wire = wireMsg({ payload }).payload;
+  assert.deepEqual(wire, JSON.parse(JSON.stringify(payload)));
+  assert.equal(Object.getPrototypeOf(wire.bytes), Object.prototype);
+  const fromContext = vm.runInNewContext("({ msgType: 3, data: { list: [1, 2] } })");
+  assert.equal(wireMsg({ payload: fromContext }).payload, fromContext);
 });
 
 test("a snapshot (a frame queued until the engine is ready) does not change with msg", () => {
