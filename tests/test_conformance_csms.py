@@ -650,10 +650,8 @@ async def test_csms_accepts_permessage_deflate_3_3(csms: Csms) -> None:
 # -- 11. keep-alive (5.2) --
 
 
-async def test_csms_drops_station_that_never_pongs_5_2(
-    shim: ShimDouble, make_csms: MakeCsms
-) -> None:
-    csms = await make_csms(ping_interval=0.5)
+async def raw_station(csms: Csms) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """CP1 upgraded over a plain TCP stream: a station that answers no ping by itself."""
     reader, writer = await asyncio.open_connection("127.0.0.1", csms.port)
     key = base64.b64encode(b"0123456789abcdef").decode()
     auth = basic("CP1", "pw")["Authorization"]
@@ -668,6 +666,14 @@ async def test_csms_drops_station_that_never_pongs_5_2(
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
     assert head.startswith(b"HTTP/1.1 101")
     await csms.wait_connected(1)
+    return reader, writer
+
+
+async def test_csms_drops_station_that_never_pongs_5_2(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    csms = await make_csms(ping_interval=0.5)
+    reader, writer = await raw_station(csms)
     started = time.monotonic()
     # never read, never pong: the CSMS must give up on its own
     await csms.wait_connected(0, timeout=5)
@@ -697,20 +703,7 @@ async def test_station_that_keeps_sending_stays_connected_without_pongs_5_2(
     """Any frame from the station shows it is alive: no ping goes unanswered
     while it sends, although it would never answer one."""
     csms = await make_csms(ping_interval=0.5)
-    reader, writer = await asyncio.open_connection("127.0.0.1", csms.port)
-    key = base64.b64encode(b"0123456789abcdef").decode()
-    auth = basic("CP1", "pw")["Authorization"]
-    writer.write(
-        (
-            f"GET /ocpp/CP1 HTTP/1.1\r\nHost: 127.0.0.1:{csms.port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: ocpp2.0.1\r\nAuthorization: {auth}\r\n\r\n"
-        ).encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
-    assert head.startswith(b"HTTP/1.1 101")
-    await csms.wait_connected(1)
+    _reader, writer = await raw_station(csms)
     for n in range(16):  # 1.6 s: without the frames, dropped after 0.75 s
         text = json.dumps([2, f"hb{n}", "Heartbeat", {}]).encode()
         writer.write(bytes((0x81, 0x80 | len(text))) + b"\0\0\0\0" + text)  # mask key 0
