@@ -112,7 +112,9 @@ const MAX_MSG_DEPTH = 100;
 // snapshot that later changes to msg do not reach).
 function jsonLike(value, depth, copy) {
   if (value === null || typeof value !== "object") {
-    return value;
+    // JSON leaves out functions and symbols (null in an array): undefined
+    // does the same through the encoder.
+    return typeof value === "function" || typeof value === "symbol" ? undefined : value;
   }
   if (depth > MAX_MSG_DEPTH) {
     throw new Error("message nested too deeply (circular?)");

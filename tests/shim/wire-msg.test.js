@@ -9,6 +9,7 @@ const vm = require("node:vm");
 
 const root = path.resolve(__dirname, "..", "..");
 const { wireMsg, createFrame } = require(path.join(root, "js_shim/lib/daemon-client"));
+const { FrameDecoder, encodeFrame } = require(path.join(root, "js_shim/lib/framing"));
 
 test("only _msgid, payload, topic, ocpp, customData and _linkSource are sent", () => {
   const msg = {
@@ -62,6 +63,13 @@ test("objects that are not plain travel as JSON would carry them; plain ones of 
   assert.equal(Object.getPrototypeOf(wire.bytes), Object.prototype);
   const fromContext = vm.runInNewContext("({ msgType: 3, data: { list: [1, 2] } })");
   assert.equal(wireMsg({ payload: fromContext }).payload, fromContext);
+});
+
+test("functions and symbols are left out as JSON leaves them out, not refused by the encoder", () => {
+  const payload = { command: "Heartbeat", data: {}, check() {}, tag: Symbol("t"), list: [1, () => 2] };
+  const [frame] = new FrameDecoder().push(encodeFrame({ t: "input", msg: wireMsg({ payload }) }));
+  assert.deepEqual(frame.msg.payload, JSON.parse(JSON.stringify(payload)));
+  assert.equal(typeof payload.check, "function");
 });
 
 test("a snapshot (a frame queued until the engine is ready) does not change with msg", () => {
