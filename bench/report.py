@@ -187,6 +187,37 @@ def ratio_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str
     return out
 
 
+def machine_state_table(results: dict[str, Any], n: int = 100) -> list[str]:
+    """Each N=`n` run with the machine's state: the wake-up probe and run-queue waits."""
+    runs = [r for r in results["scenarios"] if r["n"] == n and r.get("wakeup_before")]
+    if not runs:
+        return []
+    out = [
+        f"Every N={n} run in the order it ran, with how long waking a process took just",
+        "before and just after it (`bench/wakeup.py`'s Unix-socket ping-pong, 2,000 round",
+        "trips, median; the other systems stopped) and how long each process waited for a",
+        "core while it ran (`/proc/<pid>/task/*/schedstat`, % of one core; *server* is our",
+        "daemon or the null server).",
+        "",
+        "| action | system | run | round trips/s | p50 ms | p99 ms | wake-up before µs "
+        "| wake-up after µs | run-queue wait % Node-RED / server / loadgen |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in runs:
+        server = "daemon" if r["system"] == "ours" else "server"
+        waits = " / ".join(
+            _fmt(_res(r, proc, "run_queue_wait_pct")) for proc in ("node-red", server, "loadgen")
+        )
+        lat = r["latency_ms"]
+        out.append(
+            f"| {r['action']} | {LABEL[r['system']]} | {r.get('rep', 0) + 1} | {r['rps']:.0f} "
+            f"| {_fmt(lat['p50'], 2)} | {_fmt(lat['p99'], 2)} "
+            f"| {_fmt(r['wakeup_before'].get('round_trip_p50_us'))} "
+            f"| {_fmt((r.get('wakeup_after') or {}).get('round_trip_p50_us'))} | {waits} |"
+        )
+    return out
+
+
 def capacity_table(results: dict[str, Any]) -> list[str]:
     out = [
         "| system | stations | connected | all connected after s | 503 retries | failed "
@@ -414,6 +445,10 @@ def write(results: dict[str, Any]) -> None:
     lines += ratio_table(results, rows)
     lines += ["", "All numbers (medians of the runs):", ""]
     lines += load_table(rows)
+    state = machine_state_table(results)
+    if state:
+        lines += ["", "## The machine during each run at N=100", ""]
+        lines += state
     lines += ["", "## Capacity", ""]
     if results["capacity"]:
         c0 = results["capacity"][0]
@@ -461,6 +496,13 @@ def write(results: dict[str, Any]) -> None:
                 f"| {_fmt(_res(cs, 'node-red', 'cpu_pct'))} "
                 f"| {_fmt(_res(cs, 'daemon', 'cpu_pct'))} |"
             )
+        woke = (cs.get("wakeup_before") or {}).get("round_trip_p50_us")
+        if woke is not None:
+            lines += [
+                "",
+                f"Just before this run, waking a process took {woke} µs (`bench/wakeup.py`'s",
+                "Unix-socket ping-pong, 2,000 round trips, median round trip = two wake-ups).",
+            ]
     else:
         lines += ["Not run."]
     lines += ["", "## Targets of the issue", ""]

@@ -277,12 +277,17 @@ def ensure_old_package(user_dir: Path) -> None:
 
 
 class Sampler:
-    """Samples cumulative CPU seconds and RSS of named process trees every `every` s."""
+    """Samples cumulative CPU seconds, RSS and run-queue waits of named process trees.
+
+    A sample every `every` s. The run-queue wait (`/proc/<pid>/task/*/schedstat`,
+    Linux) is the time the trees' threads were ready to run but waited for a
+    core: the part of a round trip that the machine, not the code, decides.
+    """
 
     def __init__(self, pids: dict[str, int], every: float = 0.25) -> None:
         self.pids = pids
         self.every = every
-        self.samples: list[tuple[float, dict[str, tuple[float, int]]]] = []
+        self.samples: list[tuple[float, dict[str, tuple[float, int, float]]]] = []
         self._stop = threading.Event()
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -292,9 +297,9 @@ class Sampler:
 
     def _sample(self) -> None:
         now = time.time()
-        row: dict[str, tuple[float, int]] = {}
+        row: dict[str, tuple[float, int, float]] = {}
         for name, pid in list(self.pids.items()):
-            cpu, rss = 0.0, 0
+            cpu, rss, wait = 0.0, 0, 0.0
             procs = (
                 tree(pid) if name == "loadgen" else [self._procs.get(name) or psutil.Process(pid)]
             )
@@ -306,7 +311,8 @@ class Sampler:
                         rss += p.memory_info().rss
                 except psutil.Error:
                     pass
-            row[name] = (cpu, rss)
+                wait += run_queue_wait(p.pid)
+            row[name] = (cpu, rss, wait)
         self.samples.append((now, row))
 
     def _run(self) -> None:
@@ -324,7 +330,8 @@ class Sampler:
         self._sample()
 
     def window(self, start: float | None, end: float | None) -> dict[str, dict[str, float]]:
-        """CPU (% of one core) and RSS (MiB: max, at end) of each tree in [start, end]."""
+        """CPU and run-queue wait (% of one core) and RSS (MiB: max, at end) of each
+        tree in [start, end]."""
         if not self.samples:
             return {}
         start = start if start is not None else self.samples[0][0]
@@ -341,15 +348,42 @@ class Sampler:
             # while the tree was alive (a finished generator reads as 0)
             t1, top = max(rows, key=lambda tr: tr[1][0])
             cpu = (top[0] - first[name][0]) / max(1e-9, t1 - t0) * 100
+            wait = (top[2] - first[name][2]) / max(1e-9, t1 - t0) * 100
             out[name] = {
                 "cpu_pct": round(cpu, 1),
+                "run_queue_wait_pct": round(wait, 1),
                 "rss_max_mib": round(max(r[name][1] for _, r in inside if name in r) / 2**20, 1),
                 "rss_end_mib": round(last.get(name, (0, 0))[1] / 2**20, 1),
             }
         return out
 
 
+def run_queue_wait(pid: int) -> float:
+    """Seconds the threads of `pid` have waited for a core (0 where Linux does not say)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
 # -- scenarios -------------------------------------------------------------------
+
+
+def wakeup_probe() -> dict[str, float]:
+    """How long waking a process takes right now (bench/wakeup.py, 2,000 round trips).
+
+    The machine's speed moves with what else runs on its host; taken just
+    before each run, this lets a run's tail be set against it.
+    """
+    return wakeup.ping_pong("unix", n=2000)
 
 
 def run_loadgen(
@@ -505,8 +539,11 @@ def load_run(
         prof = WORK / f"py-spy-daemon-{action}-{n}.txt"
         prof.unlink(missing_ok=True)
     log(f"{action} N={n} {name} (run {rep + 1} of {plan['repeat']})")
+    before = wakeup_probe()
     r = run_loadgen(system, args, timeout=plan["duration"] + 300, profile=prof)
-    r.update(action=action, n=n, system=name, rep=rep)
+    r.update(
+        action=action, n=n, system=name, rep=rep, wakeup_before=before, wakeup_after=wakeup_probe()
+    )
     if prof is not None:
         r["profile"] = summarize_profile(prof)
     r.pop("latencies_us", None)
@@ -570,6 +607,7 @@ def cs_side(null: NullSystem, plan: dict[str, Any], results: dict[str, Any]) -> 
     hop_file = WORK / "hop-times.txt"
     hop_file.unlink(missing_ok=True)
     ours = NodeRedSystem("ours", WORK / "ours-cs", env={"OCPP_NODES_HOP_TRACE": str(hop_file)})
+    woke = wakeup_probe()  # before the flow starts sending
     try:
         ours.start()
         ours.deploy(flows.cs_flow(null.url, password=PASSWORD))
@@ -602,6 +640,7 @@ def cs_side(null: NullSystem, plan: dict[str, Any], results: dict[str, Any]) -> 
         "shim_to_kernel_us": percentiles(handed),
         "shim_to_send_returned_us": percentiles(returned),
         "resources": sampler.window(t0, t1),
+        "wakeup_before": woke,
     }
     results["cs_side"] = r
     log(
