@@ -192,12 +192,24 @@ def machine_state_table(results: dict[str, Any], n: int = 100) -> list[str]:
     runs = [r for r in results["scenarios"] if r["n"] == n and r.get("wakeup_before")]
     if not runs:
         return []
+    if runs[0]["wakeup_before"].get("cores") == 2:
+        probe = [
+            "(`bench/wakeup.py`'s Unix-socket ping-pong between two processes pinned to two",
+            "different cores, 2,000 round trips, median; the other systems stopped).",
+        ]
+    else:
+        probe = [
+            "(`bench/wakeup.py`'s Unix-socket ping-pong, 2,000 round trips, median; the other",
+            "systems stopped). In this run the two processes were not pinned, and in so short",
+            "a probe the scheduler mostly kept them on one core: about 10 µs is a context",
+            "switch (see *unix, one core* above), not the wake-up of an idle core.",
+        ]
     out = [
-        f"Every N={n} run in the order it ran, with how long waking a process took just",
-        "before and just after it (`bench/wakeup.py`'s Unix-socket ping-pong, 2,000 round",
-        "trips, median; the other systems stopped) and how long each process waited for a",
-        "core while it ran (`/proc/<pid>/task/*/schedstat`, % of one core; *server* is our",
-        "daemon or the null server).",
+        f"Every N={n} run in the order it ran, with how long each process waited for a",
+        "core while it ran (`/proc/<pid>/task/*/schedstat`, % of one core; *server* is",
+        "our daemon or the null server) and how long waking a process took just before",
+        "and just after the run",
+        *probe,
         "",
         "| action | system | run | round trips/s | p50 ms | p99 ms | wake-up before µs "
         "| wake-up after µs | run-queue wait % Node-RED / server / loadgen |",
@@ -500,8 +512,13 @@ def write(results: dict[str, Any]) -> None:
         if woke is not None:
             lines += [
                 "",
-                f"Just before this run, waking a process took {woke} µs (`bench/wakeup.py`'s",
-                "Unix-socket ping-pong, 2,000 round trips, median round trip = two wake-ups).",
+                f"Just before this run, a Unix-socket ping-pong took {woke} µs per round trip",
+                "(`bench/wakeup.py`, 2,000 round trips, median; two wake-ups; "
+                + (
+                    "pinned to two different cores)."
+                    if cs["wakeup_before"].get("cores") == 2
+                    else "not pinned)."
+                ),
             ]
     else:
         lines += ["Not run."]

@@ -378,12 +378,14 @@ def run_queue_wait(pid: int) -> float:
 
 
 def wakeup_probe() -> dict[str, float]:
-    """How long waking a process takes right now (bench/wakeup.py, 2,000 round trips).
+    """How long waking a process on the other core takes right now.
 
-    The machine's speed moves with what else runs on its host; taken just
-    before each run, this lets a run's tail be set against it.
+    bench/wakeup.py's Unix-socket ping-pong, 2,000 round trips, the two
+    processes pinned to two different cores. The machine's speed moves with
+    what else runs on its host; taken next to each run, this lets a run's
+    tail be set against it.
     """
-    return wakeup.ping_pong("unix", n=2000)
+    return {"cores": 2, **wakeup.ping_pong("unix", cores=2, n=2000)}
 
 
 def run_loadgen(

@@ -2,9 +2,12 @@
 
 A parent and a forked child bounce one small message N times over a Unix
 socket pair and over loopback TCP; the round trip contains two wake-ups of
-a process blocked in ``recv``. Run with ``--pin`` both are pinned to one
-core (Linux), so the wake-ups become plain context switches. bench/run.py
-records the results with every run (docs/benchmarks.md, "Machine"): the
+a process blocked in ``recv``. Pinned to one core (Linux), the wake-ups
+become plain context switches; pinned to two different cores, each wakes
+the other's core, which on this VM has halted. Left to the scheduler, the
+two mostly share a core in short runs and spread out in long ones.
+bench/run.py records the results with every run (docs/benchmarks.md,
+"Machine"), and the two-core case before and after each load run: the
 shim -> daemon hop contains one such wake-up.
 
     .venv/bin/python bench/wakeup.py
@@ -36,13 +39,21 @@ def _pair(kind: str) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def ping_pong(kind: str, pin: bool = False, n: int = ROUND_TRIPS) -> dict[str, float]:
-    """Median and p90 round trip, and the median ``send`` call, in µs."""
+def ping_pong(kind: str, cores: int = 0, n: int = ROUND_TRIPS) -> dict[str, float]:
+    """Median and p90 round trip, and the median ``send`` call, in µs.
+
+    ``cores``: 1 pins both processes to one core, 2 to two different cores,
+    0 leaves them to the scheduler (Linux; elsewhere always 0).
+    """
     a, b = _pair(kind)
-    if pin and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = cores if len(allowed) >= cores else 0
+    if cores:
+        os.sched_setaffinity(0, {allowed[0]})
     pid = os.fork()
     if pid == 0:  # the echoing child
+        if cores == 2:
+            os.sched_setaffinity(0, {allowed[1]})
         a.close()
         try:
             while data := b.recv(64):
@@ -63,8 +74,8 @@ def ping_pong(kind: str, pin: bool = False, n: int = ROUND_TRIPS) -> dict[str, f
     finally:
         a.close()
         os.waitpid(pid, 0)
-        if pin and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        if cores:
+            os.sched_setaffinity(0, allowed)
     sends.sort()
     trips.sort()
     return {
@@ -77,7 +88,8 @@ def ping_pong(kind: str, pin: bool = False, n: int = ROUND_TRIPS) -> dict[str, f
 def measure() -> dict[str, Any]:
     return {
         "unix": ping_pong("unix"),
-        "unix, one core": ping_pong("unix", pin=True),
+        "unix, one core": ping_pong("unix", cores=1),
+        "unix, two cores": ping_pong("unix", cores=2),
         "tcp": ping_pong("tcp"),
     }
 
