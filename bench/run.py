@@ -281,7 +281,7 @@ class Sampler:
 
     A sample every `every` s. The run-queue wait (`/proc/<pid>/task/*/schedstat`,
     Linux) is the time the trees' threads were ready to run but waited for a
-    core: the part of a round trip that the machine, not the code, decides.
+    core (taken by the other processes of the run or by anything else).
     """
 
     def __init__(self, pids: dict[str, int], every: float = 0.25) -> None:
@@ -385,7 +385,7 @@ def wakeup_probe() -> dict[str, float]:
     what else runs on its host; taken next to each run, this lets a run's
     tail be set against it.
     """
-    return {"cores": 2, **wakeup.ping_pong("unix", cores=2, n=2000)}
+    return wakeup.ping_pong("unix", cores=2, n=2000)
 
 
 def run_loadgen(

@@ -43,7 +43,8 @@ def ping_pong(kind: str, cores: int = 0, n: int = ROUND_TRIPS) -> dict[str, floa
     """Median and p90 round trip, and the median ``send`` call, in µs.
 
     ``cores``: 1 pins both processes to one core, 2 to two different cores,
-    0 leaves them to the scheduler (Linux; elsewhere always 0).
+    0 leaves them to the scheduler (Linux with enough cores; otherwise 0).
+    The result's ``cores`` says which was done.
     """
     a, b = _pair(kind)
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -79,6 +80,7 @@ def ping_pong(kind: str, cores: int = 0, n: int = ROUND_TRIPS) -> dict[str, floa
     sends.sort()
     trips.sort()
     return {
+        "cores": cores,
         "round_trip_p50_us": round(trips[n // 2] / 1000, 1),
         "round_trip_p90_us": round(trips[n * 9 // 10] / 1000, 1),
         "send_p50_us": round(sends[n // 2] / 1000, 1),
