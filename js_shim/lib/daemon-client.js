@@ -16,6 +16,7 @@ const path = require("node:path");
 const readline = require("node:readline");
 
 const { FrameDecoder, encodeFrame } = require("./framing");
+const { PendingInputs } = require("./pending");
 const { ensurePython, ProvisionError } = require("./provision");
 
 const PROTOCOL = 1;
@@ -193,7 +194,7 @@ class DaemonClient {
     // stopped: shut down for good.
     this.state = "idle";
     this.nodes = new Map(); // node id -> { node, createFrame, outputs }
-    this.pending = new Map(); // seq -> { nodeId, done }
+    this.pending = new PendingInputs(); // seq -> { nodeId, done }
     this.queue = []; // frames waiting for the handshake
     this.closeWaiters = new Map(); // node id -> [finish()]
     this.seq = 0;
@@ -287,7 +288,7 @@ class DaemonClient {
       frame.hop_t0 = entered;
     }
     if (this.state === "ready") {
-      this.pending.set(seq, { nodeId: node.id, done });
+      this.pending.add(seq, { nodeId: node.id, done });
       this.write(frame);
       return;
     }
@@ -295,7 +296,7 @@ class DaemonClient {
       done(new Error("OCPP engine not ready: too many messages waiting"));
       return;
     }
-    this.pending.set(seq, { nodeId: node.id, done });
+    this.pending.add(seq, { nodeId: node.id, done });
     this.queue.push(frame);
     if (this.state === "idle") {
       this.start();
@@ -598,11 +599,10 @@ class DaemonClient {
   }
 
   onDone(frame) {
-    const pending = this.pending.get(frame.seq);
+    const pending = this.pending.take(frame.seq);
     if (!pending) {
       return;
     }
-    this.pending.delete(frame.seq);
     if (frame.error) {
       pending.done(new Error(frame.error));
     } else {
@@ -657,8 +657,7 @@ class DaemonClient {
     } catch (err) {
       // A message too big (or not encodable) fails that input alone.
       if (frame.t === "input") {
-        const pending = this.pending.get(frame.seq);
-        this.pending.delete(frame.seq);
+        const pending = this.pending.take(frame.seq);
         if (pending) {
           pending.done(new Error(`cannot pass message to the OCPP engine: ${err.message}`));
         }
@@ -759,9 +758,7 @@ class DaemonClient {
       this.attempt = null;
     }
     this.queue = [];
-    const pending = [...this.pending.values()];
-    this.pending.clear();
-    for (const { done } of pending) {
+    for (const { done } of this.pending.takeWhere()) {
       done(new Error(error));
     }
     const waiters = [...this.closeWaiters.values()].flat();
@@ -771,11 +768,8 @@ class DaemonClient {
   }
 
   failPendingOf(nodeId, reason) {
-    for (const [seq, pending] of this.pending) {
-      if (pending.nodeId === nodeId) {
-        this.pending.delete(seq);
-        pending.done(new Error(reason));
-      }
+    for (const { done } of this.pending.takeWhere((pending) => pending.nodeId === nodeId)) {
+      done(new Error(reason));
     }
     this.queue = this.queue.filter((frame) => frame.node !== nodeId);
   }
