@@ -68,3 +68,21 @@ test("the number of slots must be a power of two", () => {
   assert.throws(() => new PendingInputs(0), RangeError);
   assert.doesNotThrow(() => new PendingInputs(1));
 });
+
+test("closing a node fails its waiting inputs, in order, and no other node's", () => {
+  const { DaemonClient } = require(path.join(root, "js_shim/lib/daemon-client"));
+  const client = new DaemonClient({ log: { warn() {}, error() {} } });
+  client.state = "starting"; // inputs queue until the handshake; nothing is spawned
+  const ended = [];
+  const input = (nodeId, name) => client.input({ id: nodeId }, { payload: { command: "Heartbeat", data: {} } },
+    () => {}, (err) => ended.push([name, err && err.message]));
+  input("a", "a1");
+  input("b", "b1");
+  input("a", "a2");
+  let closed = false;
+  client.deregister({ id: "a" }, () => { closed = true; });
+  assert.ok(closed);
+  assert.deepEqual(ended, [["a1", "node closed"], ["a2", "node closed"]]);
+  assert.equal(client.pending.size, 1);
+  assert.deepEqual(client.queue.map((frame) => frame.node), ["b"]);
+});
