@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from unittest.mock import patch
 
 from ocpp_nodes.nodes import CsNode
 from tests.shim_double import free_port
@@ -89,3 +90,28 @@ def test_callerror_reply_to_a_request_that_no_longer_waits_says_so() -> None:
     )
     assert host.dones[0][0] == 1 and "gone-1" in str(host.dones[0][1])
     assert "waits for an answer" in str(host.dones[0][1])
+
+
+async def test_reconnect_status_never_shows_more_than_the_wait() -> None:
+    """A 40 s wait starts at "retry in 40s" whatever the loop's clock reads.
+
+    At 472.007 s (uvloop's clock counts from boot), ``(t + 40) - t`` is
+    40.00000000000006: a countdown that worked the seconds left out of the
+    clock showed "retry in 41s" (seen in CI).
+    """
+    loop = asyncio.get_running_loop()
+    assert (472.007 + 40.0) - 472.007 > 40.0  # the case is real on this platform
+    host = RecordingHost()
+    node = CsNode("n1", {"cbId": "CS1", "ws_rt_minimum": 40}, {}, None, host)
+    clock = 472.007
+    with patch.object(loop, "time", lambda: clock):
+        node._on_state("waiting", "40.000")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert host.statuses == ["retry in 40s"]
+        clock += 1.0  # one second later: the next step
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert host.statuses == ["retry in 40s", "retry in 39s"]
+    node._stop_countdown()
+    await asyncio.sleep(0)

@@ -182,13 +182,21 @@ class CsNode(OcppNode):
             self.host.status("grey", "dot", "stopped")
 
     async def _count_down(self, seconds: float) -> None:
-        """Status ``retry in Ns``, updated every second until the next attempt."""
+        """Status ``retry in Ns``, updated every second until the next attempt.
+
+        The whole seconds shown are counted down from the wait itself, never
+        worked out again from the loop's clock: ``(now + 40) - now`` can come
+        out a hair over 40 in floating point (the loop clock of uvloop counts
+        from boot, and between 472 and 512 s a quarter of its readings do), and
+        the status then said "retry in 41s" for a 40 s wait.
+        """
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
-            whole = math.ceil(left)
+        whole = math.ceil(seconds)
+        while whole > 0:
             self.host.status("red", "ring", f"retry in {whole}s")
-            await asyncio.sleep(left - (whole - 1))
+            whole -= 1
+            await asyncio.sleep(max(0.0, end - whole - loop.time()))
 
     def _stop_countdown(self) -> None:
         if self._countdown is not None:
