@@ -2,7 +2,8 @@
 // CS node: a charging station connected to a CSMS. The OCPP engine runs in the
 // ocpp-nodes daemon; this file only hands it the config and the messages.
 
-const { getClient, createFrame } = require("../lib/daemon-client");
+const { getClient } = require("../lib/daemon-client");
+const { createFrame } = require("../lib/wire-msg");
 const { tlsOptions } = require("../lib/tls");
 
 module.exports = function (RED) {

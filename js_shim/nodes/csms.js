@@ -3,7 +3,8 @@
 // engine runs in the ocpp-nodes daemon; this file only hands it the config and
 // the messages.
 
-const { getClient, createFrame } = require("../lib/daemon-client");
+const { getClient } = require("../lib/daemon-client");
+const { createFrame } = require("../lib/wire-msg");
 const { tlsOptions } = require("../lib/tls");
 
 module.exports = function (RED) {

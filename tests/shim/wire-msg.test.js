@@ -8,7 +8,7 @@ const path = require("node:path");
 const vm = require("node:vm");
 
 const root = path.resolve(__dirname, "..", "..");
-const { wireMsg, createFrame } = require(path.join(root, "js_shim/lib/daemon-client"));
+const { wireMsg, createFrame } = require(path.join(root, "js_shim/lib/wire-msg"));
 const { FrameDecoder, encodeFrame } = require(path.join(root, "js_shim/lib/framing"));
 
 test("only _msgid, payload, topic, ocpp, customData and _linkSource are sent", () => {
