@@ -21,8 +21,10 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from . import IPC_PROTOCOL, __version__, hop_trace
+from . import IPC_PROTOCOL, __version__, hop_trace, schemas
 from .ipc.server import DaemonServer
+from .rpc import VERSIONS
+from .schema_cache import DiskCodeCache, default_directory
 
 TOKEN_VARIABLE = "OCPP_NODES_TOKEN"
 
@@ -58,7 +60,13 @@ async def serve(
     tcp: tuple[str, int] | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    server = DaemonServer(token)
+    # Every validator of every version, before the first station can connect:
+    # nothing on a receive path compiles or reads a file.
+    schemas.use_code_cache(DiskCodeCache(default_directory()))
+    for version in VERSIONS.values():
+        version.schemas  # noqa: B018 (built on first use)
+    transports, connection_class = hop_trace.daemon_parts()
+    server = DaemonServer(token, transports, connection_class)
     ready: dict[str, object] = {"event": "ready"}
     if socket_path is not None:
         await server.listen_unix(socket_path)

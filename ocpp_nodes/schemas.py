@@ -3,42 +3,54 @@
 Theory of operation:
 
 1. The schemas are the ones shipped inside the installed ``ocpp`` package
-   (``ocpp/v201/schemas/<Action>Request.json`` ...). They are read through
-   :mod:`importlib.resources` the first time an action is used, compiled, and
-   kept: no file is read per message and none is copied into this repository.
-2. A :class:`SchemaRegistry` serves one OCPP version; :func:`registry` caches
-   one per version, so every connection of a version shares the compiled code.
-3. Valid payloads (the common case) are checked by ``fastjsonschema`` code
+   (``ocpp/v201/schemas/<Action>Request.json`` ...); none is copied into this
+   repository. Which package serves which OCPP version, and how a version
+   spells its error codes, is the version table's business
+   (:mod:`ocpp_nodes.rpc.versions`): a :class:`SchemaRegistry` is told.
+2. A registry reads every schema file of its package and compiles every
+   validator when it is built, so that nothing on the receive path reads a
+   file or compiles code, and a schema that does not compile fails the
+   engine's start, not the first message that needs it.
+3. Compiling a version's validators takes about a second; the code
+   ``fastjsonschema`` generates for them can be kept between engine starts in
+   a :class:`CodeCache` (the engine uses a private directory,
+   :mod:`ocpp_nodes.schema_cache`), keyed by a digest of everything that
+   shapes it.
+4. Valid payloads (the common case) are checked by ``fastjsonschema`` code
    alone. Only a payload that it rejects goes to ``jsonschema``, which says
-   which field failed and why; that reason is mapped to an OCPP-J error code
-   (part 4, table 8) by :data:`ERROR_CODE_BY_KEYWORD`.
-4. ``format: date-time`` is checked by one function (RFC 3339) in both
+   which field failed and why; that reason is mapped to the version's error
+   code by the keyword that failed.
+5. ``format: date-time`` is checked by one function (RFC 3339) in both
    validators so that they never disagree.
 
-No I/O beyond reading packaged schema files once, no clock.
+No I/O beyond reading packaged schema files when a registry is built (and
+what the code cache it is handed does), no clock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import marshal
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from functools import cache
+from functools import partial
 from importlib import resources
-from typing import Any
+from types import CodeType
+from typing import Any, Protocol
 
 import fastjsonschema
 import jsonschema
 
 __all__ = [
+    "CodeCache",
     "Direction",
-    "ERROR_CODE_BY_KEYWORD",
     "SchemaRegistry",
     "SchemaViolation",
-    "UnknownVersion",
-    "registry",
+    "use_code_cache",
 ]
 
 
@@ -53,16 +65,12 @@ class Direction(Enum):
     RESPONSE = "Response"
 
 
-class UnknownVersion(ValueError):
-    """Raised for an OCPP version whose schemas the ``ocpp`` package lacks."""
-
-
 @dataclass(frozen=True)
 class SchemaViolation:
     """Why a payload does not match its schema.
 
     Attributes:
-        error_code: the OCPP-J error code for a CALLERROR (table 8).
+        error_code: the OCPP-J error code for a CALLERROR, as the version spells it.
         description: one line for humans, naming the field.
         path: JSON path of the offending field, ``""`` for the payload itself.
         keyword: the JSON-schema keyword that failed (``"required"`` ...).
@@ -74,35 +82,24 @@ class SchemaViolation:
     keyword: str
 
 
-#: JSON-schema keyword that failed -> OCPP-J error code (part 4, table 8).
-#: Anything not listed is a ``FormatViolation``.
-ERROR_CODE_BY_KEYWORD: dict[str, str] = {
-    "type": "TypeConstraintViolation",
-    "required": "OccurrenceConstraintViolation",
-    "minItems": "OccurrenceConstraintViolation",
-    "maxItems": "OccurrenceConstraintViolation",
-    "minProperties": "OccurrenceConstraintViolation",
-    "maxProperties": "OccurrenceConstraintViolation",
-    "enum": "PropertyConstraintViolation",
-    "const": "PropertyConstraintViolation",
-    "minLength": "PropertyConstraintViolation",
-    "maxLength": "PropertyConstraintViolation",
-    "minimum": "PropertyConstraintViolation",
-    "maximum": "PropertyConstraintViolation",
-    "exclusiveMinimum": "PropertyConstraintViolation",
-    "exclusiveMaximum": "PropertyConstraintViolation",
-    "multipleOf": "PropertyConstraintViolation",
-    "pattern": "PropertyConstraintViolation",
-    "format": "PropertyConstraintViolation",
-    "additionalProperties": "FormatViolation",
-}
+class CodeCache(Protocol):
+    """Where compiled validator code may be kept between engine starts."""
 
-# OCPP version -> (subpackage of ``ocpp`` holding the schemas, file suffix of a request)
-_SCHEMA_PACKAGES: dict[str, tuple[str, str]] = {
-    "2.0.1": ("ocpp.v201", "Request"),
-    "2.1": ("ocpp.v21", "Request"),
-    "1.6": ("ocpp.v16", ""),
-}
+    def load(self, key: str) -> bytes | None:
+        """The bytes stored under ``key``, or ``None``."""
+
+    def store(self, key: str, data: bytes) -> None:
+        """Keep ``data`` under ``key``; failing quietly is allowed."""
+
+
+_code_cache: CodeCache | None = None
+
+
+def use_code_cache(cache: CodeCache | None) -> None:
+    """Registries built from now on load and keep their compiled code in ``cache``."""
+    global _code_cache
+    _code_cache = cache
+
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
@@ -111,42 +108,74 @@ def _is_date_time(value: object) -> bool:
     return not isinstance(value, str) or bool(_RFC3339.match(value))
 
 
+_FORMATS = {"date-time": _is_date_time}
 _FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
 _FORMAT_CHECKER.checks("date-time")(_is_date_time)
 
+# What shapes the generated code besides the schemas: bump when the options
+# given to fastjsonschema below change.
+_CODE_FORMAT = 1
+
 
 @dataclass(frozen=True)
-class _Compiled:
+class _Validator:
     fast: Callable[[Any], Any]
     detailed: jsonschema.protocols.Validator
 
 
 class SchemaRegistry:
-    """The validators of one OCPP version, compiled on first use and kept.
+    """Every validator of one schema set, compiled when the registry is built.
 
     Args:
-        version: ``"2.0.1"``, ``"2.1"`` or ``"1.6"``.
-
-    Raises:
-        UnknownVersion: the installed ``ocpp`` package has no schemas for it.
+        package: the subpackage of ``ocpp`` holding the schemas (``"ocpp.v201"``).
+        request_suffix: what follows the action in a request's file name
+            (``"Request"``; ``""`` in 1.6, whose requests are ``<Action>.json``).
+        error_codes: JSON-schema keyword that failed -> the error code to
+            answer with, as the version spells it.
+        format_violation: the code for anything else (and for a payload that
+            is not an object at all).
     """
 
-    def __init__(self, version: str) -> None:
-        try:
-            package, request_suffix = _SCHEMA_PACKAGES[version]
-        except KeyError:
-            raise UnknownVersion(f"no OCPP schemas for version {version!r}") from None
-        self.version = version
-        self._folder = resources.files(package).joinpath("schemas")
-        self._request_suffix = request_suffix
-        names = {entry.name for entry in self._folder.iterdir() if entry.name.endswith(".json")}
+    def __init__(
+        self,
+        package: str,
+        request_suffix: str,
+        error_codes: Mapping[str, str],
+        format_violation: str,
+    ) -> None:
+        self.package = package
+        self.error_codes = dict(error_codes)
+        self.format_violation = format_violation
+        folder = resources.files(package).joinpath("schemas")
+        texts = {
+            entry.name: entry.read_text("utf-8")
+            for entry in folder.iterdir()
+            if entry.name.endswith(".json")
+        }
         self.actions: frozenset[str] = frozenset(
-            name[: -len("Response.json")] for name in names if name.endswith("Response.json")
+            name[: -len("Response.json")] for name in texts if name.endswith("Response.json")
         )
-        self._compiled: dict[tuple[str, Direction], _Compiled] = {}
+        schemas: dict[tuple[str, Direction], dict[str, Any]] = {}
+        for action in sorted(self.actions):
+            for direction in Direction:
+                suffix = request_suffix if direction is Direction.REQUEST else "Response"
+                schema = json.loads(texts[f"{action}{suffix}.json"])
+                # The OCA files carry a urn $id that neither validator needs to resolve.
+                schema.pop("$id", None)
+                schemas[(action, direction)] = schema
+        fast = _compile_all(schemas, _code_cache)
+        self._validators: dict[tuple[str, Direction], _Validator] = {
+            key: _Validator(
+                fast[key],
+                jsonschema.validators.validator_for(schema, jsonschema.Draft6Validator)(
+                    schema, format_checker=_FORMAT_CHECKER
+                ),
+            )
+            for key, schema in schemas.items()
+        }
 
     def knows(self, action: str) -> bool:
-        """True when ``action`` is an action of this version (case-sensitive)."""
+        """True when ``action`` is an action of this schema set (case-sensitive)."""
         return action in self.actions
 
     def validate(self, action: str, direction: Direction, payload: Any) -> SchemaViolation | None:
@@ -156,52 +185,73 @@ class SchemaRegistry:
             ``None`` when valid, else the violation with its OCPP error code.
 
         Raises:
-            KeyError: ``action`` is not an action of this version.
+            KeyError: ``action`` is not an action of this schema set.
         """
-        compiled = self._compiled.get((action, direction))
-        if compiled is None:
-            compiled = self._compile(action, direction)
+        validator = self._validators[(action, direction)]
         try:
-            compiled.fast(payload)
+            validator.fast(payload)
         except fastjsonschema.JsonSchemaException:
-            return self._explain(compiled.detailed, payload)
+            return self._explain(validator.detailed, payload)
         return None
 
-    def _compile(self, action: str, direction: Direction) -> _Compiled:
-        if action not in self.actions:
-            raise KeyError(action)
-        suffix = self._request_suffix if direction is Direction.REQUEST else "Response"
-        schema = json.loads(self._folder.joinpath(f"{action}{suffix}.json").read_text("utf-8"))
-        # The OCA files carry a urn $id that neither validator needs to resolve.
-        schema.pop("$id", None)
-        validator_class = jsonschema.validators.validator_for(schema, jsonschema.Draft6Validator)
-        compiled = _Compiled(
-            # use_default=False: validation must never add defaults to a payload.
-            fast=fastjsonschema.compile(
-                schema, formats={"date-time": _is_date_time}, use_default=False
-            ),
-            detailed=validator_class(schema, format_checker=_FORMAT_CHECKER),
-        )
-        self._compiled[(action, direction)] = compiled
-        return compiled
-
-    @staticmethod
-    def _explain(validator: jsonschema.protocols.Validator, payload: Any) -> SchemaViolation:
+    def _explain(self, validator: jsonschema.protocols.Validator, payload: Any) -> SchemaViolation:
         error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
         if error is None:  # the two validators disagree; say so rather than guess
-            return SchemaViolation("FormatViolation", "payload rejected by schema", "", "")
+            return SchemaViolation(self.format_violation, "payload rejected by schema", "", "")
         path = "".join(
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path
         ).lstrip(".")
         keyword = str(error.validator)
-        code = ERROR_CODE_BY_KEYWORD.get(keyword, "FormatViolation")
+        code = self.error_codes.get(keyword, self.format_violation)
         if keyword == "type" and not path:
-            code = "FormatViolation"  # the payload is not even a JSON object
+            code = self.format_violation  # the payload is not even a JSON object
         where = path or "payload"
         return SchemaViolation(code, f"{where}: {error.message}"[:255], path, keyword)
 
 
-@cache
-def registry(version: str) -> SchemaRegistry:
-    """The shared :class:`SchemaRegistry` of ``version``."""
-    return SchemaRegistry(version)
+def _compile_all(
+    schemas: dict[tuple[str, Direction], dict[str, Any]], cache: CodeCache | None
+) -> dict[tuple[str, Direction], Callable[[Any], Any]]:
+    """The ``fastjsonschema`` validator of every schema, from ``cache`` when it has them."""
+    keys = list(schemas)
+    digest = hashlib.sha256(
+        json.dumps(
+            [
+                _CODE_FORMAT,
+                fastjsonschema.VERSION,
+                sys.version,
+                [
+                    [action, direction.value, schemas[(action, direction)]]
+                    for action, direction in keys
+                ],
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    codes: list[CodeType] | None = None
+    data = cache.load(digest) if cache is not None else None
+    if data is not None:
+        try:
+            loaded = marshal.loads(data)
+        except (EOFError, ValueError, TypeError):
+            loaded = None
+        if isinstance(loaded, list) and len(loaded) == len(keys):
+            codes = loaded
+    if codes is None:
+        codes = [
+            compile(
+                fastjsonschema.compile_to_code(schemas[key], formats=_FORMATS, use_default=False),
+                f"<schema {key[0]}{key[1].value}>",
+                "exec",
+            )
+            for key in keys
+        ]
+        if cache is not None:
+            cache.store(digest, marshal.dumps(codes))
+    validators: dict[tuple[str, Direction], Callable[[Any], Any]] = {}
+    for key, code in zip(keys, codes, strict=True):
+        namespace: dict[str, Any] = {}
+        exec(code, namespace)
+        # use_default=False: validation must never add defaults to a payload.
+        validators[key] = partial(namespace["validate"], custom_formats=_FORMATS)
+    return validators

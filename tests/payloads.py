@@ -22,7 +22,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from ocpp_nodes.schemas import registry
+from ocpp_nodes.rpc import V201
 
 __all__ = ["ACTIONS", "CSMS_TO_CS", "CS_TO_CSMS", "DATE_TIME", "valid_payload"]
 
@@ -102,14 +102,14 @@ CSMS_TO_CS: tuple[str, ...] = (
 )
 
 #: Every OCPP 2.0.1 action the schema registry knows, sorted.
-ACTIONS: tuple[str, ...] = tuple(sorted(registry("2.0.1").actions))
+ACTIONS: tuple[str, ...] = tuple(sorted(V201.schemas.actions))
 
 
 @cache
 def _schema(action: str, half: str) -> dict[str, Any]:
     if half not in ("Request", "Response"):
         raise ValueError(f"half must be 'Request' or 'Response', not {half!r}")
-    if action not in registry("2.0.1").actions:
+    if action not in V201.schemas.actions:
         raise KeyError(action)
     folder = resources.files("ocpp.v201").joinpath("schemas")
     return json.loads(folder.joinpath(f"{action}{half}.json").read_text("utf-8"))  # type: ignore[no-any-return]

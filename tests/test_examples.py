@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from ocpp_nodes.schemas import Direction, registry
+from ocpp_nodes.rpc import V201
+from ocpp_nodes.schemas import Direction
 from tests.flowkit import Flow, connect_station, http_api, recorder, recv_frame, wait_port
 from tests.nodered import REPO_ROOT, free_port, running_node_red
 from tests.payloads import valid_payload
@@ -147,7 +148,7 @@ CORE_REQUESTS = (
 
 async def test_csms_basic_answers_every_core_request(examples: Examples) -> None:
     port = examples.ports["csms-basic"]["CSMS :9221"]
-    schemas = registry("2.0.1")
+    schemas = V201.schemas
     ws = await connect_station(f"ws://127.0.0.1:{port}/ocpp", "CS001", "cs001-password")
     try:
         requests = [(a, valid_payload(a, "Request")) for a in CORE_REQUESTS]

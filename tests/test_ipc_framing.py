@@ -7,7 +7,7 @@ import struct
 import msgpack
 import pytest
 
-from ocpp_nodes.ipc.framing import FrameDecoder, FrameError, encode
+from ocpp_nodes.ipc.framing import FrameDecoder, IpcFrameError, encode
 from ocpp_nodes.transport.backoff import Backoff
 
 
@@ -31,7 +31,7 @@ def test_frames_survive_any_split_of_the_stream() -> None:
     ],
 )
 def test_broken_streams_raise_frame_error(data: bytes) -> None:
-    with pytest.raises(FrameError):
+    with pytest.raises(IpcFrameError):
         FrameDecoder().feed(data)
 
 
@@ -45,6 +45,6 @@ def test_backoff_doubles_repeat_times_then_stays_constant() -> None:
 def test_a_broken_frame_carries_the_whole_frames_before_it() -> None:
     good = [{"t": "input", "seq": 1}, {"t": "input", "seq": 2}]
     data = b"".join(encode(f) for f in good) + struct.pack(">I", 1) + b"\xc1"
-    with pytest.raises(FrameError) as caught:
+    with pytest.raises(IpcFrameError) as caught:
         FrameDecoder().feed(data)
     assert caught.value.frames == good

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 from unittest.mock import patch
 
-from ocpp_nodes.nodes import CsNode
+from ocpp_nodes.nodes import CsNode, NodeServices, NodeSpec
 from tests.shim_double import free_port
 
 
@@ -26,9 +26,13 @@ class RecordingHost:
     def log(self, level: str, text: str, msg: Any = None) -> None: ...
 
 
+def cs_node(host: RecordingHost, config: dict[str, Any], target: Any = None) -> CsNode:
+    return CsNode(NodeSpec("n1", config, target=target), host, NodeServices())
+
+
 def test_retrybackoff_takes_the_spec_names_any_case_and_the_old_singular() -> None:
     host = RecordingHost()
-    node = CsNode("n1", {"cbId": "CS1"}, {}, None, host)
+    node = cs_node(host, {"cbId": "CS1"})
     assert (node.backoff.wait_minimum, node.backoff.repeat_times) == (1.0, 2)  # legacy defaults
     node.input(
         1,
@@ -67,7 +71,7 @@ async def test_reconnect_status_counts_down_each_second() -> None:
     host = RecordingHost()
     config = {"cbId": "CS1", "auto_connect": True, "ws_rt_minimum": 2.5, "ws_rt_rnd_range": 0}
     target = {"url": f"ws://127.0.0.1:{free_port()}/ocpp"}  # nothing listens there
-    node = CsNode("n1", config, {}, target, host)
+    node = cs_node(host, config, target)
     await node.start()
     try:
         await asyncio.sleep(2.2)
@@ -80,7 +84,7 @@ async def test_reconnect_status_counts_down_each_second() -> None:
 
 def test_callerror_reply_to_a_request_that_no_longer_waits_says_so() -> None:
     host = RecordingHost()
-    node = CsNode("n1", {"cbId": "CS1"}, {}, None, host)
+    node = cs_node(host, {"cbId": "CS1"})
     node.input(
         1,
         {
@@ -102,10 +106,10 @@ async def test_reconnect_status_never_shows_more_than_the_wait() -> None:
     loop = asyncio.get_running_loop()
     assert (472.007 + 40.0) - 472.007 > 40.0  # the case is real on this platform
     host = RecordingHost()
-    node = CsNode("n1", {"cbId": "CS1", "ws_rt_minimum": 40}, {}, None, host)
+    node = cs_node(host, {"cbId": "CS1", "ws_rt_minimum": 40})
     clock = 472.007
     with patch.object(loop, "time", lambda: clock):
-        node._on_state("waiting", "40.000")
+        node.client_state("waiting", "40.000")
         for _ in range(3):
             await asyncio.sleep(0)
         assert host.statuses == ["retry in 40s"]

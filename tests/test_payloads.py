@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ocpp_nodes.schemas import Direction, registry
+from ocpp_nodes.rpc import V201
+from ocpp_nodes.schemas import Direction
 from tests.payloads import ACTIONS, CS_TO_CSMS, CSMS_TO_CS, DATE_TIME, valid_payload
 
 
@@ -21,7 +22,7 @@ def test_direction_lists_cover_every_action_once_and_datatransfer_twice() -> Non
 def test_generated_payload_is_valid(action: str, half: str) -> None:
     payload = valid_payload(action, half)
     assert isinstance(payload, dict)
-    assert registry("2.0.1").validate(action, Direction(half), payload) is None
+    assert V201.schemas.validate(action, Direction(half), payload) is None
 
 
 def test_generator_is_deterministic_and_returns_fresh_copies() -> None:

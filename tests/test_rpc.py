@@ -9,14 +9,17 @@ from itertools import count
 import pytest
 
 from ocpp_nodes.rpc import (
+    V201,
     Call,
     CallAborted,
     CallError,
     CallReceived,
     CallResult,
     CallTimedOut,
+    ConnectionClosed,
+    ConnectionState,
     ErrorReceived,
-    FrameError,
+    MalformedFrame,
     OcppConnection,
     OutgoingError,
     PeerError,
@@ -28,15 +31,21 @@ from ocpp_nodes.rpc import (
     parse,
     serialize,
 )
-from ocpp_nodes.schemas import registry
 
 BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
 BOOT_RESULT = {"currentTime": "2026-01-01T00:00:00Z", "interval": 300, "status": "Accepted"}
 
 
-def connection(**options: object) -> OcppConnection:
+def connection(role: Role = Role.CSMS, **options: object) -> OcppConnection:
+    """A 2.0.1 connection (a CSMS's by default: it receives BootNotification
+    and Heartbeat); ids of our CALLs are id1, id2 ..."""
     ids = count(1)
-    return OcppConnection(registry("2.0.1"), new_message_id=lambda: f"id{next(ids)}", **options)  # type: ignore[arg-type]
+    return OcppConnection(V201, role, new_message_id=lambda: f"id{next(ids)}", **options)  # type: ignore[arg-type]
+
+
+def station(**options: object) -> OcppConnection:
+    """A station's connection: it sends Heartbeat."""
+    return connection(Role.CHARGING_STATION, **options)
 
 
 # -- frames ---------------------------------------------------------------------
@@ -69,9 +78,9 @@ def test_parse_each_frame_type() -> None:
 def test_parse_rejects_with_the_code_and_id_of_part4(
     text: str | bytes, code: str, message_id: str
 ) -> None:
-    with pytest.raises(FrameError) as info:
+    with pytest.raises(MalformedFrame) as info:
         parse(text)
-    assert (info.value.error_code, info.value.message_id) == (code, message_id)
+    assert (info.value.error.value, info.value.message_id) == (code, message_id)
 
 
 def test_serialize_is_compact_json_and_round_trips() -> None:
@@ -146,7 +155,7 @@ def test_received_call_expires_and_a_late_answer_is_refused() -> None:
     assert conn.next_deadline() == 110
     assert conn.expire(109.9) == []
     (event,) = conn.expire(110)
-    assert isinstance(event, RequestExpired) and event.request.message_id == "m1"
+    assert event == RequestExpired("m1", "Heartbeat")
     with pytest.raises(OutgoingError):
         conn.send_result("m1", {"currentTime": "2026-01-01T00:00:00Z"})
 
@@ -180,19 +189,22 @@ def test_invalid_response_from_the_flow_is_refused_and_nothing_is_sent() -> None
 
 
 def test_one_outstanding_call_the_rest_queue_in_order() -> None:
-    conn = connection(call_timeout=30)
-    conn.send_call("Heartbeat", {}, now=0, context="a")
-    conn.send_call("Heartbeat", {}, now=1, context="b")
-    conn.send_call("Heartbeat", {}, now=2, context="c")
+    conn = station(call_timeout=30)
+    conn.send_call("Heartbeat", {}, now=0)
+    conn.send_call("Heartbeat", {}, now=1)
+    conn.send_call("Heartbeat", {}, now=2)
     assert [json.loads(t)[1] for t in conn.data_to_send()] == ["id1"]
     (event,) = conn.receive_text('[3,"id1",{"currentTime":"2026-01-01T00:00:00Z"}]', now=5)
-    assert isinstance(event, ResultReceived) and event.call.context == "a"
+    assert isinstance(event, ResultReceived) and (event.message_id, event.action) == (
+        "id1",
+        "Heartbeat",
+    )
     assert [json.loads(t)[1] for t in conn.data_to_send()] == ["id2"]
     assert conn.next_deadline() == 35  # the clock starts when the call is sent
 
 
 def test_queue_is_bounded() -> None:
-    conn = connection(max_queued=1)
+    conn = station(max_queued=1)
     conn.send_call("Heartbeat", {}, now=0)
     conn.send_call("Heartbeat", {}, now=0)
     with pytest.raises(OutgoingError, match="wait"):
@@ -200,20 +212,20 @@ def test_queue_is_bounded() -> None:
 
 
 def test_call_timeout_frees_the_queue_and_a_late_answer_is_dropped() -> None:
-    conn = connection(call_timeout=30)
-    conn.send_call("Heartbeat", {}, now=0, context="a")
-    conn.send_call("Heartbeat", {}, now=0, context="b")
+    conn = station(call_timeout=30)
+    conn.send_call("Heartbeat", {}, now=0)
+    conn.send_call("Heartbeat", {}, now=0)
     conn.data_to_send()
     (event,) = conn.expire(30)
-    assert isinstance(event, CallTimedOut) and event.call.context == "a"
+    assert event == CallTimedOut("id1", "Heartbeat")
     assert [json.loads(t)[1] for t in conn.data_to_send()] == ["id2"]
     (late,) = conn.receive_text('[3,"id1",{"currentTime":"2026-01-01T00:00:00Z"}]', now=31)
     assert isinstance(late, UnexpectedAnswer)
 
 
 def test_callerror_from_peer_settles_the_call() -> None:
-    conn = connection()
-    conn.send_call("Heartbeat", {}, now=0, context="a")
+    conn = station()
+    conn.send_call("Heartbeat", {}, now=0)
     (event,) = conn.receive_text('[4,"id1","InternalError","sorry",{"k":1}]', now=1)
     assert isinstance(event, ErrorReceived)
     assert (event.error_code, event.error_description, event.error_details) == (
@@ -224,7 +236,7 @@ def test_callerror_from_peer_settles_the_call() -> None:
 
 
 def test_invalid_callresult_is_reported_not_delivered() -> None:
-    conn = connection()
+    conn = station()
     conn.send_call("Heartbeat", {}, now=0)
     conn.data_to_send()
     (event,) = conn.receive_text('[3,"id1",{}]', now=1)
@@ -244,14 +256,14 @@ def test_invalid_callresult_is_reported_not_delivered() -> None:
 def test_outgoing_call_is_checked_and_nothing_goes_out(
     action: str, payload: dict, options: dict, match: str
 ) -> None:
-    conn = connection()
+    conn = station()
     with pytest.raises(OutgoingError, match=match):
         conn.send_call(action, payload, now=0, **options)
     assert conn.data_to_send() == []
 
 
 def test_user_message_id_is_used_and_must_be_unique_while_pending() -> None:
-    conn = connection()
+    conn = station()
     conn.send_call("Heartbeat", {}, now=0, message_id="mine")
     assert json.loads(conn.data_to_send()[0])[1] == "mine"
     with pytest.raises(OutgoingError, match="already used"):
@@ -259,30 +271,44 @@ def test_user_message_id_is_used_and_must_be_unique_while_pending() -> None:
 
 
 def test_connection_lost_aborts_every_call_in_order() -> None:
-    conn = connection()
+    conn = station()
     for name in "abc":
-        conn.send_call("Heartbeat", {}, now=0, context=name)
+        conn.send_call("Heartbeat", {}, now=0, message_id=name)
     events = conn.connection_lost("gone")
-    assert [e.call.context for e in events if isinstance(e, CallAborted)] == ["a", "b", "c"]
+    assert events == [CallAborted(name, "Heartbeat", "gone") for name in "abc"]
     assert conn.next_deadline() is None
 
 
+def test_a_closed_connection_refuses_to_send_instead_of_queueing() -> None:
+    conn = station()
+    conn.receive_text(json.dumps([2, "m1", "Reset", {"type": "Immediate"}]), now=0)
+    conn.connection_lost("gone")
+    assert conn.state is ConnectionState.CLOSED
+    with pytest.raises(ConnectionClosed, match="closed"):
+        conn.send_call("Heartbeat", {}, now=1)
+    with pytest.raises(ConnectionClosed):
+        conn.send_result("m1", {"status": "Accepted"})
+    with pytest.raises(ConnectionClosed):
+        conn.send_error("m1", "GenericError")
+    assert conn.calls.all() == [] and conn.data_to_send() == []
+
+
 def test_known_action_at_the_wrong_role_is_not_supported_and_cannot_be_sent() -> None:
-    station = OcppConnection(registry("2.0.1"), Role.CHARGING_STATION)
+    station = OcppConnection(V201, Role.CHARGING_STATION)
     station.receive_text(json.dumps([2, "m1", "BootNotification", BOOT]), now=0)
     assert json.loads(station.data_to_send()[0])[:3] == [4, "m1", "NotSupported"]
     station.receive_text(json.dumps([2, "m2", "Reset", {"type": "Immediate"}]), now=0)
     assert station.data_to_send() == []  # a CSMS sends Reset: accepted
     with pytest.raises(OutgoingError, match="not an action a CS sends"):
         station.send_call("Reset", {"type": "Immediate"}, now=0)
-    csms = OcppConnection(registry("2.0.1"), Role.CSMS)
+    csms = OcppConnection(V201, Role.CSMS)
     with pytest.raises(OutgoingError, match="not an action a CSMS sends"):
         csms.send_call("BootNotification", BOOT, now=0)
     csms.send_call("DataTransfer", {"vendorId": "v"}, now=0)  # both roles send it
 
 
 def test_a_frame_over_the_size_limit_is_not_sent() -> None:
-    conn = connection(max_frame_size=200)
+    conn = station(max_frame_size=200)
     with pytest.raises(OutgoingError, match="over the limit of 200"):
         conn.send_call("DataTransfer", {"vendorId": "v", "data": "é" * 100}, now=0)
     assert conn.data_to_send() == []
@@ -303,14 +329,14 @@ def test_a_frame_over_the_size_limit_is_not_sent() -> None:
 def test_integers_beyond_64_bits_never_reach_the_flow(
     text: str, code: str, message_id: str
 ) -> None:
-    conn = OcppConnection(registry("2.0.1"), Role.CHARGING_STATION)
+    conn = OcppConnection(V201, Role.CHARGING_STATION)
     (event,) = conn.receive_text(text, now=0)
     assert isinstance(event, PeerError)
     assert json.loads(conn.data_to_send()[0])[:3] == [4, message_id, code]
 
 
 def test_default_message_ids_are_distinct_version_4_uuids() -> None:
-    connection = OcppConnection(registry("2.0.1"))
+    connection = OcppConnection(V201, Role.CHARGING_STATION)
     ids = set()
     for _ in range(2000):
         call = connection.send_call("Heartbeat", {}, 0.0)

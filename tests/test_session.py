@@ -3,10 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from ocpp_nodes.rpc import OcppConnection
-from ocpp_nodes.schemas import registry
-from ocpp_nodes.transport import OcppSession, SocketClosed
+import pytest
+
+from ocpp_nodes.rpc import V201, ConnectionClosed, Role
+from ocpp_nodes.transport import LinkOptions, OcppSession, SocketClosed, StationLink
+
+
+class RecordingListener:
+    """A LinkListener that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[Any] = []
+        self.events: list[Any] = []
+        self.frames: list[tuple[str, bool]] = []
+
+    async def link_opened(self, link: StationLink) -> None:
+        self.heard.append("opened")
+
+    def link_events(self, link: StationLink, events: list[Any]) -> None:
+        self.events.extend(events)
+
+    def link_frame(self, link: StationLink, text: str, from_peer: bool) -> None:
+        self.frames.append((text, from_peer))
+
+    def link_closed(self, link: StationLink, reason: str | None) -> None:
+        self.heard.append(("closed", reason))
+
+
+def _session(
+    socket: object, listener: RecordingListener | None = None, log_frames: bool = False
+) -> OcppSession:
+    return OcppSession(
+        "CS1",
+        V201,
+        Role.CHARGING_STATION,
+        socket,  # type: ignore[arg-type]
+        listener or RecordingListener(),
+        LinkOptions(log_frames=log_frames),
+    )
 
 
 class SlowClosingSocket:
@@ -31,10 +67,8 @@ class SlowClosingSocket:
 
 async def test_cancelling_a_session_while_it_winds_down_is_not_swallowed() -> None:
     socket = SlowClosingSocket()
-    events: list = []
-    session = OcppSession(
-        "CS1", OcppConnection(registry("2.0.1")), socket, lambda s, e: events.extend(e)
-    )
+    listener = RecordingListener()
+    session = _session(socket, listener)
     run = asyncio.create_task(session.run())
     await asyncio.sleep(0)
     session.send_call("Heartbeat", {})  # the writer is now stuck in send()
@@ -44,7 +78,8 @@ async def test_cancelling_a_session_while_it_winds_down_is_not_swallowed() -> No
     run.cancel()  # ...while the node stops: the cancel must end run()
     done, _ = await asyncio.wait([run], timeout=2)
     assert run in done and run.cancelled()
-    assert [type(e).__name__ for e in events] == ["CallAborted"]  # its input still ends
+    assert [type(e).__name__ for e in listener.events] == ["CallAborted"]  # its input still ends
+    assert listener.heard == ["opened", ("closed", None)]  # cancelled: our side stopping
 
 
 class GatedSocket:
@@ -69,23 +104,14 @@ class GatedSocket:
         self.closed.set()
 
 
-def _session(socket: object, frames: list[tuple[str, bool]] | None = None) -> OcppSession:
-    return OcppSession(
-        "CS1",
-        OcppConnection(registry("2.0.1")),
-        socket,  # type: ignore[arg-type]
-        lambda s, e: None,
-        None if frames is None else (lambda s, text, from_peer: frames.append((text, from_peer))),
-    )
-
-
 async def test_a_frame_is_written_before_send_call_returns() -> None:
     socket = GatedSocket()
-    logged: list[tuple[str, bool]] = []
-    session = _session(socket, logged)
-    call = session.send_call("Heartbeat", {})
-    assert socket.sent == [call.text]  # no turn of the event loop needed
-    assert logged == [(call.text, False)]
+    listener = RecordingListener()
+    session = _session(socket, listener, log_frames=True)
+    message_id = session.send_call("Heartbeat", {})
+    text = f'[2,"{message_id}","Heartbeat",{{}}]'
+    assert socket.sent == [text]  # no turn of the event loop needed
+    assert listener.frames == [(text, False)]
 
 
 async def test_frames_wait_in_order_while_the_socket_pushes_back() -> None:
@@ -95,9 +121,9 @@ async def test_frames_wait_in_order_while_the_socket_pushes_back() -> None:
     await asyncio.sleep(0)
     socket.gate.clear()
     for i in range(3):  # three received CALLs, answered one after the other
-        session.connection.receive_text(f'[2,"m{i}","Heartbeat",{{}}]', 0.0)
+        session.connection.receive_text(f'[2,"m{i}","Reset",{{"type":"Immediate"}}]', 0.0)
     for i in range(3):
-        session.send_result(f"m{i}", {"currentTime": "2026-01-01T00:00:00Z"})
+        session.send_result(f"m{i}", {"status": "Accepted"})
     await asyncio.sleep(0.01)
     assert socket.sent == []  # the first send is waiting, the others queue behind it
     socket.gate.set()
@@ -114,8 +140,25 @@ class BrokenSocket(GatedSocket):
 
 async def test_a_send_that_fails_drops_the_outbox_and_keeps_the_session() -> None:
     socket = BrokenSocket()
-    logged: list[tuple[str, bool]] = []
-    session = _session(socket, logged)
+    listener = RecordingListener()
+    session = _session(socket, listener, log_frames=True)
     session.send_call("Heartbeat", {})
-    assert socket.sent == [] and logged == []
+    assert socket.sent == [] and listener.frames == []
     assert not session._outbox
+
+
+async def test_the_listener_hears_open_first_and_close_last_and_nothing_is_sent_after() -> None:
+    socket = GatedSocket()
+    listener = RecordingListener()
+    session = _session(socket, listener)
+    run = asyncio.create_task(session.run())
+    await asyncio.sleep(0)
+    assert listener.heard == ["opened"]
+    session.send_call("Heartbeat", {}, message_id="hb-1")
+    await session.close()
+    assert await asyncio.wait_for(run, 2) == "closed"
+    assert listener.heard == ["opened", ("closed", "closed")]
+    assert [(type(e).__name__, e.message_id) for e in listener.events] == [("CallAborted", "hb-1")]
+    with pytest.raises(ConnectionClosed):  # not a CALL queued for ever
+        session.send_call("Heartbeat", {})
+    assert session.pending_calls() == []

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .framing import MAX_FRAME_SIZE, FrameDecoder, FrameError, encode
+from .framing import MAX_FRAME_SIZE, FrameDecoder, IpcFrameError, encode
 from .server import DaemonServer, FrameHost, ShimConnection
 
 __all__ = [
     "DaemonServer",
     "FrameDecoder",
-    "FrameError",
+    "IpcFrameError",
     "FrameHost",
     "MAX_FRAME_SIZE",
     "ShimConnection",

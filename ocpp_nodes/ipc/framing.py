@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["FrameDecoder", "FrameError", "MAX_FRAME_SIZE", "encode"]
+__all__ = ["FrameDecoder", "IpcFrameError", "MAX_FRAME_SIZE", "encode"]
 
 #: The largest frame body either side accepts.
 MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -20,8 +20,9 @@ _LENGTH = struct.Struct(">I")
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 
-class FrameError(Exception):
-    """The byte stream is broken: the connection must be dropped.
+class IpcFrameError(Exception):
+    """A frame between shim and daemon cannot be encoded, or the byte stream
+    is broken (then the connection must be dropped).
 
     ``frames`` holds the whole frames that came before the broken one in the
     same :meth:`FrameDecoder.feed` call: they are valid and still to be handled.
@@ -36,15 +37,15 @@ def encode(frame: dict[str, Any]) -> bytes:
     """The bytes of ``frame`` on the socket.
 
     Raises:
-        FrameError: too large, or holding what msgpack cannot carry.
+        IpcFrameError: too large, or holding what msgpack cannot carry.
     """
     try:
         body = _PACKER.pack(frame)
     except (TypeError, ValueError, OverflowError) as exc:
         _PACKER.reset()  # a failed pack leaves its partial output behind
-        raise FrameError(f"frame cannot be encoded: {exc}") from None
+        raise IpcFrameError(f"frame cannot be encoded: {exc}") from None
     if len(body) > MAX_FRAME_SIZE:
-        raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
+        raise IpcFrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
     return _LENGTH.pack(len(body)) + body
 
 
@@ -52,7 +53,7 @@ class FrameDecoder:
     """Reassembles frames from a byte stream.
 
     Args:
-        max_frame_size: announced lengths above this raise ``FrameError``.
+        max_frame_size: announced lengths above this raise ``IpcFrameError``.
     """
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
@@ -63,7 +64,7 @@ class FrameDecoder:
         """Take received bytes; return the frames they complete, in order.
 
         Raises:
-            FrameError: a frame is too large, is not msgpack, or is not a map;
+            IpcFrameError: a frame is too large, is not msgpack, or is not a map;
                 its ``frames`` are those before it in ``data``.
         """
         if self._buffer:
@@ -79,7 +80,7 @@ class FrameDecoder:
             while size - start >= header:
                 (length,) = _LENGTH.unpack_from(data, start)
                 if length > self.max_frame_size:
-                    raise FrameError(
+                    raise IpcFrameError(
                         f"frame of {length} bytes exceeds {self.max_frame_size}", frames
                     )
                 end = start + header + length
@@ -90,9 +91,9 @@ class FrameDecoder:
                         view[start + header : end], raw=False, strict_map_key=False
                     )
                 except Exception as exc:  # msgpack raises several unrelated types
-                    raise FrameError(f"frame is not msgpack: {exc}", frames) from None
+                    raise IpcFrameError(f"frame is not msgpack: {exc}", frames) from None
                 if type(frame) is not dict:
-                    raise FrameError("frame is not a msgpack map", frames)
+                    raise IpcFrameError("frame is not a msgpack map", frames)
                 frames.append(frame)
                 start = end
         if data is self._buffer:

@@ -4,9 +4,11 @@ Theory of operation (frame types in docs/architecture.md):
 
 1. A shim connects and must first send ``hello`` with the token the daemon
    was started with; anything else gets ``reject`` and the connection closes.
-2. ``create`` makes a node (CS or CSMS) and starts it; ``input`` hands it a
-   message; ``close`` stops it and answers ``closed``. Each node writes back
-   through a :class:`FrameHost`: ``send``, ``status``, ``done``, ``log``.
+2. ``create`` makes a node of a type in :data:`~ocpp_nodes.nodes.NODE_TYPES`
+   and starts it, handing it the engine's :class:`~ocpp_nodes.nodes.
+   NodeServices`; ``input`` hands it a message; ``close`` stops it and
+   answers ``closed``. Each node writes back through a :class:`FrameHost`:
+   ``send``, ``status``, ``done``, ``log``.
 3. The nodes of a shim connection live as long as it: when it closes, all of
    them stop (their ports and station connections are released).
 4. A broken stream (oversized frame, bad msgpack) drops that connection,
@@ -31,10 +33,11 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .. import IPC_PROTOCOL, __version__, hop_trace
-from ..nodes import CsmsNode, CsNode, OcppNode
+from .. import IPC_PROTOCOL, __version__
+from ..nodes import NODE_TYPES, NodeServices, NodeSpec, OcppNode
 from ..nodes.offline_store import OfflineStore
-from .framing import FrameDecoder, FrameError, encode
+from ..transport import LocalTransports, Transports
+from .framing import FrameDecoder, IpcFrameError, encode
 
 __all__ = ["DaemonServer", "FrameHost", "ShimConnection"]
 
@@ -94,8 +97,17 @@ class ShimConnection(asyncio.Protocol):
     order; reading pauses until it is done.
     """
 
-    def __init__(self, token: str, on_lost: Callable[[ShimConnection], None] | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        transports: Transports | None = None,
+        on_lost: Callable[[ShimConnection], None] | None = None,
+    ) -> None:
         self.token = token
+        self.services = NodeServices(
+            transports=transports if transports is not None else LocalTransports(),
+            offline_store=self._store,
+        )
         self.nodes: dict[str, OcppNode] = {}
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
@@ -111,9 +123,10 @@ class ShimConnection(asyncio.Protocol):
         self._waiting: asyncio.Task[None] | None = None
         self._ended = False
         # the stream broke after the frames still being handled (see data_received)
-        self._broken: FrameError | None = None
+        self._broken: IpcFrameError | None = None
         self._write_paused = False
         self._read_paused = False
+        self._winding_down: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -126,7 +139,7 @@ class ShimConnection(asyncio.Protocol):
         broken = None
         try:
             frames = self._decoder.feed(data)
-        except FrameError as exc:
+        except IpcFrameError as exc:
             # the frames read before the broken one are handled first
             frames, broken = exc.frames, exc
         if self._waiting is not None:
@@ -157,7 +170,7 @@ class ShimConnection(asyncio.Protocol):
         self._ended = True
         self._outgoing.clear()
         self._held.clear()
-        asyncio.ensure_future(self._wind_down())
+        self._winding_down = asyncio.ensure_future(self._wind_down())
 
     async def _wind_down(self) -> None:
         """Stop every node of this shim; a node still starting finishes starting first."""
@@ -176,7 +189,7 @@ class ShimConnection(asyncio.Protocol):
             return
         try:
             data = encode(frame)
-        except (FrameError, TypeError, ValueError, OverflowError) as exc:
+        except (IpcFrameError, TypeError, ValueError, OverflowError) as exc:
             log.error("cannot encode a %s frame: %s", frame.get("t"), exc)
             if frame.get("t") == "done":
                 self.write({**{k: frame[k] for k in ("t", "node", "seq")}, "error": str(exc)})
@@ -313,16 +326,7 @@ class ShimConnection(asyncio.Protocol):
         if not isinstance(msg, dict):
             node.host.done(seq, "the message is not an object")
             return
-        fields = {key: msg[key] for key in _MSG_FIELDS if key in msg}
-        t0 = frame.get("hop_t0")
-        if hop_trace.TRACE is None or type(t0) is not int:
-            node.input(seq, fields)
-            return
-        hop_trace.TRACE.current = t0
-        try:
-            node.input(seq, fields)
-        finally:
-            hop_trace.TRACE.current = 0
+        node.input(seq, {key: msg[key] for key in _MSG_FIELDS if key in msg})
 
     async def _create(self, frame: dict[str, Any]) -> None:
         node_id = str(frame.get("node"))
@@ -332,20 +336,25 @@ class ShimConnection(asyncio.Protocol):
         if node_id in self.nodes:
             await self._close(node_id, answer=False)
         host = FrameHost(self, node_id)
-        config = frame.get("config") if isinstance(frame.get("config"), dict) else {}
-        credentials = frame.get("credentials") if isinstance(frame.get("credentials"), dict) else {}
-        tls = frame.get("tls") if isinstance(frame.get("tls"), dict) else None
-        node: OcppNode
-        if frame.get("type") == "CS":
-            target = frame.get("target") if isinstance(frame.get("target"), dict) else None
-            node = CsNode(
-                node_id, config, credentials, target, host, tls, self._store(frame.get("userDir"))
-            )
-        elif frame.get("type") == "CSMS":
-            node = CsmsNode(node_id, config, credentials, host, tls)
-        else:
+        node_type = NODE_TYPES.get(frame.get("type"))  # type: ignore[arg-type]
+        if node_type is None:
             host.log("error", f"unknown node type {frame.get('type')!r}")
             return
+
+        def part(name: str) -> dict[str, Any] | None:
+            value = frame.get(name)
+            return value if isinstance(value, dict) else None
+
+        user_dir = frame.get("userDir")
+        spec = NodeSpec(
+            node_id,
+            config=part("config") or {},
+            credentials=part("credentials") or {},
+            tls=part("tls"),
+            target=part("target"),
+            user_dir=user_dir if isinstance(user_dir, str) and user_dir else None,
+        )
+        node = node_type(spec, host, self.services)
         self.nodes[node_id] = node
         try:
             await node.start()
@@ -380,9 +389,9 @@ class ShimConnection(asyncio.Protocol):
         self._collect = None
         gc.collect()
 
-    def _store(self, user_dir: Any) -> OfflineStore | None:
+    def _store(self, user_dir: str | None) -> OfflineStore | None:
         """The offline store in the Node-RED user dir (one per dir), or None (in memory)."""
-        if not isinstance(user_dir, str) or not user_dir:
+        if not user_dir:
             return None
         path = os.path.join(user_dir, "ocpp-nodes", "offline-queue.sqlite")
         if path not in self._stores:
@@ -409,10 +418,20 @@ class DaemonServer:
 
     Args:
         token: the secret a shim must present in ``hello``.
+        transports: what the nodes of every shim get their servers and clients from.
+        connection_class: the protocol of one shim's connection (a subclass
+            observes inputs for the benchmark).
     """
 
-    def __init__(self, token: str) -> None:
+    def __init__(
+        self,
+        token: str,
+        transports: Transports | None = None,
+        connection_class: type[ShimConnection] = ShimConnection,
+    ) -> None:
         self.token = token
+        self.transports = transports if transports is not None else LocalTransports()
+        self.connection_class = connection_class
         self.connections: set[ShimConnection] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -437,7 +456,9 @@ class DaemonServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _accept(self) -> ShimConnection:
-        connection = ShimConnection(self.token, on_lost=self.connections.discard)
+        connection = self.connection_class(
+            self.token, self.transports, on_lost=self.connections.discard
+        )
         self.connections.add(connection)
         return connection
 

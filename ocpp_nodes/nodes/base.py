@@ -5,28 +5,39 @@ Theory of operation:
 1. A node talks to Node-RED only through a :class:`NodeHost`: ``send`` on a
    port, ``status``, ``done`` for an input, ``log``. The ipc layer implements
    it with frames to the shim; tests implement it with lists.
-2. Every input is classified by ``msg.payload.msgType``: 2 (or absent) a
+2. A node talks to its stations (the CS node: to its CSMS) only through
+   :class:`~ocpp_nodes.transport.StationLink` objects, which it gets from the
+   :class:`~ocpp_nodes.transport.Transports` it was handed; it is the
+   :class:`~ocpp_nodes.transport.LinkListener` of each. The OCPP version of
+   every message is its link's.
+3. Every input is classified by ``msg.payload.msgType``: 2 (or absent) a
    request to send, 3 a response to a received request, 4 a CALLERROR reply
    to a received request, 99 a command for the node. ``4`` without a pending
    received request for ``msg.ocpp.MessageId`` is a command too (both forms
    exist in flows written for the package we replace).
-3. Every input ends with exactly one ``done``: a request when its answer
-   arrives or it fails, anything else once carried out.
-4. The shapes of messages to the flow are those of the package we replace:
+4. Every input ends with exactly one ``done``: a request when its answer
+   arrives or it fails, anything else once carried out. What a request needs
+   back with its answer (:class:`CallContext`) is kept here, by link and
+   message id, not in the link.
+5. The shapes of messages to the flow are those of the package we replace:
    received requests have ``payload = {command, data, MessageId}``, answers
    ``payload = {command, data}``, and ``msg.ocpp = {ocppVersion, MessageId,
    command, cbId}``, ``topic = "<cbId>/Request|Response|Error"``. An answer
    to a request that came through a ``link call`` goes out of port 2 with its
    ``_linkSource``.
+6. Work a node starts in the background (a command that waits for a socket,
+   a countdown) is kept in its :class:`BackgroundTasks` and cancelled when
+   the node stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..rpc import (
@@ -35,8 +46,6 @@ from ..rpc import (
     CallTimedOut,
     ErrorReceived,
     Event,
-    OcppConnection,
-    OutgoingCall,
     OutgoingError,
     PeerError,
     RequestExpired,
@@ -46,13 +55,17 @@ from ..rpc import (
     UnexpectedAnswer,
 )
 from ..rpc.frames import parse_int
-from ..schemas import registry
-from ..transport import OcppSession, TextSocket
+from ..transport import LinkOptions, LocalTransports, StationLink, Transports
+from .offline_store import OfflineStore
 
 __all__ = [
+    "BackgroundTasks",
     "CallContext",
+    "ConnectionSettings",
     "InputError",
     "NodeHost",
+    "NodeServices",
+    "NodeSpec",
     "OcppNode",
     "PORT_COMMON",
     "PORT_LINK",
@@ -81,6 +94,41 @@ class NodeHost(Protocol):
     def log(self, level: str, text: str, msg: dict[str, Any] | None = None) -> None: ...
 
 
+@dataclass(frozen=True)
+class NodeSpec:
+    """What the shim says about a node when it creates it.
+
+    Attributes:
+        node_id: Node-RED's id of the node.
+        config: the node's settings, as the editor saved them.
+        credentials: its credentials (passwords).
+        tls: the PEM text of its ``tls-config`` node, if it names one.
+        target: the ``target-csms`` config node a CS node names (``url``, ``name``).
+        user_dir: Node-RED's user directory (where a CS node keeps its offline queue).
+    """
+
+    node_id: str
+    config: dict[str, Any] = field(default_factory=dict)
+    credentials: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, Any] | None = None
+    target: dict[str, Any] | None = None
+    user_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeServices:
+    """What the engine gives every node.
+
+    Attributes:
+        transports: where the node gets its server or client.
+        offline_store: the store of requests kept while offline for a user
+            directory (``None``: one in memory).
+    """
+
+    transports: Transports = field(default_factory=LocalTransports)
+    offline_store: Callable[[str | None], OfflineStore | None] = lambda user_dir: None
+
+
 class InputError(Exception):
     """An input message the node cannot carry out; ends it with ``done(err)``."""
 
@@ -101,6 +149,28 @@ class CallContext:
     custom_data: Any
     link_source: Any
     settled: Callable[[str], None] | None = None
+
+
+class BackgroundTasks:
+    """The tasks a node started and has not seen end; :meth:`cancel` ends them all."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel(self) -> None:
+        """Cancel every task but the caller's own, and wait for them to end."""
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
 
 def number_setting(value: Any, default: float) -> float:
@@ -124,7 +194,7 @@ def security_profile(config: dict[str, Any]) -> int:
 
 
 @dataclass(frozen=True)
-class LinkOptions:
+class ConnectionSettings:
     """Per-connection settings shared by both nodes (absent in older exports: defaults).
 
     ``message_timeout`` (s): how long a request waits for its answer and a
@@ -140,7 +210,7 @@ class LinkOptions:
     max_frame_size: int = 1024 * 1024
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> LinkOptions:
+    def from_config(cls, config: dict[str, Any]) -> ConnectionSettings:
         default = cls()
         # The package we replace read an undocumented `messageTimeout` in milliseconds.
         legacy_timeout = number_setting(config.get("messageTimeout"), 0) / 1000
@@ -155,33 +225,59 @@ class LinkOptions:
             or default.max_frame_size,
         )
 
+    def link_options(self, log_frames: bool) -> LinkOptions:
+        return LinkOptions(
+            call_timeout=self.message_timeout,
+            answer_timeout=self.message_timeout,
+            max_queued=self.queue_size,
+            max_frame_size=self.max_frame_size,
+            log_frames=log_frames,
+        )
+
 
 class OcppNode:
-    """Base of the CS and CSMS nodes.
+    """Base of the CS and CSMS nodes, and the listener of their links.
 
-    Subclasses set :attr:`peer_name` and :attr:`own_name` (``"CS"`` /
-    ``"CSMS"``, used in the log port's ``msgFrom``), implement
-    :meth:`start`, :meth:`stop`, :meth:`_session_for` and :meth:`_command`.
+    Subclasses set :attr:`type_name` (the Node-RED type), :attr:`role`,
+    :attr:`peer_name` and :attr:`own_name` (``"CS"`` / ``"CSMS"``, used in
+    the log port's ``msgFrom``), and implement :meth:`start`,
+    :meth:`_stop`, :meth:`link_opened`, :meth:`link_closed`,
+    :meth:`_link_for` and :meth:`_command`.
+
+    Args:
+        spec: what the shim says about the node.
+        host: the node's Node-RED side.
+        services: what the engine gives every node (its transports ...).
     """
 
+    type_name: str
     role: Role
     peer_name = "peer"
     own_name = "node"
-    ocpp_version = "2.0.1"
     commands: tuple[str, ...] = ()
 
-    def __init__(self, node_id: str, config: dict[str, Any], host: NodeHost) -> None:
-        self.node_id = node_id
-        self.config = config
+    def __init__(self, spec: NodeSpec, host: NodeHost, services: NodeServices) -> None:
+        self.node_id = spec.node_id
+        self.config = spec.config
         self.host = host
-        self.logging_enabled = bool(config.get("ocpp_logging"))
-        self.options = LinkOptions.from_config(config)
-        self.security_profile = security_profile(config)
+        self.transports = services.transports
+        self.logging_enabled = bool(spec.config.get("ocpp_logging"))
+        self.settings = ConnectionSettings.from_config(spec.config)
+        self.link_options = self.settings.link_options(log_frames=self.logging_enabled)
+        self.security_profile = security_profile(spec.config)
+        self.tasks = BackgroundTasks()
+        # what each request of ours needs back with its answer, by link and message id
+        self._calls: dict[tuple[StationLink, str], CallContext] = {}
 
     async def start(self) -> None:
         raise NotImplementedError
 
     async def stop(self) -> None:
+        """Release the node's port or connection, and end what it started."""
+        await self.tasks.cancel()
+        await self._stop()
+
+    async def _stop(self) -> None:
         raise NotImplementedError
 
     # -- input ---------------------------------------------------------------
@@ -222,12 +318,12 @@ class OcppNode:
                 raise InputError(f"a command message needs payload.command: {self._command_list()}")
             return self._command(seq, command.lower(), payload.get("data"), msg)
         if msg_type == MSG_RESPONSE:
-            session, message_id = self._reply_target(msg)
-            session.send_result(message_id, payload.get("data", {}))
+            link, message_id = self._reply_target(msg)
+            link.send_result(message_id, payload.get("data", {}))
             return True
         if msg_type == MSG_CALLERROR:
-            session, message_id = self._reply_target(msg)
-            session.send_error(
+            link, message_id = self._reply_target(msg)
+            link.send_error(
                 message_id,
                 payload.get("errorCode", "GenericError"),
                 payload.get("errorDescription", ""),
@@ -243,26 +339,35 @@ class OcppNode:
         action = payload.get("command")
         if not isinstance(action, str) or not action:
             raise InputError("a request needs payload.command, the OCPP action (e.g. Heartbeat)")
-        session = self._session_for(msg)
-        context = CallContext(
-            seq, "customData" in msg, msg.get("customData"), msg.get("_linkSource")
-        )
         message_id = payload.get("MessageId")
-        session.send_call(
+        self._call(
+            self._link_for(msg),
             action,
             payload.get("data", {}),
-            message_id=None if message_id in (None, "") else message_id,
-            context=context,
+            None if message_id in (None, "") else message_id,
+            CallContext(seq, "customData" in msg, msg.get("customData"), msg.get("_linkSource")),
         )
 
-    def _reply_target(self, msg: dict[str, Any]) -> tuple[OcppSession, str]:
+    def _call(
+        self,
+        link: StationLink,
+        action: str,
+        payload: Any,
+        message_id: str | None,
+        context: CallContext,
+    ) -> None:
+        """Send a request on ``link``; its answer (or failure) ends ``context``."""
+        sent_id = link.send_call(action, payload, message_id=message_id)
+        self._calls[link, sent_id] = context
+
+    def _reply_target(self, msg: dict[str, Any]) -> tuple[StationLink, str]:
         ocpp = msg.get("ocpp")
         message_id = ocpp.get("MessageId") if isinstance(ocpp, dict) else None
         if not message_id:
             raise InputError(
                 "a response needs msg.ocpp of the received request (reuse the incoming msg)"
             )
-        return self._session_for(msg), message_id
+        return self._link_for(msg), message_id
 
     def _is_reply(self, msg: dict[str, Any]) -> bool:
         """True when ``msg.ocpp.MessageId`` names a received request that waits."""
@@ -270,31 +375,14 @@ class OcppNode:
         if not isinstance(ocpp, dict) or not ocpp.get("MessageId"):
             return False
         try:
-            session = self._session_for(msg)
+            link = self._link_for(msg)
         except InputError:
             return False
-        return ocpp["MessageId"] in session.connection.received
+        return link.awaits_answer(ocpp["MessageId"])
 
-    def _session_for(self, msg: dict[str, Any]) -> OcppSession:
+    def _link_for(self, msg: dict[str, Any]) -> StationLink:
+        """The link ``msg`` is for; raises :class:`InputError` when there is none."""
         raise NotImplementedError
-
-    def _new_session(self, cb_id: str, socket: TextSocket, remote: str = "") -> OcppSession:
-        connection = OcppConnection(
-            registry(self.ocpp_version),
-            self.role,
-            call_timeout=self.options.message_timeout,
-            answer_timeout=self.options.message_timeout,
-            max_queued=self.options.queue_size,
-            max_frame_size=self.options.max_frame_size,
-        )
-        return OcppSession(
-            cb_id,
-            connection,
-            socket,
-            self.handle_events,
-            self.log_frame if self.logging_enabled else None,
-            remote=remote,
-        )
 
     def _command(self, seq: int, command: str, data: Any, msg: dict[str, Any]) -> bool:
         raise NotImplementedError
@@ -308,18 +396,28 @@ class OcppNode:
         answer["payload"] = {**msg.get("payload", {}), **fields}
         self.host.send(PORT_LINK if "_linkSource" in msg else PORT_COMMON, answer)
 
-    # -- events from a session ----------------------------------------------------
+    # -- the LinkListener -------------------------------------------------------
 
-    def handle_events(self, session: OcppSession, events: list[Event]) -> None:
+    async def link_opened(self, link: StationLink) -> None:
+        raise NotImplementedError
+
+    def link_closed(self, link: StationLink, reason: str | None) -> None:
+        raise NotImplementedError
+
+    def link_events(self, link: StationLink, events: list[Event]) -> None:
+        cb_id = link.cb_id
         for event in events:
             if isinstance(event, CallReceived):
-                self._emit_request(session.cb_id, event)
+                self._emit_request(link, event)
             elif isinstance(event, ResultReceived):
-                self._emit_answer(session.cb_id, event.call, "Response", {"data": event.payload})
+                self._emit_answer(
+                    link, event.message_id, event.action, "Response", {"data": event.payload}
+                )
             elif isinstance(event, ErrorReceived):
                 self._emit_answer(
-                    session.cb_id,
-                    event.call,
+                    link,
+                    event.message_id,
+                    event.action,
                     "Error",
                     {
                         "errorCode": event.error_code,
@@ -328,63 +426,63 @@ class OcppNode:
                     },
                 )
             elif isinstance(event, ResultInvalid):
-                self._fail_call(event.call, f"{session.cb_id}: {event.description}", "invalid")
+                self._fail_call(link, event.message_id, f"{cb_id}: {event.description}", "invalid")
             elif isinstance(event, CallTimedOut):
                 self._fail_call(
-                    event.call,
-                    f"{session.cb_id}: no answer to {event.call.action} "
-                    f"within {session.connection.calls.timeout:g} s",
+                    link,
+                    event.message_id,
+                    f"{cb_id}: no answer to {event.action} within {link.call_timeout:g} s",
                 )
             elif isinstance(event, CallAborted):
                 self._fail_call(
-                    event.call, f"{session.cb_id}: {event.call.action} not answered: {event.reason}"
+                    link, event.message_id, f"{cb_id}: {event.action} not answered: {event.reason}"
                 )
             elif isinstance(event, PeerError):
-                self.host.log(
-                    "warn", f"{session.cb_id} sent an invalid message: {event.description}"
-                )
+                self.host.log("warn", f"{cb_id} sent an invalid message: {event.description}")
             elif isinstance(event, UnexpectedAnswer):
                 self.host.log(
                     "warn",
-                    f"{session.cb_id}: dropped an answer to unknown or expired "
+                    f"{cb_id}: dropped an answer to unknown or expired "
                     f"MessageId {event.message_id}",
                 )
             elif isinstance(event, RequestExpired):
                 self.host.log(
                     "warn",
-                    f"{session.cb_id}: {event.request.action} {event.request.message_id} "
+                    f"{cb_id}: {event.action} {event.message_id} "
                     "was not answered in time; a later answer will be refused",
                 )
 
-    def _ocpp_fields(self, cb_id: str, message_id: str, action: str) -> dict[str, Any]:
+    def _ocpp_fields(self, link: StationLink, message_id: str, action: str) -> dict[str, Any]:
         return {
-            "ocppVersion": self.ocpp_version,
+            "ocppVersion": link.version.name,
             "MessageId": message_id,
             "command": action,
-            "cbId": cb_id,
+            "cbId": link.cb_id,
         }
 
-    def _request_payload(self, cb_id: str, event: CallReceived) -> dict[str, Any]:
+    def _request_payload(self, link: StationLink, event: CallReceived) -> dict[str, Any]:
         return {"command": event.action, "data": event.payload, "MessageId": event.message_id}
 
-    def _emit_request(self, cb_id: str, event: CallReceived) -> None:
+    def _emit_request(self, link: StationLink, event: CallReceived) -> None:
         self.host.send(
             PORT_COMMON,
             {
-                "topic": f"{cb_id}/Request",
-                "ocpp": self._ocpp_fields(cb_id, event.message_id, event.action),
-                "payload": self._request_payload(cb_id, event),
+                "topic": f"{link.cb_id}/Request",
+                "ocpp": self._ocpp_fields(link, event.message_id, event.action),
+                "payload": self._request_payload(link, event),
             },
         )
 
     def _emit_answer(
-        self, cb_id: str, call: OutgoingCall, kind: str, fields: dict[str, Any]
+        self, link: StationLink, message_id: str, action: str, kind: str, fields: dict[str, Any]
     ) -> None:
-        context: CallContext = call.context
+        context = self._context_of(link, message_id)
+        if context is None:
+            return
         msg: dict[str, Any] = {
-            "topic": f"{cb_id}/{kind}",
-            "ocpp": self._ocpp_fields(cb_id, call.message_id, call.action),
-            "payload": {"command": call.action, **fields},
+            "topic": f"{link.cb_id}/{kind}",
+            "ocpp": self._ocpp_fields(link, message_id, action),
+            "payload": {"command": action, **fields},
         }
         if context.has_custom_data:
             msg["customData"] = context.custom_data
@@ -398,8 +496,12 @@ class OcppNode:
         if context.settled is not None:
             context.settled("answered")
 
-    def _fail_call(self, call: OutgoingCall, reason: str, outcome: str = "failed") -> None:
-        context: CallContext = call.context
+    def _fail_call(
+        self, link: StationLink, message_id: str, reason: str, outcome: str = "failed"
+    ) -> None:
+        context = self._context_of(link, message_id)
+        if context is None:
+            return
         if context.seq is not None:
             self.host.done(context.seq, reason)
         else:  # nobody waits on an input: say it in the log
@@ -407,9 +509,15 @@ class OcppNode:
         if context.settled is not None:
             context.settled(outcome)
 
+    def _context_of(self, link: StationLink, message_id: str) -> CallContext | None:
+        context = self._calls.pop((link, message_id), None)
+        if context is None:  # every call goes through _call: a bug, but not one to stop on
+            log.error("%s: no context for the answer to %s", self.node_id, message_id)
+        return context
+
     # -- the log port ---------------------------------------------------------------
 
-    def log_frame(self, session: OcppSession, text: str, from_peer: bool) -> None:
+    def link_frame(self, link: StationLink, text: str, from_peer: bool) -> None:
         """Put one raw frame on the log port (port 3) when logging is on."""
         try:
             frame: Any = json.loads(text, parse_int=parse_int)
@@ -420,7 +528,7 @@ class OcppNode:
             {
                 "timestamp": int(time.time() * 1000),
                 "msgFrom": self.peer_name if from_peer else self.own_name,
-                "cbId": session.cb_id,
+                "cbId": link.cb_id,
                 "payload": frame,
             },
         )

@@ -15,12 +15,19 @@ import ssl
 from collections import deque
 from typing import Any
 
-from ..rpc import CallReceived, OutgoingError, Role, check_request
-from ..schemas import registry
-from ..transport import Backoff, ClientOptions, CsClient, OcppSession, station_url
-from ..transport.cs_client import ServerSocket
+from ..rpc import VERSIONS, CallReceived, OcppVersion, OutgoingError, Role, check_request
+from ..transport import Backoff, ClientOptions, StationClient, StationLink, station_url
 from ..transport.tls import TlsMaterial, client_context
-from .base import PORT_COMMON, CallContext, InputError, NodeHost, OcppNode, number_setting
+from .base import (
+    PORT_COMMON,
+    CallContext,
+    InputError,
+    NodeHost,
+    NodeServices,
+    NodeSpec,
+    OcppNode,
+    number_setting,
+)
 from .offline_store import OfflineStore
 
 __all__ = ["CsNode"]
@@ -39,34 +46,31 @@ def _setting(config: dict[str, Any], name: str) -> float:
 
 
 class CsNode(OcppNode):
+    type_name = "CS"
     role = Role.CHARGING_STATION
     peer_name = "CSMS"
     own_name = "CS"
     commands = ("connect", "close", "retrybackoff")
 
-    def __init__(
-        self,
-        node_id: str,
-        config: dict[str, Any],
-        credentials: dict[str, Any],
-        target: dict[str, Any] | None,
-        host: NodeHost,
-        tls: dict[str, Any] | None = None,
-        store: OfflineStore | None = None,
-    ) -> None:
-        super().__init__(node_id, config, host)
-        self.tls = TlsMaterial.from_options(tls)
-        # Requests while offline: "transactions" (default: TransactionEvent,
-        # kept on disk), "all" (also every other request, in memory), "off".
+    def __init__(self, spec: NodeSpec, host: NodeHost, services: NodeServices) -> None:
+        super().__init__(spec, host, services)
+        config = spec.config
+        self.tls = TlsMaterial.from_options(spec.tls)
+        #: offered in this order
+        self.versions: tuple[OcppVersion, ...] = tuple(VERSIONS.values())
+        # Requests while offline: "transactions" (default: the version's
+        # transaction-related actions, kept on disk), "all" (also every other
+        # request, in memory), "off".
         mode = config.get("offline_queue", "transactions")
         self.offline_mode = mode if mode in ("transactions", "all", "off") else "transactions"
         self.offline_limit = int(number_setting(config.get("offline_queue_size"), 1000))
+        store = services.offline_store(spec.user_dir)
         self.store = store if store is not None else OfflineStore(":memory:")
         self._waiting: deque[tuple[int, dict[str, Any]]] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self.cb_id = str(config.get("cbId") or "").strip()
-        self.csms_url = str((target or {}).get("url") or config.get("csms_url") or "").strip()
-        password = credentials.get("csms_pw") or config.get("csms_pw")
+        self.csms_url = str((spec.target or {}).get("url") or config.get("csms_url") or "").strip()
+        password = spec.credentials.get("csms_pw") or config.get("csms_pw")
         self.password: str | None = str(password) if password else None
         self.auto_connect = bool(config.get("auto_connect"))
         self.backoff = Backoff(
@@ -74,8 +78,8 @@ class CsNode(OcppNode):
             repeat_times=int(_setting(config, "ws_rt_repeat")),
             random_range=_setting(config, "ws_rt_rnd_range"),
         )
-        self.client: CsClient | None = None
-        self.session: OcppSession | None = None
+        self.client: StationClient | None = None
+        self.link: StationLink | None = None
         self._online: bool | None = None
         self._countdown: asyncio.Task[None] | None = None
 
@@ -85,7 +89,7 @@ class CsNode(OcppNode):
         else:
             self.host.status("grey", "ring", "not connected")
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         if self.client is not None:
             client, self.client = self.client, None
             await client.stop()
@@ -106,20 +110,20 @@ class CsNode(OcppNode):
             self.host.status("red", "ring", "config error")
             self.host.log("error", f"{self.cb_id or 'CS'}: {problem}")
             return False
-        self.client = CsClient(
+        self.client = self.transports.client(
             ClientOptions(
                 self.csms_url,
                 self.cb_id,
                 # Profile 3 authenticates by client certificate, not Basic auth.
                 None if self.security_profile == 3 else self.password,
-                max_frame_size=self.options.max_frame_size,
-                ping_interval=self.options.ping_interval,
+                versions=self.versions,
+                link=self.link_options,
+                ping_interval=self.settings.ping_interval,
                 ssl_context=ssl_context,
                 servername=self.tls.servername if self.tls else None,
             ),
             self.backoff,
-            self._on_socket,
-            self._on_state,
+            self,
         )
         self.client.start()
         return True
@@ -142,21 +146,20 @@ class CsNode(OcppNode):
             return "security profile 3 needs a TLS configuration with a client certificate and key"
         return None
 
-    async def _on_socket(self, socket: ServerSocket) -> None:
-        session = self._new_session(self.cb_id, socket)
-        self.session = session
+    async def link_opened(self, link: StationLink) -> None:
+        self.link = link
         self.host.status("green", "dot", "connected")
         self._announce(online=True)
-        self._drainer = asyncio.get_running_loop().create_task(self._drain(session))
-        reason = None  # stays None when the node stops: nothing to warn about
-        try:
-            reason = await session.run()
-        finally:
-            self.session = None
+        self._drainer = self.tasks.start(self._drain(link))
+
+    def link_closed(self, link: StationLink, reason: str | None) -> None:
+        self.link = None
+        if self._drainer is not None:
             self._drainer.cancel()
-            if reason is not None:
-                self.host.log("warn", f"{self.cb_id}: disconnected: {reason}")
-            self._announce(online=False)
+            self._drainer = None
+        if reason is not None:  # None when the node stops: nothing to warn about
+            self.host.log("warn", f"{self.cb_id}: disconnected: {reason}")
+        self._announce(online=False)
 
     def _announce(self, online: bool) -> None:
         """``msg.ocpp.websocket`` ONLINE / OFFLINE on port 1, once per change."""
@@ -168,16 +171,14 @@ class CsNode(OcppNode):
             {"ocpp": {"websocket": "ONLINE" if online else "OFFLINE", "cbId": self.cb_id}},
         )
 
-    def _on_state(self, state: str, detail: str) -> None:
+    def client_state(self, state: str, detail: str) -> None:
         self._stop_countdown()
         if state == "connecting":
             self.host.status("yellow", "ring", "connecting")
         elif state == "failed":
             self.host.log("warn", f"{self.cb_id}: {detail}")
         elif state == "waiting":
-            self._countdown = asyncio.get_running_loop().create_task(
-                self._count_down(float(detail))
-            )
+            self._countdown = self.tasks.start(self._count_down(float(detail)))
         elif state == "stopped":
             self.host.status("grey", "dot", "stopped")
 
@@ -203,18 +204,21 @@ class CsNode(OcppNode):
             self._countdown.cancel()
             self._countdown = None
 
-    # -- input ----------------------------------------------------------------------
-
     # -- requests while offline ----------------------------------------------------------
+
+    def _version(self) -> OcppVersion:
+        """The version of the connection; while offline, the one offered first."""
+        return self.link.version if self.link is not None else self.versions[0]
 
     def _send_request(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
         action = payload.get("command")
-        if action == "TransactionEvent" and self.offline_mode != "off":
+        version = self._version()
+        if action in version.transaction_actions and self.offline_mode != "off":
             # Kept in order: behind what is stored, even once connected again.
-            if self.session is None or self._draining() or self.store.count(self.cb_id):
-                self._store(seq, msg, payload, offline=self.session is None)
+            if self.link is None or self._draining() or self.store.count(self.cb_id):
+                self._store(seq, msg, payload, version, offline=self.link is None)
                 return
-        elif self.session is None and self.offline_mode == "all":
+        elif self.link is None and self.offline_mode == "all":
             self._wait_for_connection(seq, msg, payload)
             return
         super()._send_request(seq, msg, payload)
@@ -222,14 +226,21 @@ class CsNode(OcppNode):
     def _draining(self) -> bool:
         return self._drainer is not None and not self._drainer.done()
 
-    def _store(self, seq: int, msg: dict[str, Any], payload: dict[str, Any], offline: bool) -> None:
+    def _store(
+        self,
+        seq: int,
+        msg: dict[str, Any],
+        payload: dict[str, Any],
+        version: OcppVersion,
+        offline: bool,
+    ) -> None:
+        action = payload["command"]
         data = payload.get("data", {})
-        check_request(registry(self.ocpp_version), self.role, "TransactionEvent", data)
+        check_request(version, self.role, action, data)
         if self.store.count(self.cb_id) >= self.offline_limit:
             self.host.log(
                 "warn",
-                f"{self.cb_id}: offline queue full ({self.offline_limit}); dropped this "
-                "TransactionEvent",
+                f"{self.cb_id}: offline queue full ({self.offline_limit}); dropped this {action}",
                 msg,
             )
             self.host.done(seq)
@@ -240,7 +251,7 @@ class CsNode(OcppNode):
         try:
             self.store.add(
                 self.cb_id,
-                "TransactionEvent",
+                action,
                 data,
                 message_id,
                 msg.get("customData"),
@@ -251,9 +262,7 @@ class CsNode(OcppNode):
         self.host.done(seq)  # kept on disk; its answer comes out later as a Response
 
     def _wait_for_connection(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
-        check_request(
-            registry(self.ocpp_version), self.role, payload.get("command"), payload.get("data", {})
-        )
+        check_request(self._version(), self.role, payload.get("command"), payload.get("data", {}))
         if len(self._waiting) >= self.offline_limit:
             self.host.log(
                 "warn",
@@ -264,10 +273,10 @@ class CsNode(OcppNode):
             return
         self._waiting.append((seq, msg))
 
-    async def _drain(self, session: OcppSession) -> None:
+    async def _drain(self, link: StationLink) -> None:
         """Send what was kept, in order, one at a time; then what waited in memory."""
         loop = asyncio.get_running_loop()
-        while session is self.session:
+        while link is self.link:
             entry = self.store.first(self.cb_id)
             if entry is None:
                 break
@@ -280,9 +289,7 @@ class CsNode(OcppNode):
                 lambda result, outcome=outcome: outcome.done() or outcome.set_result(result),
             )
             try:
-                session.send_call(
-                    entry.action, entry.payload, message_id=entry.message_id, context=context
-                )
+                self._call(link, entry.action, entry.payload, entry.message_id, context)
             except OutgoingError as exc:
                 self.host.log("warn", f"{self.cb_id}: dropped a stored {entry.action}: {exc}")
                 self.store.remove(entry.row_id)
@@ -291,26 +298,26 @@ class CsNode(OcppNode):
                 await asyncio.sleep(1.0)
                 continue
             self.store.remove(entry.row_id)
-        while self._waiting and session is self.session:
+        while self._waiting and link is self.link:
             seq, msg = self._waiting.popleft()
             self.input(seq, msg)
 
-    def _session_for(self, msg: dict[str, Any]) -> OcppSession:
-        if self.session is None:
+    def _link_for(self, msg: dict[str, Any]) -> StationLink:
+        if self.link is None:
             raise InputError(f"{self.cb_id or 'CS'} is not connected to the CSMS")
-        return self.session
+        return self.link
 
-    def _request_payload(self, cb_id: str, event: CallReceived) -> dict[str, Any]:
+    def _request_payload(self, link: StationLink, event: CallReceived) -> dict[str, Any]:
         # The package we replace also put the station's cbId into the payload.
-        return {**super()._request_payload(cb_id, event), "cbId": cb_id}
+        return {**super()._request_payload(link, event), "cbId": link.cb_id}
 
     def _command(self, seq: int, command: str, data: Any, msg: dict[str, Any]) -> bool:
         settings = data if isinstance(data, dict) else {}
         if command == "connect":
-            asyncio.get_running_loop().create_task(self._reconnect(seq, settings))
+            self.tasks.start(self._reconnect(seq, settings))
             return False
         if command == "close":
-            asyncio.get_running_loop().create_task(self._close(seq))
+            self.tasks.start(self._close(seq))
             return False
         if command == "retrybackoff":
             self._set_backoff(settings)
@@ -318,7 +325,7 @@ class CsNode(OcppNode):
         raise InputError(f"unknown command {command!r}: {self._command_list()}")
 
     async def _reconnect(self, seq: int, settings: dict[str, Any]) -> None:
-        await self.stop()
+        await self._stop()
         if settings.get("cbId"):
             self.cb_id = str(settings["cbId"])
         if "password" in settings:
@@ -331,7 +338,7 @@ class CsNode(OcppNode):
             self.host.done(seq, f"cannot connect: {self._config_problem()}")
 
     async def _close(self, seq: int) -> None:
-        await self.stop()
+        await self._stop()
         self.host.done(seq)
 
     def _set_backoff(self, settings: dict[str, Any]) -> None:

@@ -15,11 +15,18 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from ..rpc import Role
-from ..transport import AuthDecision, CsmsServer, OcppSession, ServerOptions
-from ..transport.csms_server import StationSocket
+from ..rpc import VERSIONS, Role
+from ..transport import AuthDecision, ServerOptions, StationLink, StationServer
 from ..transport.tls import TlsMaterial, server_context
-from .base import PORT_COMMON, InputError, NodeHost, OcppNode, number_setting
+from .base import (
+    PORT_COMMON,
+    InputError,
+    NodeHost,
+    NodeServices,
+    NodeSpec,
+    OcppNode,
+    number_setting,
+)
 
 __all__ = ["CsmsNode", "parse_auth_list"]
 
@@ -87,6 +94,7 @@ class RefusalLog:
 
 
 class CsmsNode(OcppNode):
+    type_name = "CSMS"
     role = Role.CSMS
     peer_name = "CS"
     own_name = "CSMS"
@@ -105,16 +113,11 @@ class CsmsNode(OcppNode):
         "ws_open",
     )
 
-    def __init__(
-        self,
-        node_id: str,
-        config: dict[str, Any],
-        credentials: dict[str, Any],
-        host: NodeHost,
-        tls: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(node_id, config, host)
-        self.tls = TlsMaterial.from_options(tls)
+    def __init__(self, spec: NodeSpec, host: NodeHost, services: NodeServices) -> None:
+        super().__init__(spec, host, services)
+        config = spec.config
+        self.tls = TlsMaterial.from_options(spec.tls)
+        self.versions = tuple(VERSIONS.values())
         self.path = str(config.get("path") or "")
         # Connection caps (0 = none); see docs/security.md.
         self.max_connections = int(number_setting(config.get("max_connections"), 25_000))
@@ -132,7 +135,7 @@ class CsmsNode(OcppNode):
             self.port_problem = f"port {config.get('port')!r} is not a TCP port number"
         self.auth_problem: str | None = None
         try:
-            self.auth_list = parse_auth_list(credentials.get("basic_auths"))
+            self.auth_list = parse_auth_list(spec.credentials.get("basic_auths"))
         except ValueError as exc:
             self.auth_list = {}
             self.auth_problem = str(exc)
@@ -141,9 +144,9 @@ class CsmsNode(OcppNode):
         self.replace_duplicates = config.get("duplicate_cbid", "newest") != "reject"
         # Off when absent, so flows imported from older exports see no new messages.
         self.connection_events = bool(config.get("connection_events", False))
-        self.server: CsmsServer | None = None
+        self.server: StationServer | None = None
         self._refusals = RefusalLog(host)
-        self.stations: dict[str, OcppSession] = {}
+        self.stations: dict[str, StationLink] = {}
         self.connected_since: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -177,20 +180,19 @@ class CsmsNode(OcppNode):
             self.host.status("red", "ring", "config error")
             self.host.log("error", str(exc))
             return False
-        server = CsmsServer(
+        server = self.transports.server(
             ServerOptions(
                 host=None,
                 port=self.port,
                 path=self.path,
-                max_frame_size=self.options.max_frame_size,
-                ping_interval=self.options.ping_interval,
+                versions=self.versions,
+                link=self.link_options,
+                ping_interval=self.settings.ping_interval,
                 ssl_context=ssl_context,
                 max_connections=self.max_connections,
                 handshakes_per_second=self.handshakes_per_second,
             ),
-            self._authenticate,
-            self._on_station,
-            self._refusals.count,
+            self,
         )
         try:
             await server.start()
@@ -199,16 +201,19 @@ class CsmsNode(OcppNode):
             self.host.log("error", f"cannot listen on port {self.port}: {exc.strerror or exc}")
             return False
         self.server = server
-        self._shownumber_setting()
+        self._show_connection_count()
         return True
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
+        await self._stop_listening()
+        self._refusals.report()
+
+    async def _stop_listening(self) -> None:
         if self.server is not None:
             server, self.server = self.server, None
             await server.stop()
-        self._refusals.report()
 
-    def _shownumber_setting(self) -> None:
+    def _show_connection_count(self) -> None:
         if self.server is None:
             self.host.status("grey", "ring", "not listening")
         else:
@@ -216,7 +221,12 @@ class CsmsNode(OcppNode):
                 "green", "dot" if self.stations else "ring", f"{len(self.stations)} connected"
             )
 
-    def _authenticate(
+    # -- the StationListener ----------------------------------------------------------
+
+    def refused(self, status: int, remote: str) -> None:
+        self._refusals.count(status, remote)
+
+    def authenticate(
         self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
     ) -> AuthDecision:
         if self.security_profile == 3:
@@ -242,27 +252,26 @@ class CsmsNode(OcppNode):
             return AuthDecision.ALREADY_CONNECTED
         return AuthDecision.ACCEPT
 
-    async def _on_station(self, cb_id: str, socket: StationSocket, remote: str) -> None:
+    async def link_opened(self, link: StationLink) -> None:
+        cb_id = link.cb_id
         previous = self.stations.get(cb_id)
         if previous is not None:  # the newest connection of an identity wins
             await previous.close(1000, "replaced by a newer connection")
-        session = self._new_session(cb_id, socket, remote)
-        self.stations[cb_id] = session
+        self.stations[cb_id] = link
         self.connected_since[cb_id] = datetime.now(timezone.utc).isoformat()
-        self._shownumber_setting()
-        self._announce(cb_id, "ONLINE", remote)
-        reason = "stopped"
-        try:
-            reason = await session.run()
-        finally:
-            replaced = self.stations.get(cb_id) is not session
-            if not replaced:
-                del self.stations[cb_id]
-                self.connected_since.pop(cb_id, None)
-            self._shownumber_setting()
-            self.host.log("info", f"{cb_id} disconnected: {reason}")
-            if not replaced:  # a replaced connection's station is still online
-                self._announce(cb_id, "OFFLINE", remote, reason)
+        self._show_connection_count()
+        self._announce(cb_id, "ONLINE", link.remote)
+
+    def link_closed(self, link: StationLink, reason: str | None) -> None:
+        cb_id = link.cb_id
+        replaced = self.stations.get(cb_id) is not link
+        if not replaced:
+            del self.stations[cb_id]
+            self.connected_since.pop(cb_id, None)
+        self._show_connection_count()
+        self.host.log("info", f"{cb_id} disconnected: {reason or 'stopped'}")
+        if not replaced:  # a replaced connection's station is still online
+            self._announce(cb_id, "OFFLINE", link.remote, reason or "stopped")
 
     def _announce(self, cb_id: str, state: str, remote: str, reason: str | None = None) -> None:
         """A station's connect or disconnect on output 1, when the node asks for it."""
@@ -282,17 +291,17 @@ class CsmsNode(OcppNode):
 
     # -- input ----------------------------------------------------------------------
 
-    def _session_for(self, msg: dict[str, Any]) -> OcppSession:
+    def _link_for(self, msg: dict[str, Any]) -> StationLink:
         payload = msg.get("payload")
         cb_id = payload.get("cbId") if isinstance(payload, dict) else None
         if not cb_id and isinstance(msg.get("ocpp"), dict):
             cb_id = msg["ocpp"].get("cbId")
         if not cb_id:
             raise InputError("no station named: set msg.payload.cbId (or msg.ocpp.cbId)")
-        session = self.stations.get(cb_id)
-        if session is None:
+        link = self.stations.get(cb_id)
+        if link is None:
             raise InputError(f"station {cb_id!r} is not connected")
-        return session
+        return link
 
     def _command(self, seq: int, command: str, data: Any, msg: dict[str, Any]) -> bool:
         settings = data if isinstance(data, dict) else {}
@@ -300,8 +309,8 @@ class CsmsNode(OcppNode):
             self._reply_to_command(
                 msg,
                 connections={
-                    cb_id: {"since": self.connected_since.get(cb_id), "remote": session.remote}
-                    for cb_id, session in self.stations.items()
+                    cb_id: {"since": self.connected_since.get(cb_id), "remote": link.remote}
+                    for cb_id, link in self.stations.items()
                 },
             )
         elif command in ("cmds", "command", "commands"):
@@ -325,10 +334,10 @@ class CsmsNode(OcppNode):
                 raise InputError(f"{command} needs data.password")
             self.auth_list[name] = password
         elif command == "ws_close":
-            asyncio.get_running_loop().create_task(self._ws_close(seq, settings))
+            self.tasks.start(self._ws_close(seq, settings))
             return False
         elif command == "ws_open":
-            asyncio.get_running_loop().create_task(self._ws_open(seq))
+            self.tasks.start(self._ws_open(seq))
             return False
         else:
             raise InputError(f"unknown command {command!r}: {self._command_list()}")
@@ -348,32 +357,23 @@ class CsmsNode(OcppNode):
         return name
 
     def _pending_calls(self) -> list[dict[str, Any]]:
-        pending = []
-        for cb_id, session in self.stations.items():
-            calls = session.connection.calls
-            outstanding = [] if calls.outstanding is None else [calls.outstanding]
-            for call in [*outstanding, *calls.queued]:
-                pending.append(
-                    {
-                        "cbId": cb_id,
-                        "MessageId": call.message_id,
-                        "command": call.action,
-                        "sent": call is calls.outstanding,
-                    }
-                )
-        return pending
+        return [
+            {"cbId": cb_id, "MessageId": call.message_id, "command": call.action, "sent": call.sent}
+            for cb_id, link in self.stations.items()
+            for call in link.pending_calls()
+        ]
 
     async def _ws_close(self, seq: int, settings: dict[str, Any]) -> None:
         cb_id = settings.get("cbId")
         if cb_id:
-            session = self.stations.get(cb_id)
-            if session is None:
+            link = self.stations.get(cb_id)
+            if link is None:
                 self.host.done(seq, f"station {cb_id!r} is not connected")
                 return
-            await session.close(1000, "closed by the CSMS flow")
+            await link.close(1000, "closed by the CSMS flow")
         else:  # no station named: stop listening until ws_open
-            await self.stop()
-            self._shownumber_setting()
+            await self._stop()
+            self._show_connection_count()
         self.host.done(seq)
 
     async def _ws_open(self, seq: int) -> None:

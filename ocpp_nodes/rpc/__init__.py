@@ -1,4 +1,4 @@
-"""The OCPP-J core: frames, pending calls and per-connection state. No I/O."""
+"""The OCPP-J core: versions, frames, pending calls and per-connection state. No I/O."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ from .connection import (
     CallAborted,
     CallReceived,
     CallTimedOut,
+    ConnectionClosed,
+    ConnectionState,
     ErrorReceived,
     Event,
     OcppConnection,
     OutgoingError,
     PeerError,
-    ReceivedCall,
     RequestExpired,
     ResultInvalid,
     ResultReceived,
+    UnansweredCall,
     UnexpectedAnswer,
     check_request,
 )
@@ -24,12 +26,13 @@ from .frames import (
     CallError,
     CallResult,
     ErrorCode,
-    FrameError,
+    MalformedFrame,
     MessageType,
     parse,
     serialize,
 )
-from .roles import Role, actions_sent_by
+from .roles import Role
+from .versions import V201, VERSIONS, OcppVersion, UnknownMessageType, select_version
 
 __all__ = [
     "Call",
@@ -38,25 +41,31 @@ __all__ = [
     "CallReceived",
     "CallResult",
     "CallTimedOut",
+    "ConnectionClosed",
+    "ConnectionState",
     "ErrorCode",
     "ErrorReceived",
     "Event",
-    "FrameError",
+    "MalformedFrame",
     "MessageType",
     "OcppConnection",
+    "OcppVersion",
     "OutgoingCall",
     "OutgoingError",
     "PeerError",
     "PendingCalls",
     "QueueFull",
-    "ReceivedCall",
     "RequestExpired",
     "ResultInvalid",
     "ResultReceived",
     "Role",
+    "UnansweredCall",
     "UnexpectedAnswer",
-    "actions_sent_by",
+    "UnknownMessageType",
+    "V201",
+    "VERSIONS",
     "check_request",
     "parse",
+    "select_version",
     "serialize",
 ]

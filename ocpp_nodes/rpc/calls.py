@@ -32,17 +32,19 @@ class QueueFull(Exception):
 class OutgoingCall:
     """A CALL of ours, from submission until its answer or its end.
 
-    ``context`` is whatever the caller needs back with the answer (the node
-    layer keeps the input's sequence number, ``customData`` and
-    ``_linkSource`` there). ``text`` is the serialized frame.
+    ``text`` is the serialized frame; ``deadline`` is set when it is sent.
     """
 
     message_id: str
     action: str
     payload: dict[str, Any]
     text: str
-    context: Any = None
     deadline: float | None = field(default=None, compare=False)
+
+    @property
+    def sent(self) -> bool:
+        """True once on the wire (outstanding), False while queued."""
+        return self.deadline is not None
 
 
 class PendingCalls:
@@ -58,9 +60,6 @@ class PendingCalls:
         self.max_queued = max_queued
         self.outstanding: OutgoingCall | None = None
         self.queued: deque[OutgoingCall] = deque()
-
-    def __len__(self) -> int:
-        return len(self.queued) + (self.outstanding is not None)
 
     def knows(self, message_id: str) -> bool:
         """True when a call with this id is outstanding or queued."""
@@ -116,10 +115,15 @@ class PendingCalls:
         """When :meth:`expire` next has work, or ``None``."""
         return None if self.outstanding is None else self.outstanding.deadline
 
-    def drain(self) -> list[OutgoingCall]:
-        """Remove and return every call, outstanding first, then in queue order."""
+    def all(self) -> list[OutgoingCall]:
+        """Every call, the outstanding one first, then in queue order."""
         calls = [] if self.outstanding is None else [self.outstanding]
         calls.extend(self.queued)
+        return calls
+
+    def drain(self) -> list[OutgoingCall]:
+        """Remove and return every call, outstanding first, then in queue order."""
+        calls = self.all()
         self.outstanding = None
         self.queued.clear()
         return calls

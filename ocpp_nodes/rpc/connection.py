@@ -2,26 +2,33 @@
 
 Theory of operation:
 
-1. The transport feeds every received websocket message to
+1. A connection speaks one OCPP version (:class:`~ocpp_nodes.rpc.versions.
+   OcppVersion`), the one its websocket negotiated, in one role. Every
+   version-dependent decision below reads that version.
+2. The transport feeds every received websocket message to
    :meth:`OcppConnection.receive_text` and writes out whatever
    :meth:`OcppConnection.data_to_send` returns, in order.
-2. A received CALL with a known action and a valid payload becomes
-   :class:`CallReceived` and is remembered until it is answered with
-   :meth:`send_result` or :meth:`send_error`, or its answer deadline passes.
-   Anything else that owes an answer (bad JSON, unknown message type, unknown
-   action, schema violation, duplicate id) is answered with the CALLERROR of
-   part 4, table 8 at once, and reported as :class:`PeerError` so the user
-   sees what the peer sent.
-3. CALLRESULT and CALLERROR frames settle our outstanding call
+3. A received CALL with a known action and a valid payload becomes
+   :class:`CallReceived` and is remembered as an :class:`UnansweredCall`
+   until it is answered with :meth:`send_result` or :meth:`send_error`, or its
+   answer deadline passes. Anything else that owes an answer (bad JSON,
+   unknown action, schema violation, duplicate id, a message type the version
+   lacks when the version says to answer it) is answered with the version's
+   CALLERROR at once, and reported as :class:`PeerError` so the user sees
+   what the peer sent.
+4. CALLRESULT and CALLERROR frames settle our outstanding call
    (:class:`ResultReceived`, :class:`ErrorReceived`); one for no call of ours
    is reported as :class:`UnexpectedAnswer` and never delivered as current.
    A CALLRESULT whose payload breaks the schema is :class:`ResultInvalid`.
-4. Our CALLs go through :class:`~ocpp_nodes.rpc.calls.PendingCalls`: one
+5. Our CALLs go through :class:`~ocpp_nodes.rpc.calls.PendingCalls`: one
    outstanding, the rest queued. Payloads we send are validated first;
    :class:`OutgoingError` means nothing went on the wire.
-5. :meth:`expire` ends calls and received requests whose time is up;
+6. :meth:`expire` ends calls and received requests whose time is up;
    :meth:`next_deadline` says when to call it next.
-6. :meth:`connection_lost` ends every call of ours with :class:`CallAborted`.
+7. :meth:`connection_lost` ends every call of ours with :class:`CallAborted`
+   and closes the connection (:class:`ConnectionState`): from then on,
+   sending raises :class:`ConnectionClosed` instead of queueing a call that
+   would never end.
 
 Time is an argument; message ids come from a factory that may be replaced.
 No I/O.
@@ -32,9 +39,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
-from ..schemas import Direction, SchemaRegistry
+from ..schemas import Direction
 from .calls import OutgoingCall, PendingCalls, QueueFull
 from .frames import (
     MAX_MESSAGE_ID_LENGTH,
@@ -42,42 +50,56 @@ from .frames import (
     CallError,
     CallResult,
     ErrorCode,
-    FrameError,
+    MalformedFrame,
     MessageType,
     parse,
     serialize,
 )
-from .roles import Role, actions_sent_by
+from .roles import Role
+from .versions import OcppVersion, UnknownMessageType
 
 __all__ = [
     "CallAborted",
     "CallReceived",
     "CallTimedOut",
+    "ConnectionClosed",
+    "ConnectionState",
     "ErrorReceived",
     "Event",
     "OcppConnection",
     "OutgoingError",
     "PeerError",
-    "ReceivedCall",
     "RequestExpired",
     "ResultInvalid",
     "ResultReceived",
+    "UnansweredCall",
     "UnexpectedAnswer",
     "check_request",
 ]
 
 
+class ConnectionState(Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 @dataclass(frozen=True)
-class ReceivedCall:
-    """A CALL from the peer that waits for our answer."""
+class UnansweredCall:
+    """A CALL from the peer that waits for our answer until ``deadline``."""
 
     message_id: str
     action: str
     deadline: float
 
 
+# -- events: what a received message or a deadline means -------------------------
+
+
 @dataclass(frozen=True)
 class CallReceived:
+    """The peer sent a valid CALL. Answer it with ``send_result`` or
+    ``send_error`` before the answer deadline (then :class:`RequestExpired`)."""
+
     message_id: str
     action: str
     payload: dict[str, Any]
@@ -85,13 +107,19 @@ class CallReceived:
 
 @dataclass(frozen=True)
 class ResultReceived:
-    call: OutgoingCall
+    """Our CALL ``message_id`` was answered with a valid CALLRESULT."""
+
+    message_id: str
+    action: str
     payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class ErrorReceived:
-    call: OutgoingCall
+    """Our CALL ``message_id`` was answered with a CALLERROR."""
+
+    message_id: str
+    action: str
     error_code: str
     error_description: str
     error_details: dict[str, Any]
@@ -99,9 +127,11 @@ class ErrorReceived:
 
 @dataclass(frozen=True)
 class ResultInvalid:
-    """The peer answered our call with a payload that breaks the schema."""
+    """Our CALL ``message_id`` was answered with a CALLRESULT whose payload
+    breaks the schema; ``error_code`` and ``description`` say how."""
 
-    call: OutgoingCall
+    message_id: str
+    action: str
     payload: dict[str, Any]
     error_code: str
     description: str
@@ -109,18 +139,28 @@ class ResultInvalid:
 
 @dataclass(frozen=True)
 class CallTimedOut:
-    call: OutgoingCall
+    """Our CALL ``message_id`` got no answer within the call timeout; a later
+    answer is an :class:`UnexpectedAnswer`."""
+
+    message_id: str
+    action: str
 
 
 @dataclass(frozen=True)
 class CallAborted:
-    call: OutgoingCall
+    """Our CALL ``message_id`` (sent or queued) ended unanswered because the
+    connection was lost; ``reason`` says how."""
+
+    message_id: str
+    action: str
     reason: str
 
 
 @dataclass(frozen=True)
 class PeerError:
-    """The peer sent something wrong; ``answer`` is the CALLERROR we sent, if any."""
+    """The peer sent something wrong. ``answer`` is the CALLERROR we sent
+    back, or ``None`` when nothing is owed (a bad answer, or a message type
+    the version says to ignore)."""
 
     description: str
     answer: CallError | None
@@ -128,7 +168,7 @@ class PeerError:
 
 @dataclass(frozen=True)
 class UnexpectedAnswer:
-    """A CALLRESULT or CALLERROR for no call of ours (late, or never sent)."""
+    """A CALLRESULT or CALLERROR for no call of ours (late, or never sent); dropped."""
 
     message_id: str
     message_type: int
@@ -136,9 +176,10 @@ class UnexpectedAnswer:
 
 @dataclass(frozen=True)
 class RequestExpired:
-    """A received CALL was not answered in time; a later answer is refused."""
+    """The peer's CALL ``message_id`` was not answered in time; a later answer is refused."""
 
-    request: ReceivedCall
+    message_id: str
+    action: str
 
 
 Event = (
@@ -175,17 +216,21 @@ class OutgoingError(ValueError):
     """What the flow asked us to send cannot be sent; nothing went on the wire."""
 
 
-def check_request(schemas: SchemaRegistry, role: Role | None, action: Any, payload: Any) -> None:
+class ConnectionClosed(OutgoingError):
+    """The connection is closed: nothing can be sent on it any more."""
+
+
+def check_request(version: OcppVersion, role: Role, action: Any, payload: Any) -> None:
     """Raise :class:`OutgoingError` unless ``role`` may send ``action`` with ``payload``.
 
     What :meth:`OcppConnection.send_call` checks first; also used to refuse a
     request before it is stored for later.
     """
+    schemas = version.schemas
     if not isinstance(action, str) or not schemas.knows(action):
-        raise OutgoingError(f"{action!r} is not an OCPP {schemas.version} action")
-    we_send = None if role is None else actions_sent_by(schemas.version, role)
-    if we_send is not None and action not in we_send:
-        raise OutgoingError(f"{action} is not an action a {role.value} sends")  # type: ignore[union-attr]
+        raise OutgoingError(f"{action!r} is not an OCPP {version.name} action")
+    if action not in version.sends[role]:
+        raise OutgoingError(f"{action} is not an action a {role.value} sends")
     violation = schemas.validate(action, Direction.REQUEST, payload)
     if violation is not None:
         raise OutgoingError(
@@ -197,10 +242,10 @@ class OcppConnection:
     """The OCPP-J state of one websocket connection, in either role.
 
     Args:
-        schemas: validators of the connection's OCPP version.
+        version: the OCPP version the connection negotiated.
         role: which end of the connection we are; a CALL of an action our
             role never receives is answered ``NotSupported``, and we refuse
-            to send an action our role never sends. ``None`` checks neither.
+            to send an action our role never sends.
         call_timeout: seconds our CALL waits for its answer.
         answer_timeout: seconds a received CALL may wait for the flow's answer.
         max_queued: calls that may wait behind the outstanding one.
@@ -210,8 +255,8 @@ class OcppConnection:
 
     def __init__(
         self,
-        schemas: SchemaRegistry,
-        role: Role | None = None,
+        version: OcppVersion,
+        role: Role,
         *,
         call_timeout: float = 30.0,
         answer_timeout: float = 30.0,
@@ -219,14 +264,15 @@ class OcppConnection:
         max_frame_size: int = 1024 * 1024,
         new_message_id: Callable[[], str] = new_message_id,
     ) -> None:
-        self.schemas = schemas
+        self.version = version
         self.role = role
+        self.state = ConnectionState.OPEN
         self.max_frame_size = max_frame_size
-        self._peer_sends = None if role is None else actions_sent_by(schemas.version, role.peer)
-        self._role_name = "" if role is None else role.value
+        self._schemas = version.schemas
+        self._peer_sends = version.receives(role)
         self.calls = PendingCalls(call_timeout, max_queued)
         self.answer_timeout = answer_timeout
-        self.received: dict[str, ReceivedCall] = {}
+        self.received: dict[str, UnansweredCall] = {}
         self._new_message_id = new_message_id
         self._outbox: list[str] = []
 
@@ -240,8 +286,8 @@ class OcppConnection:
             the peer are already in :meth:`data_to_send`.
         """
         try:
-            frame = parse(text)
-        except FrameError as exc:
+            frame = parse(text, self.version.message_types)
+        except MalformedFrame as exc:
             return [self._reject(exc)]
         if isinstance(frame, Call):
             return [self._receive_call(frame, now)]
@@ -249,53 +295,55 @@ class OcppConnection:
             return self._receive_result(frame, now)
         return self._receive_error(frame, now)
 
-    def _reject(self, exc: FrameError) -> PeerError:
+    def _reject(self, exc: MalformedFrame) -> PeerError:
         if exc.message_type in (MessageType.CALLRESULT, MessageType.CALLERROR):
             # Never answer an answer (4.2.3 answers CALLs); just report it.
             return PeerError(exc.description, None)
-        answer = CallError(exc.message_id, exc.error_code, exc.description)
+        if (
+            exc.error is ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED
+            and self.version.unknown_message_type is UnknownMessageType.IGNORE
+        ):
+            return PeerError(f"{exc.description}; ignored", None)
+        answer = CallError(exc.message_id, self.version.code(exc.error), exc.description)
         self._outbox.append(serialize(answer))
         return PeerError(exc.description, answer)
 
     def _receive_call(self, frame: Call, now: float) -> Event:
         if frame.message_id in self.received:
             return self._reject(
-                FrameError(
+                MalformedFrame(
                     ErrorCode.RPC_FRAMEWORK_ERROR,
                     f"a CALL with MessageId {frame.message_id} is already being handled",
                     frame.message_id,
                     MessageType.CALL,
                 )
             )
-        if not self.schemas.knows(frame.action):
+        if not self._schemas.knows(frame.action):
             return self._reject(
-                FrameError(
+                MalformedFrame(
                     ErrorCode.NOT_IMPLEMENTED,
-                    f"{frame.action} is not an OCPP {self.schemas.version} action",
+                    f"{frame.action} is not an OCPP {self.version.name} action",
                     frame.message_id,
                     MessageType.CALL,
                 )
             )
-        if self._peer_sends is not None and frame.action not in self._peer_sends:
+        if frame.action not in self._peer_sends:
             return self._reject(
-                FrameError(
+                MalformedFrame(
                     ErrorCode.NOT_SUPPORTED,
-                    f"{frame.action} is not an action a {self._role_name} receives",
+                    f"{frame.action} is not an action a {self.role.value} receives",
                     frame.message_id,
                     MessageType.CALL,
                 )
             )
-        violation = self.schemas.validate(frame.action, Direction.REQUEST, frame.payload)
+        violation = self._schemas.validate(frame.action, Direction.REQUEST, frame.payload)
         if violation is not None:
-            return self._reject(
-                FrameError(
-                    violation.error_code,
-                    f"{frame.action}: {violation.description}",
-                    frame.message_id,
-                    MessageType.CALL,
-                )
+            answer = CallError(
+                frame.message_id, violation.error_code, f"{frame.action}: {violation.description}"
             )
-        self.received[frame.message_id] = ReceivedCall(
+            self._outbox.append(serialize(answer))
+            return PeerError(answer.error_description, answer)
+        self.received[frame.message_id] = UnansweredCall(
             frame.message_id, frame.action, now + self.answer_timeout
         )
         return CallReceived(frame.message_id, frame.action, frame.payload)
@@ -305,43 +353,48 @@ class OcppConnection:
         if call is None:
             return [UnexpectedAnswer(frame.message_id, MessageType.CALLRESULT)]
         self._put_on_wire(to_send)
-        violation = self.schemas.validate(call.action, Direction.RESPONSE, frame.payload)
+        violation = self._schemas.validate(call.action, Direction.RESPONSE, frame.payload)
         if violation is not None:
             return [
                 ResultInvalid(
-                    call,
+                    call.message_id,
+                    call.action,
                     frame.payload,
                     violation.error_code,
                     f"{call.action} response: {violation.description}",
                 )
             ]
-        return [ResultReceived(call, frame.payload)]
+        return [ResultReceived(call.message_id, call.action, frame.payload)]
 
     def _receive_error(self, frame: CallError, now: float) -> list[Event]:
         call, to_send = self.calls.settle(frame.message_id, now)
         if call is None:
             return [UnexpectedAnswer(frame.message_id, MessageType.CALLERROR)]
         self._put_on_wire(to_send)
-        return [ErrorReceived(call, frame.error_code, frame.error_description, frame.error_details)]
+        return [
+            ErrorReceived(
+                call.message_id,
+                call.action,
+                frame.error_code,
+                frame.error_description,
+                frame.error_details,
+            )
+        ]
 
     # -- calls in, bytes out --------------------------------------------------
 
     def send_call(
-        self,
-        action: str,
-        payload: Any,
-        now: float,
-        *,
-        message_id: str | None = None,
-        context: Any = None,
+        self, action: str, payload: Any, now: float, *, message_id: str | None = None
     ) -> OutgoingCall:
         """Send a CALL now, or queue it behind the outstanding one.
 
         Raises:
+            ConnectionClosed: the connection is closed.
             OutgoingError: unknown action, invalid payload, bad or duplicate
                 message id, or a full queue. Nothing was sent.
         """
-        check_request(self.schemas, self.role, action, payload)
+        self._check_open()
+        check_request(self.version, self.role, action, payload)
         if message_id is None:
             message_id = self._new_message_id()
         elif not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH:
@@ -351,7 +404,7 @@ class OcppConnection:
         elif self.calls.knows(message_id):
             raise OutgoingError(f"MessageId {message_id} is already used by a pending request")
         text = self._serialize(Call(message_id, action, payload))
-        call = OutgoingCall(message_id, action, payload, text, context)
+        call = OutgoingCall(message_id, action, payload, text)
         try:
             to_send = self.calls.submit(call, now)
         except QueueFull as exc:
@@ -359,10 +412,11 @@ class OcppConnection:
         self._put_on_wire(to_send)
         return call
 
-    def send_result(self, message_id: str, payload: Any) -> ReceivedCall:
+    def send_result(self, message_id: str, payload: Any) -> None:
         """Answer the received CALL ``message_id`` with a CALLRESULT.
 
         Raises:
+            ConnectionClosed: the connection is closed.
             OutgoingError: no such CALL waits for an answer (never received,
                 answered already, or expired), or the payload is invalid.
         """
@@ -370,7 +424,6 @@ class OcppConnection:
         self._check_payload(request.action, Direction.RESPONSE, payload)
         self._outbox.append(self._serialize(CallResult(message_id, payload)))
         del self.received[message_id]
-        return request
 
     def send_error(
         self,
@@ -378,17 +431,20 @@ class OcppConnection:
         error_code: str,
         description: str = "",
         details: Any = None,
-    ) -> ReceivedCall:
+    ) -> None:
         """Answer the received CALL ``message_id`` with a CALLERROR.
 
         Raises:
+            ConnectionClosed: the connection is closed.
             OutgoingError: no such CALL waits, or the error code is not one of
-                table 8, or details is not an object.
+                the version's, or details is not an object.
         """
-        request = self._waiting(message_id)
-        if error_code not in ErrorCode.ALL:
+        self._waiting(message_id)
+        codes = self.version.error_code_names
+        if error_code not in codes:
             raise OutgoingError(
-                f"errorCode {error_code!r} is not one of {', '.join(sorted(ErrorCode.ALL))}"
+                f"errorCode {error_code!r} is not an OCPP {self.version.name} error code: "
+                f"{', '.join(sorted(codes))}"
             )
         if details is None:
             details = {}
@@ -398,7 +454,10 @@ class OcppConnection:
             self._serialize(CallError(message_id, error_code, description, details))
         )
         del self.received[message_id]
-        return request
+
+    def awaits_answer(self, message_id: Any) -> bool:
+        """True when the peer's CALL ``message_id`` still waits for our answer."""
+        return message_id in self.received if isinstance(message_id, str) else False
 
     def data_to_send(self) -> list[str]:
         """The frames to write to the websocket, in order; empties the outbox."""
@@ -414,12 +473,12 @@ class OcppConnection:
             call, to_send = self.calls.expire(now)
             if call is None:
                 break
-            events.append(CallTimedOut(call))
+            events.append(CallTimedOut(call.message_id, call.action))
             self._put_on_wire(to_send)
         for message_id, request in list(self.received.items()):
             if request.deadline <= now:
                 del self.received[message_id]
-                events.append(RequestExpired(request))
+                events.append(RequestExpired(request.message_id, request.action))
         return events
 
     def next_deadline(self) -> float | None:
@@ -431,14 +490,20 @@ class OcppConnection:
         return deadline
 
     def connection_lost(self, reason: str) -> list[Event]:
-        """End every call of ours and forget received CALLs; the socket is gone."""
+        """The socket is gone: end every call of ours, forget received CALLs, close."""
+        self.state = ConnectionState.CLOSED
         self.received.clear()
         self._outbox.clear()
-        return [CallAborted(call, reason) for call in self.calls.drain()]
+        return [CallAborted(call.message_id, call.action, reason) for call in self.calls.drain()]
 
     # -- helpers ----------------------------------------------------------------
 
-    def _waiting(self, message_id: Any) -> ReceivedCall:
+    def _check_open(self) -> None:
+        if self.state is ConnectionState.CLOSED:
+            raise ConnectionClosed("the connection is closed")
+
+    def _waiting(self, message_id: Any) -> UnansweredCall:
+        self._check_open()
         request = self.received.get(message_id) if isinstance(message_id, str) else None
         if request is None:
             raise OutgoingError(
@@ -448,7 +513,7 @@ class OcppConnection:
         return request
 
     def _check_payload(self, action: str, direction: Direction, payload: Any) -> None:
-        violation = self.schemas.validate(action, direction, payload)
+        violation = self._schemas.validate(action, direction, payload)
         if violation is not None:
             raise OutgoingError(
                 f"{action} {direction.value.lower()} is invalid ({violation.error_code}): "

@@ -6,11 +6,13 @@ Theory of operation (OCPP 2.0.1 part 4, section 4):
    ``[3, id, payload]`` a CALLRESULT, ``[4, id, code, description, details]``
    a CALLERROR.
 2. :func:`parse` turns text into one of the frame dataclasses or raises
-   :class:`FrameError`, which carries what the CALLERROR answer needs: the
-   error code of table 8 and the message id, ``"-1"`` when it could not be
-   read (4.2.3).
-3. Only the frame structure is checked here. Whether an action is known and
-   its payload valid is the connection's business (it knows the schemas).
+   :class:`MalformedFrame`, which carries what the CALLERROR answer needs:
+   which :class:`ErrorCode` applies and the message id, ``"-1"`` when it
+   could not be read (4.2.3). How a version spells the code is the version
+   table's business (:mod:`ocpp_nodes.rpc.versions`).
+3. Only the frame structure is checked here. Whether the message type is one
+   the connection's version has, whether an action is known and its payload
+   valid is the connection's business (it knows the version).
 4. :func:`serialize` turns a frame into compact JSON text.
 
 No I/O, no clock.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Any
 
 __all__ = [
@@ -30,8 +32,8 @@ __all__ = [
     "CallResult",
     "ErrorCode",
     "Frame",
-    "FrameError",
     "MAX_MESSAGE_ID_LENGTH",
+    "MalformedFrame",
     "MessageType",
     "OversizedInt",
     "UNREADABLE_ID",
@@ -53,8 +55,13 @@ class MessageType(IntEnum):
     CALLERROR = 4
 
 
-class ErrorCode:
-    """The RPC framework error codes of part 4, table 8."""
+class ErrorCode(Enum):
+    """What a CALLERROR says went wrong, whatever the version calls it.
+
+    The members are the codes of OCPP 2.0.1 part 4, table 8; their values are
+    2.0.1's spellings, for reading only. What goes on the wire is the spelling
+    of the connection's version (``OcppVersion.error_codes``).
+    """
 
     FORMAT_VIOLATION = "FormatViolation"
     GENERIC_ERROR = "GenericError"
@@ -68,9 +75,6 @@ class ErrorCode:
     RPC_FRAMEWORK_ERROR = "RpcFrameworkError"
     SECURITY_ERROR = "SecurityError"
     TYPE_CONSTRAINT_VIOLATION = "TypeConstraintViolation"
-
-    #: Every code of the table.
-    ALL = frozenset(value for name, value in locals().items() if name.isupper())
 
 
 @dataclass(frozen=True)
@@ -97,27 +101,27 @@ class CallError:
 Frame = Call | CallResult | CallError
 
 
-class FrameError(Exception):
-    """A frame that cannot be taken as a CALL, CALLRESULT or CALLERROR.
+class MalformedFrame(Exception):
+    """A websocket message that cannot be taken as a frame of the connection.
 
     Attributes:
-        error_code: the table 8 code to answer with.
+        error: what the CALLERROR answer says went wrong.
         message_id: the frame's id, or ``"-1"`` when it could not be read.
         description: what was wrong, for the CALLERROR and for the user.
         message_type: the frame's type number when it could be read, so a
             caller knows whether an answer is owed (never to a CALLRESULT or
-            CALLERROR).
+            CALLERROR) and what to do with a type its version lacks.
     """
 
     def __init__(
         self,
-        error_code: str,
+        error: ErrorCode,
         description: str,
         message_id: str = UNREADABLE_ID,
         message_type: float | None = None,
     ) -> None:
         super().__init__(description)
-        self.error_code = error_code
+        self.error = error
         self.description = description
         self.message_id = message_id
         self.message_type = message_type
@@ -184,37 +188,46 @@ def _one_shot_encoder() -> Callable[[Any], str]:
 _encode_json = _one_shot_encoder()
 
 
-def parse(text: str | bytes) -> Frame:
+#: The message types :func:`parse` reads.
+PARSED_TYPES = frozenset(MessageType)
+
+
+def parse(text: str | bytes, message_types: frozenset[MessageType] = PARSED_TYPES) -> Frame:
     """Parse one websocket message into a frame.
 
     Args:
         text: the message as received (bytes are decoded as UTF-8).
+        message_types: the types the connection's version has; any other
+            raises with ``MESSAGE_TYPE_NOT_SUPPORTED``.
 
     Returns:
         A :class:`Call`, :class:`CallResult` or :class:`CallError`.
 
     Raises:
-        FrameError: the message is not a well-formed OCPP-J frame.
+        MalformedFrame: the message is not a well-formed OCPP-J frame.
     """
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
         data = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, f"not valid JSON: {exc}"[:255]) from None
+        raise MalformedFrame(
+            ErrorCode.RPC_FRAMEWORK_ERROR, f"not valid JSON: {exc}"[:255]
+        ) from None
     if not isinstance(data, list) or not data:
-        raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not a non-empty JSON array")
+        raise MalformedFrame(ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not a non-empty JSON array")
     message_type = data[0]
     if type(message_type) is not int and not isinstance(message_type, OversizedInt):
-        raise FrameError(ErrorCode.RPC_FRAMEWORK_ERROR, "MessageTypeId is not an integer")
+        raise MalformedFrame(ErrorCode.RPC_FRAMEWORK_ERROR, "MessageTypeId is not an integer")
     message_id = _read_message_id(data, message_type)
-    if message_type == MessageType.CALL:
-        return _parse_call(data, message_id)
-    if message_type == MessageType.CALLRESULT:
-        return _parse_call_result(data, message_id)
-    if message_type == MessageType.CALLERROR:
-        return _parse_call_error(data, message_id)
-    raise FrameError(
+    if message_type in message_types:
+        if message_type == MessageType.CALL:
+            return _parse_call(data, message_id)
+        if message_type == MessageType.CALLRESULT:
+            return _parse_call_result(data, message_id)
+        if message_type == MessageType.CALLERROR:
+            return _parse_call_error(data, message_id)
+    raise MalformedFrame(
         ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED,
         f"message type {message_type} is not supported",
         message_id,
@@ -224,7 +237,7 @@ def parse(text: str | bytes) -> Frame:
 
 def _read_message_id(data: list[Any], message_type: float) -> str:
     if len(data) < 2 or not isinstance(data[1], str) or not data[1]:
-        raise FrameError(
+        raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR,
             "MessageId could not be read",
             UNREADABLE_ID,
@@ -232,7 +245,7 @@ def _read_message_id(data: list[Any], message_type: float) -> str:
         )
     message_id: str = data[1]
     if len(message_id) > MAX_MESSAGE_ID_LENGTH:
-        raise FrameError(
+        raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR,
             f"MessageId is longer than {MAX_MESSAGE_ID_LENGTH} characters",
             UNREADABLE_ID,
@@ -243,7 +256,7 @@ def _read_message_id(data: list[Any], message_type: float) -> str:
 
 def _parse_call(data: list[Any], message_id: str) -> Call:
     if len(data) != 4:
-        raise FrameError(
+        raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR,
             f"a CALL has 4 elements, this one has {len(data)}",
             message_id,
@@ -251,11 +264,11 @@ def _parse_call(data: list[Any], message_id: str) -> Call:
         )
     action, payload = data[2], data[3]
     if not isinstance(action, str) or not action:
-        raise FrameError(
+        raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR, "Action is not a string", message_id, MessageType.CALL
         )
     if not isinstance(payload, dict):
-        raise FrameError(
+        raise MalformedFrame(
             ErrorCode.FORMAT_VIOLATION,
             "payload is not a JSON object",
             message_id,
@@ -266,7 +279,7 @@ def _parse_call(data: list[Any], message_id: str) -> Call:
 
 def _parse_call_result(data: list[Any], message_id: str) -> CallResult:
     if len(data) != 3 or not isinstance(data[2], dict):
-        raise FrameError(
+        raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR,
             "a CALLRESULT is [3, id, {payload}]",
             message_id,
@@ -282,7 +295,7 @@ def _parse_call_error(data: list[Any], message_id: str) -> CallError:
         or not isinstance(data[3], str)
         or not isinstance(data[4], dict)
     ):
-        raise FrameError(
+        raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR,
             "a CALLERROR is [4, id, code, description, {details}]",
             message_id,

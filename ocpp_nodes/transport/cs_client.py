@@ -1,11 +1,13 @@
 """The Charging Station side: a websockets client that keeps itself connected.
 
 The station connects to ``<CSMS url>/<percent-encoded cbId>`` (part 4,
-3.1.1) offering subprotocol ``ocpp2.0.1``, with the password only in an
-``Authorization: Basic`` header (never in the URL). ``wss://`` stays
-``wss://``. When the connection fails or is lost, it waits as
-:class:`~ocpp_nodes.transport.backoff.Backoff` says and tries again, until
-:meth:`CsClient.stop`.
+3.1.1) offering the subprotocols of its versions in its order of preference,
+with the password only in an ``Authorization: Basic`` header (never in the
+URL). ``wss://`` stays ``wss://``. The version the CSMS selects is the
+connection's: an :class:`~ocpp_nodes.transport.session.OcppSession` of it
+runs until the socket closes. When the connection fails or is lost, the
+client waits as :class:`~ocpp_nodes.transport.backoff.Backoff` says and tries
+again, until :meth:`CsClient.stop`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import logging
 import os
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -28,22 +30,21 @@ from websockets.frames import apply_mask
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from .. import hop_trace
+from ..rpc import VERSIONS, OcppVersion, Role
 from .backoff import Backoff
 from .identity import identity_problem
-from .session import SocketClosed
+from .link import LinkListener, LinkOptions
+from .session import OcppSession, SocketClosed
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ClientOptions",
     "CsClient",
+    "CsmsListener",
     "ServerSocket",
     "station_url",
 ]
-
-
-SUBPROTOCOL = Subprotocol("ocpp2.0.1")
 
 
 def station_url(csms_url: str, cb_id: str) -> str:
@@ -67,8 +68,6 @@ class ServerSocket:
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
-        if hop_trace.TRACE is not None:  # the benchmark's hop times (hop_trace.py)
-            ws.transport = hop_trace.TRACE.watch(ws.transport)
 
     async def receive(self) -> str | bytes:
         try:
@@ -147,45 +146,54 @@ def _describe_close(exc: ConnectionClosed) -> str:
 
 @dataclass
 class ClientOptions:
-    """Where and as whom to connect. ``password`` None sends no Basic auth
-    (profile 3); ``ssl_context`` is used for ``wss://`` URLs."""
+    """Where and as whom to connect.
+
+    ``password`` None sends no Basic auth (profile 3); ``versions`` are
+    offered in this order; ``link`` is how the connection behaves;
+    ``ssl_context`` is used for ``wss://`` URLs.
+    """
 
     csms_url: str
     cb_id: str
     password: str | None
-    max_frame_size: int = 1024 * 1024
+    versions: Sequence[OcppVersion] = field(default_factory=lambda: tuple(VERSIONS.values()))
+    link: LinkOptions = field(default_factory=LinkOptions)
     ping_interval: float = 30.0
     open_timeout: float = 10.0
     ssl_context: ssl.SSLContext | None = None
     servername: str | None = None
 
 
-StateListener = Callable[[str, str], None]
-SocketHandler = Callable[[ServerSocket], Awaitable[None]]
+class CsmsListener(LinkListener, Protocol):
+    """What a CS node hears: the client's state, then each connection's link."""
+
+    def client_state(self, state: str, detail: str) -> None:
+        """``("connecting", "")``, ``("failed", why)``, ``("waiting",
+        "<seconds>")`` or ``("stopped", "")``."""
 
 
 class CsClient:
-    """Connects, hands each open socket to ``on_socket``, reconnects after loss.
+    """Connects, runs an :class:`OcppSession` on each open socket, reconnects after loss.
 
     Args:
-        options: where and as whom to connect.
+        options: where and as whom to connect, which versions, how the link behaves.
         backoff: the reconnect policy (shared with the node, which may change it).
-        on_socket: awaited for the life of each connection; reports how it ends.
-        on_state: told ``("connecting", "")``, ``("failed", why)``,
-            ``("waiting", "<seconds>")`` and ``("stopped", "")``.
+        listener: hears the client's state and each connection's link.
+        session_class: the session to run (a subclass observes sends for
+            the benchmark).
     """
 
     def __init__(
         self,
         options: ClientOptions,
         backoff: Backoff,
-        on_socket: SocketHandler,
-        on_state: StateListener,
+        listener: CsmsListener,
+        session_class: type[OcppSession] = OcppSession,
     ) -> None:
         self.options = options
         self.backoff = backoff
-        self.on_socket = on_socket
-        self.on_state = on_state
+        self.listener = listener
+        self.session_class = session_class
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -204,7 +212,7 @@ class CsClient:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.on_state("stopped", "")
+        self.listener.client_state("stopped", "")
 
     async def _run(self) -> None:
         url = station_url(self.options.csms_url, self.options.cb_id)
@@ -213,17 +221,17 @@ class CsClient:
             token = f"{self.options.cb_id}:{self.options.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
         while True:
-            self.on_state("connecting", "")
+            self.listener.client_state("connecting", "")
             why = await self._connect_once(url, headers)
             if why is not None:
-                self.on_state("failed", why)
+                self.listener.client_state("failed", why)
             wait = self.backoff.next_wait()
-            self.on_state("waiting", f"{wait:.3f}")
+            self.listener.client_state("waiting", f"{wait:.3f}")
             await asyncio.sleep(wait)
 
     async def _connect_once(self, url: str, headers: dict[str, str]) -> str | None:
         """One attempt: why it failed, or ``None`` when a connection opened and
-        ``on_socket`` ran (and reported how it ended)."""
+        its session ran (and reported how it ended)."""
         try:
             tls: dict[str, Any] = {}
             if url.startswith("wss://"):
@@ -233,10 +241,10 @@ class CsClient:
             ws = await connect(
                 url,
                 **tls,
-                subprotocols=[SUBPROTOCOL],
+                subprotocols=[Subprotocol(v.subprotocol) for v in self.options.versions],
                 additional_headers=headers,
                 open_timeout=self.options.open_timeout,
-                max_size=self.options.max_frame_size,
+                max_size=self.options.link.max_frame_size,
                 # The pong deadline is half the interval, as on the CSMS side (aiohttp).
                 ping_interval=self.options.ping_interval or None,
                 ping_timeout=self.options.ping_interval / 2 or None,
@@ -259,12 +267,23 @@ class CsClient:
             return f"cannot connect: {exc or type(exc).__name__}"
         except Exception as exc:
             return f"handshake failed: {exc}"
-        if ws.subprotocol != SUBPROTOCOL:
-            await ws.close(1002, "subprotocol ocpp2.0.1 is required")
-            return f"CSMS did not select subprotocol ocpp2.0.1 (got {ws.subprotocol!r})"
+        # websockets refuses a subprotocol that was not offered; none at all is ours to refuse
+        version = next((v for v in self.options.versions if v.subprotocol == ws.subprotocol), None)
+        if version is None:
+            offered = ", ".join(v.subprotocol for v in self.options.versions)
+            await ws.close(1002, f"subprotocol {offered} is required")
+            return f"CSMS did not select subprotocol {offered} (got {ws.subprotocol!r})"
         self.backoff.reset()
+        session = self.session_class(
+            self.options.cb_id,
+            version,
+            Role.CHARGING_STATION,
+            ServerSocket(ws),
+            self.listener,
+            self.options.link,
+        )
         try:
-            await self.on_socket(ServerSocket(ws))
+            await session.run()
         except Exception as exc:  # a bug must not end the reconnect loop
             log.exception("%s: the connection's handler failed", self.options.cb_id)
             return f"internal error: {exc}"

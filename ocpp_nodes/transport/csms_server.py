@@ -3,9 +3,11 @@
 A station connects to ``ws://host:port/<path>/<cbId>`` (part 4, 3.1.1) with
 HTTP Basic auth whose user is the cbId. The server decides before any
 upgrade: an identity it does not know gets 404 (3.2), a known identity with
-missing or wrong credentials gets 401. Once upgraded, the subprotocol must be
-``ocpp2.0.1``; a client that offered none we speak is closed at once (3.2).
-Everything after that is an :class:`~ocpp_nodes.transport.session.OcppSession`.
+missing or wrong credentials gets 401. The subprotocol is selected from the
+station's offer and the versions the server accepts (``select_version``: the
+station's order of preference); a client that offered none of them completes
+the upgrade without one and is closed at once (3.2). Everything after that is
+an :class:`~ocpp_nodes.transport.session.OcppSession` of the selected version.
 """
 
 from __future__ import annotations
@@ -15,22 +17,31 @@ import base64
 import binascii
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
+from ..rpc import VERSIONS, OcppVersion, Role, select_version
 from .identity import identity_problem
 from .limits import RateLimit
-from .session import SocketClosed
+from .link import LinkListener, LinkOptions
+from .session import OcppSession, SocketClosed
 from .tls import peer_common_name
 
-__all__ = ["AuthDecision", "CsmsServer", "StationSocket", "basic_auth_credentials", "route_for"]
+__all__ = [
+    "AuthDecision",
+    "CsmsServer",
+    "ServerOptions",
+    "StationListener",
+    "StationSocket",
+    "basic_auth_credentials",
+    "route_for",
+]
 
 log = logging.getLogger(__name__)
-
-SUBPROTOCOL = "ocpp2.0.1"
 
 
 class AuthDecision(Enum):
@@ -158,24 +169,35 @@ class StationSocket:
             self._ping = None
 
 
-#: ``(cbId, Basic credentials or None, client certificate CN or None) -> decision``
-Authenticator = Callable[[str, tuple[str, str] | None, str | None], AuthDecision]
-StationHandler = Callable[[str, StationSocket, str], Awaitable[None]]
+class StationListener(LinkListener, Protocol):
+    """What a CSMS node decides and hears: each attempt, then each station's link."""
+
+    def authenticate(
+        self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
+    ) -> AuthDecision:
+        """Decide on a cbId, its Basic credentials (``(user, password)`` or
+        ``None``) and its client certificate's CN before the upgrade."""
+
+    def refused(self, status: int, remote: str) -> None:
+        """An attempt from ``remote`` was refused with HTTP ``status`` before the upgrade."""
 
 
 @dataclass
 class ServerOptions:
     """Where and how to listen.
 
-    ``ssl_context`` serves ``wss://`` (profiles 2 and 3); ``max_connections``
-    caps open station connections and ``handshakes_per_second`` connection
-    attempts (0 = no cap): both answer HTTP 503 beyond the cap.
+    ``versions`` are the OCPP versions accepted; ``link`` is how every
+    station's link behaves. ``ssl_context`` serves ``wss://`` (profiles 2
+    and 3); ``max_connections`` caps open station connections and
+    ``handshakes_per_second`` connection attempts (0 = no cap): both answer
+    HTTP 503 beyond the cap.
     """
 
     host: str | None
     port: int
     path: str
-    max_frame_size: int = 1024 * 1024
+    versions: Sequence[OcppVersion] = field(default_factory=lambda: tuple(VERSIONS.values()))
+    link: LinkOptions = field(default_factory=LinkOptions)
     ping_interval: float = 30.0
     compress: bool = True
     ssl_context: ssl.SSLContext | None = None
@@ -184,28 +206,24 @@ class ServerOptions:
 
 
 class CsmsServer:
-    """Listens for stations and hands each accepted websocket to ``on_station``.
+    """Listens for stations; runs an :class:`OcppSession` for each one accepted.
 
     Args:
-        options: where to listen and frame limits.
-        authenticate: decides on a cbId and its Basic credentials before the upgrade.
-        on_station: awaited with ``(cb_id, socket, remote)`` for the life of
-            the connection; the server closes the socket when it returns.
-        on_refused: told ``(HTTP status, remote address)`` of every attempt
-            refused before the upgrade.
+        options: where to listen, which versions, how links behave.
+        listener: decides on each attempt and hears each station's link.
+        session_class: the session to run (a subclass observes sends for
+            the benchmark).
     """
 
     def __init__(
         self,
         options: ServerOptions,
-        authenticate: Authenticator,
-        on_station: StationHandler,
-        on_refused: Callable[[int, str], None] | None = None,
+        listener: StationListener,
+        session_class: type[OcppSession] = OcppSession,
     ) -> None:
         self.options = options
-        self.authenticate = authenticate
-        self.on_station = on_station
-        self.on_refused = on_refused
+        self.listener = listener
+        self.session_class = session_class
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._handshakes = RateLimit(options.handshakes_per_second)
@@ -240,8 +258,8 @@ class CsmsServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         response = await self._answer(request)
-        if self.on_refused is not None and response.status >= 400:
-            self.on_refused(response.status, request.remote or "")
+        if response.status >= 400:
+            self.listener.refused(response.status, request.remote or "")
         return response
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
@@ -258,7 +276,7 @@ class CsmsServer:
         if problem is not None:
             return web.Response(status=400, text=f"Invalid Charging Station identity: {problem}")
         peercert = request.transport.get_extra_info("peercert") if request.transport else None
-        decision = self.authenticate(
+        decision = self.listener.authenticate(
             cb_id,
             basic_auth_credentials(request.headers.get("Authorization")),
             peer_common_name(peercert),
@@ -277,9 +295,11 @@ class CsmsServer:
             )
         if decision is AuthDecision.ALREADY_CONNECTED:
             return web.Response(status=409, text="This Charging Station is already connected")
+        offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
+        version = select_version(offered.split(","), self.options.versions)
         ws = web.WebSocketResponse(
-            protocols=(SUBPROTOCOL,),
-            max_msg_size=self.options.max_frame_size,
+            protocols=() if version is None else (version.subprotocol,),
+            max_msg_size=self.options.link.max_frame_size,
             compress=self.options.compress,
             autoping=False,  # pings and pongs: StationSocket
             timeout=3.0,  # seconds to wait for the close handshake of a stopping node
@@ -287,14 +307,23 @@ class CsmsServer:
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="Expected a websocket upgrade")
         await ws.prepare(request)
-        if ws.ws_protocol != SUBPROTOCOL:
-            await ws.close(code=1002, message=b"subprotocol ocpp2.0.1 is required")
+        if version is None or ws.ws_protocol != version.subprotocol:
+            accepted = ", ".join(v.subprotocol for v in self.options.versions)
+            await ws.close(code=1002, message=f"subprotocol {accepted} is required".encode())
             return ws
         self._sockets.add(ws)
-        remote = request.remote or ""
         socket = StationSocket(ws, request.transport, self.options.ping_interval)
+        session = self.session_class(
+            cb_id,
+            version,
+            Role.CSMS,
+            socket,
+            self.listener,
+            self.options.link,
+            request.remote or "",
+        )
         try:
-            await self.on_station(cb_id, socket, remote)
+            await session.run()
         except asyncio.CancelledError:
             raise
         except Exception:

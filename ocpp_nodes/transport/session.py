@@ -1,11 +1,12 @@
-"""An OCPP-J connection bound to a live websocket.
+"""An OCPP-J connection bound to a live websocket: the local :class:`StationLink`.
 
 The session is the only place where the sans-I/O core meets a socket: it
 feeds received messages to :class:`~ocpp_nodes.rpc.OcppConnection`, writes
 what the core wants sent (in order; at once while the socket takes it, through
-a task only while the socket pushes back), and runs the core's deadlines on the
-event loop's clock. Both roles use it; the CSMS
-server and the CS client only differ in how the socket is made.
+a task only while the socket pushes back), runs the core's deadlines on the
+event loop's clock, and tells its :class:`~ocpp_nodes.transport.link.
+LinkListener` what happens. Both roles use it; the CSMS server and the CS
+client only differ in how the socket is made.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import contextlib
 import logging
 import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
-from .. import hop_trace
-from ..rpc import Event, OcppConnection, OutgoingCall, ReceivedCall
+from ..rpc import Event, OcppConnection, OcppVersion, Role
+from .link import LinkListener, LinkOptions, PendingCall
 
 __all__ = ["OcppSession", "TextSocket", "SocketClosed"]
 
@@ -45,70 +46,82 @@ class TextSocket(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
-EventHandler = Callable[["OcppSession", list[Event]], None]
-FrameLogger = Callable[["OcppSession", str, bool], None]
-
-
 class OcppSession:
-    """One station's connection, seen from either end.
+    """One connection between a station and its CSMS, seen from either end.
+
+    A :class:`~ocpp_nodes.transport.link.StationLink`.
 
     Args:
         cb_id: the station identity of the connection.
-        connection: the OCPP-J state (owned by this session from now on).
+        version: the OCPP version the socket negotiated.
+        role: which end we are.
         socket: the websocket.
-        on_events: called with what each received message or deadline means.
-        on_frame: called with each frame's text and ``True`` when it came from
-            the peer; ``None`` when nobody logs frames.
+        listener: told when the link opens and closes, and what happens on it.
+        options: timeouts, queue and frame size, whether frames are logged.
+        remote: the peer's address.
     """
 
     def __init__(
         self,
         cb_id: str,
-        connection: OcppConnection,
+        version: OcppVersion,
+        role: Role,
         socket: TextSocket,
-        on_events: EventHandler,
-        on_frame: FrameLogger | None = None,
+        listener: LinkListener,
+        options: LinkOptions,
         remote: str = "",
     ) -> None:
         self.cb_id = cb_id
+        self.version = version
         self.remote = remote
-        self.connection = connection
+        self.connection = OcppConnection(
+            version,
+            role,
+            call_timeout=options.call_timeout,
+            answer_timeout=options.answer_timeout,
+            max_queued=options.max_queued,
+            max_frame_size=options.max_frame_size,
+        )
         self.socket = socket
-        self.on_events = on_events
-        self.on_frame = on_frame
+        self.listener = listener
+        self._log_frames = options.log_frames
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self._outbox: deque[str] = deque()
         # the task finishing a send the socket made wait for (back-pressure)
         self._writer: asyncio.Task[None] | None = None
-        # with hop_trace on: the hop_t0 of each outbox entry (0: not from an input)
-        self._hop_stamps: deque[int] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
-    # -- what the node layer calls ------------------------------------------
+    # -- the StationLink --------------------------------------------------------
 
-    def send_call(
-        self, action: str, payload: Any, *, message_id: str | None = None, context: Any = None
-    ) -> OutgoingCall:
-        """Send (or queue) a CALL; raises ``OutgoingError`` when it cannot be sent."""
-        call = self.connection.send_call(
-            action, payload, self._loop.time(), message_id=message_id, context=context
-        )
-        self._flush()
-        return call
+    @property
+    def call_timeout(self) -> float:
+        return self.connection.calls.timeout
 
-    def send_result(self, message_id: str, payload: Any) -> ReceivedCall:
-        request = self.connection.send_result(message_id, payload)
+    def send_call(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
+        call = self.connection.send_call(action, payload, self._loop.time(), message_id=message_id)
         self._flush()
-        return request
+        return call.message_id
+
+    def send_result(self, message_id: str, payload: Any) -> None:
+        self.connection.send_result(message_id, payload)
+        self._flush()
 
     def send_error(
         self, message_id: str, error_code: str, description: str = "", details: Any = None
-    ) -> ReceivedCall:
-        request = self.connection.send_error(message_id, error_code, description, details)
+    ) -> None:
+        self.connection.send_error(message_id, error_code, description, details)
         self._flush()
-        return request
+
+    def awaits_answer(self, message_id: Any) -> bool:
+        return self.connection.awaits_answer(message_id)
+
+    def pending_calls(self) -> list[PendingCall]:
+        return [
+            PendingCall(call.message_id, call.action, call.sent)
+            for call in self.connection.calls.all()
+        ]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the websocket; :meth:`run` then ends and reports the loss."""
@@ -117,11 +130,24 @@ class OcppSession:
 
     # -- the loops -------------------------------------------------------------
 
-    async def run(self) -> str:
-        """Read until the socket closes. Returns why it closed.
+    async def run(self) -> str | None:
+        """Open the link, read until the socket closes, close the link.
 
-        Every call still pending is ended with ``CallAborted`` before this returns.
+        The listener hears ``link_opened`` first and ``link_closed`` last,
+        after every call still pending has ended with ``CallAborted``.
+
+        Returns:
+            Why it closed; ``None`` when it was cancelled (our side stopping).
         """
+        await self.listener.link_opened(self)
+        reason: str | None = None
+        try:
+            reason = await self._read()
+        finally:
+            self.listener.link_closed(self, reason)
+        return reason
+
+    async def _read(self) -> str:
         reason = "connection closed"
         try:
             while True:
@@ -130,7 +156,7 @@ class OcppSession:
                 except SocketClosed as exc:
                     reason = exc.reason
                     break
-                if self.on_frame is not None:
+                if self._log_frames:
                     self._log_frame(text if isinstance(text, str) else repr(text), True)
                 events = self.connection.receive_text(text, self._loop.time())
                 self._flush()
@@ -138,7 +164,6 @@ class OcppSession:
         finally:
             self.closed = True
             self._outbox.clear()
-            self._hop_stamps.clear()
             if self._timer is not None:
                 self._timer.cancel()
             self._deliver(self.connection.connection_lost(reason))
@@ -154,11 +179,14 @@ class OcppSession:
         texts = self.connection.data_to_send()
         if texts and not self.closed:
             self._outbox.extend(texts)
-            if hop_trace.TRACE is not None:
-                self._hop_stamps.extend([hop_trace.TRACE.current] * len(texts))
+            self._queued(len(texts))
             if self._writer is None:
                 self._write()
         self._arm_timer()
+
+    def _queued(self, count: int) -> None:
+        """``count`` frames joined the outbox: a hook for an observer of sends
+        (the benchmark's ``hop_trace.TracedSession``); nothing here."""
 
     def _write(self) -> None:
         """Write the outbox in order, now, for as long as the socket takes it.
@@ -170,8 +198,6 @@ class OcppSession:
         """
         while self._outbox and not self.closed:
             text = self._outbox.popleft()
-            if hop_trace.TRACE is not None:
-                hop_trace.TRACE.last_write = 0  # set again if this socket's transport is watched
             sending = self.socket.send(text)
             try:
                 waiting_for = sending.send(None)
@@ -194,24 +220,17 @@ class OcppSession:
             self._send_failed(exc)
             return
         self._writer = None
-        if hop_trace.TRACE is not None:
-            hop_trace.TRACE.last_write = 0  # other sends ran meanwhile: count to the return
         self._sent(text)
         self._write()
 
     def _sent(self, text: str) -> None:
-        if hop_trace.TRACE is not None and self._hop_stamps:  # empty once closed
-            stamp = self._hop_stamps.popleft()
-            if stamp:
-                hop_trace.TRACE.sent(stamp)
-        if self.on_frame is not None:
+        if self._log_frames:
             self._log_frame(text, False)
 
     def _send_failed(self, exc: Exception) -> None:
         # the reader sees the close and ends the session
         log.debug("%s: send failed: %s", self.cb_id, exc)
         self._outbox.clear()
-        self._hop_stamps.clear()
 
     def _arm_timer(self) -> None:
         # Lazy: a timer already due no later than the next deadline stays as it
@@ -238,9 +257,8 @@ class OcppSession:
         self._deliver(events)
 
     def _log_frame(self, text: str, from_peer: bool) -> None:
-        assert self.on_frame is not None
         try:
-            self.on_frame(self, text, from_peer)
+            self.listener.link_frame(self, text, from_peer)
         except Exception:  # a frame that cannot be logged must not end the connection
             log.exception("%s: logging a frame failed", self.cb_id)
 
@@ -248,7 +266,7 @@ class OcppSession:
         if not events:
             return
         try:
-            self.on_events(self, events)
+            self.listener.link_events(self, events)
         except Exception:  # a bug in a handler must not end the connection
             log.exception("%s: handling %s failed", self.cb_id, events)
 

@@ -1,0 +1,198 @@
+"""What differs between OCPP versions, in one table.
+
+Theory of operation:
+
+1. Each OCPP version the engine speaks is one :class:`OcppVersion` in
+   :data:`VERSIONS`: its websocket subprotocol, where its schemas are, the
+   message types it has, how it spells each error code (and so which JSON-schema
+   failure becomes which code), what it does with a message type it lacks,
+   which role sends which action, and which actions are transaction-related
+   (kept while offline and retried by a station).
+2. Nothing outside this module names a version's facts. The transports offer
+   and select subprotocols from the table (:func:`select_version`); the version
+   a connection negotiated travels with it into its session, its OCPP-J state
+   and every message the flow sees (``msg.ocpp.ocppVersion`` is
+   :attr:`OcppVersion.name`).
+3. Nothing is kept per station: the same station may come back with another
+   version.
+
+No I/O, except that a version's :attr:`~OcppVersion.schemas` reads its
+packaged schema files once, when first asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cached_property
+
+from ..schemas import SchemaRegistry
+from .frames import ErrorCode, MessageType
+from .roles import Role
+
+__all__ = [
+    "KEYWORD_ERRORS",
+    "OcppVersion",
+    "UnknownMessageType",
+    "V201",
+    "VERSIONS",
+    "select_version",
+    "version_named",
+]
+
+
+class UnknownMessageType(Enum):
+    """What a connection does with a frame of a message type its version lacks."""
+
+    #: CALLERROR ``MessageTypeNotSupported`` (OCPP 2.0.1 part 4, 4.2.3).
+    ANSWER = "answer"
+    #: Nothing goes back; the user is told (OCPP 1.6J, OCPP 2.1).
+    IGNORE = "ignore"
+
+
+#: JSON-schema keyword that failed -> what the CALLERROR says (part 4, table 8).
+#: Anything not listed is a format violation.
+KEYWORD_ERRORS: Mapping[str, ErrorCode] = {
+    "type": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
+    "required": ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION,
+    "minItems": ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION,
+    "maxItems": ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION,
+    "minProperties": ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION,
+    "maxProperties": ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION,
+    "enum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "const": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "minLength": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "maxLength": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "minimum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "maximum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "exclusiveMinimum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "exclusiveMaximum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "multipleOf": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "pattern": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "format": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "additionalProperties": ErrorCode.FORMAT_VIOLATION,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class OcppVersion:
+    """One OCPP version: everything about it that the engine acts on.
+
+    Attributes:
+        name: as the flow sees it in ``msg.ocpp.ocppVersion`` (``"2.0.1"``).
+        subprotocol: the websocket subprotocol (``"ocpp2.0.1"``).
+        schema_package: the subpackage of the ``ocpp`` package with its schemas.
+        request_schema_suffix: what follows the action in a request schema's
+            file name (``"Request"``; ``""`` for 1.6's ``<Action>.json``).
+        message_types: the OCPP-J message types it has.
+        error_codes: how it spells each error it has.
+        unknown_message_type: what a frame of another message type gets.
+        sends: the actions each role sends; a CALL of an action that the
+            receiving role never receives is ``NotSupported``.
+        transaction_actions: the transaction-related actions a station keeps
+            while offline and delivers in order.
+    """
+
+    name: str
+    subprotocol: str
+    schema_package: str
+    request_schema_suffix: str
+    message_types: frozenset[MessageType]
+    error_codes: Mapping[ErrorCode, str]
+    unknown_message_type: UnknownMessageType
+    sends: Mapping[Role, frozenset[str]]
+    transaction_actions: frozenset[str] = field(default_factory=frozenset)
+
+    def __repr__(self) -> str:
+        return f"OcppVersion({self.name!r})"
+
+    def code(self, error: ErrorCode) -> str:
+        """How this version spells ``error`` on the wire."""
+        return self.error_codes[error]
+
+    @cached_property
+    def error_code_names(self) -> frozenset[str]:
+        """Every error code of this version: what a flow's CALLERROR may use."""
+        return frozenset(self.error_codes.values())
+
+    def receives(self, role: Role) -> frozenset[str]:
+        """The actions ``role`` receives: what its peer sends."""
+        return self.sends[role.peer]
+
+    @cached_property
+    def schemas(self) -> SchemaRegistry:
+        """Its validators, every one compiled when first asked for (then kept)."""
+        registry = SchemaRegistry(
+            self.schema_package,
+            self.request_schema_suffix,
+            {keyword: self.code(error) for keyword, error in KEYWORD_ERRORS.items()},
+            self.code(ErrorCode.FORMAT_VIOLATION),
+        )
+        missing = (self.sends[Role.CHARGING_STATION] | self.sends[Role.CSMS]) - registry.actions
+        if missing:
+            raise ValueError(f"OCPP {self.name}: no schemas for {', '.join(sorted(missing))}")
+        return registry
+
+
+_V201_SENT_BY_STATION = frozenset(
+    """Authorize BootNotification ClearedChargingLimit DataTransfer FirmwareStatusNotification
+    Get15118EVCertificate GetCertificateStatus Heartbeat LogStatusNotification MeterValues
+    NotifyChargingLimit NotifyCustomerInformation NotifyDisplayMessages NotifyEVChargingNeeds
+    NotifyEVChargingSchedule NotifyEvent NotifyMonitoringReport NotifyReport
+    PublishFirmwareStatusNotification ReportChargingProfiles ReservationStatusUpdate
+    SecurityEventNotification SignCertificate StatusNotification TransactionEvent""".split()
+)
+
+_V201_SENT_BY_CSMS = frozenset(
+    """CancelReservation CertificateSigned ChangeAvailability ClearCache ClearChargingProfile
+    ClearDisplayMessage ClearVariableMonitoring CostUpdated CustomerInformation DataTransfer
+    DeleteCertificate GetBaseReport GetChargingProfiles GetCompositeSchedule
+    GetDisplayMessages GetInstalledCertificateIds GetLocalListVersion GetLog
+    GetMonitoringReport GetReport GetTransactionStatus GetVariables InstallCertificate
+    PublishFirmware RequestStartTransaction RequestStopTransaction ReserveNow Reset
+    SendLocalList SetChargingProfile SetDisplayMessage SetMonitoringBase SetMonitoringLevel
+    SetNetworkProfile SetVariableMonitoring SetVariables TriggerMessage UnlockConnector
+    UnpublishFirmware UpdateFirmware""".split()
+)
+
+#: OCPP 2.0.1 (part 4 for OCPP-J; part 2 for who sends what).
+V201 = OcppVersion(
+    name="2.0.1",
+    subprotocol="ocpp2.0.1",
+    schema_package="ocpp.v201",
+    request_schema_suffix="Request",
+    message_types=frozenset({MessageType.CALL, MessageType.CALLRESULT, MessageType.CALLERROR}),
+    # table 8 of part 4, spelled as ErrorCode's values
+    error_codes={error: error.value for error in ErrorCode},
+    unknown_message_type=UnknownMessageType.ANSWER,
+    sends={Role.CHARGING_STATION: _V201_SENT_BY_STATION, Role.CSMS: _V201_SENT_BY_CSMS},
+    transaction_actions=frozenset({"TransactionEvent"}),
+)
+
+#: Every version the engine speaks, by name.
+VERSIONS: Mapping[str, OcppVersion] = {version.name: version for version in (V201,)}
+
+
+def version_named(name: str) -> OcppVersion:
+    """The version called ``name`` (``"2.0.1"``). Raises ``KeyError``."""
+    return VERSIONS[name]
+
+
+def select_version(offered: Iterable[str], accepted: Sequence[OcppVersion]) -> OcppVersion | None:
+    """The version of a new connection, or ``None`` when there is none in common.
+
+    Args:
+        offered: the subprotocols the station offered, in its order of preference.
+        accepted: the versions this end accepts.
+
+    Returns:
+        The first offered subprotocol that one of ``accepted`` has: the
+        station's order of preference decides (part 4, 3.1.2 and 3.2).
+    """
+    by_subprotocol = {version.subprotocol: version for version in accepted}
+    for subprotocol in offered:
+        version = by_subprotocol.get(subprotocol.strip())
+        if version is not None:
+            return version
+    return None
