@@ -29,7 +29,7 @@ class Backoff:
         doublings = min(self.failures, max(self.repeat_times, 0))
         self.failures += 1
         jitter = self.uniform(0.0, self.random_range) if self.random_range > 0 else 0.0
-        return self.wait_minimum * (2**doublings) + jitter
+        return self.wait_minimum * (2.0**doublings) + jitter
 
     def reset(self) -> None:
         """A connection opened: the next failure starts from the minimum again."""

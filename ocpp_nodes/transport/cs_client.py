@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.frames import apply_mask
+from websockets.frames import apply_mask  # type: ignore[attr-defined]  # the C speedup
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
