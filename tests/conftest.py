@@ -1,15 +1,35 @@
-"""Shared fixtures: a real Node-RED runtime with the checkout's shim (see tests/nodered.py)."""
+"""Shared fixtures: the real daemon behind a shim double, its nodes and their peers,
+and a real Node-RED runtime with the checkout's shim (see tests/nodered.py).
+
+- ``shim``: one daemon for the whole module; every test makes its own nodes
+  (``make_csms``, ``make_cs``: unique ids, closed after the test). It and the
+  factories run on the module's event loop: a module that uses them has
+  ``pytestmark = pytest.mark.asyncio(loop_scope="module")``.
+- ``fresh_shim``: a daemon of the test's own, on the test's own loop, for
+  tests that use fixed node ids or read everything the daemon ever said.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from tests.nodered import NodeRed, free_port, node_red_missing_reason, running_node_red
-
-__all__ = ["free_port"]
+from tests.common import (
+    DaemonCs,
+    DaemonCsms,
+    FakeCsms,
+    MakeCs,
+    MakeCsms,
+    MakeFakeCsms,
+    next_number,
+    start_csms,
+)
+from tests.nodered import NodeRed, node_red_missing_reason, running_node_red
+from tests.shim_double import ShimDouble
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,6 +53,91 @@ def nodered(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NodeRed]
         yield runtime
 
 
-@pytest.fixture(name="free_port")
-def free_port_fixture() -> Iterator[int]:
-    yield free_port()
+# -- the daemon ----------------------------------------------------------------------
+
+
+async def _started_shim() -> ShimDouble:
+    double = ShimDouble()
+    await double.start()
+    return double
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def shim() -> AsyncIterator[ShimDouble]:
+    """The daemon of the module, started as the shim starts it."""
+    double = await _started_shim()
+    yield double
+    await double.stop()
+
+
+@pytest_asyncio.fixture
+async def fresh_shim() -> AsyncIterator[ShimDouble]:
+    """A daemon of the test's own: nothing recorded before, no node of another test."""
+    double = await _started_shim()
+    yield double
+    await double.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def make_csms(shim: ShimDouble) -> AsyncIterator[MakeCsms]:
+    """Factory of CSMS nodes (path ``/ocpp``; Basic auth ``auths``, by default CP1 with
+    password ``pw``; other keywords are node config); all closed after the test."""
+    made: list[str] = []
+
+    async def make(auths: dict[str, str] | None = None, **config: Any) -> DaemonCsms:
+        node = f"csms{next_number()}"
+        made.append(node)
+        port = await start_csms(shim, node, auths or {"CP1": "pw"}, config)
+        return DaemonCsms(shim, node, port)
+
+    yield make
+    for node in made:
+        await shim.close_node(node)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def make_cs(shim: ShimDouble) -> AsyncIterator[MakeCs]:
+    """Factory of CS nodes for a CSMS at ``url`` (auto connect, 0.2 s retry, 1 s message
+    timeout; other keywords are node config); all closed after the test."""
+    made: list[str] = []
+
+    async def make(
+        url: str, cb_id: str = "CP1", password: str | None = "pw", **config: Any
+    ) -> DaemonCs:
+        node = f"cs{next_number()}"
+        shim.create(
+            node,
+            "CS",
+            {
+                "cbId": cb_id,
+                "auto_connect": True,
+                "ws_rt_minimum": 0.2,
+                "ws_rt_repeat": 0,
+                "ws_rt_rnd_range": 0,
+                "message_timeout": 1,
+                **config,
+            },
+            credentials={"csms_pw": password} if password is not None else {},
+            target={"url": url},
+        )
+        made.append(node)
+        return DaemonCs(shim, node)
+
+    yield make
+    for node in made:
+        await shim.close_node(node)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def make_fake_csms() -> AsyncIterator[MakeFakeCsms]:
+    """Factory of fake CSMSs (websockets servers, options as ``serve``'s); stopped after."""
+    made: list[FakeCsms] = []
+
+    async def make(**serve_options: Any) -> FakeCsms:
+        fake = await FakeCsms(**serve_options).start()
+        made.append(fake)
+        return fake
+
+    yield make
+    for fake in made:
+        await fake.stop()

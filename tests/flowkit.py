@@ -1,5 +1,7 @@
 """Building blocks for tests that observe flows in a real Node-RED (tests/nodered.py).
 
+- `node(id, type, wires, tab=..., **props)`: a node of a flow (for a module's
+  own `_node = partial(node, tab=TAB)`);
 - `recorder(id, tab, tag)`: a function node that appends what it gets to the
   global context list `records` as `{tag, topic, payload, ocpp, customData,
   msgFrom, cbId, timestamp, status, error, linked}` (`linked`: the msg has a
@@ -15,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 
 import websockets
 
+from tests.common import OCPP201, auth_header
 from tests.nodered import NodeRed
 
 Record = dict[str, Any]
@@ -36,6 +38,21 @@ _RECORD_JS = (
     "global.set('records', records);\n"
     "return null;\n"
 )
+
+
+def node(
+    node_id: str, node_type: str, wires: list[list[str]] | None = None, *, tab: str, **props: Any
+) -> dict[str, Any]:
+    """A node of type `node_type` on `tab` with `props`, wired to `wires`."""
+    return {
+        "id": node_id,
+        "type": node_type,
+        "z": tab,
+        "x": 100,
+        "y": 100,
+        **props,
+        "wires": wires or [],
+    }
 
 
 def recorder(node_id: str, tab: str, tag: str) -> dict[str, Any]:
@@ -153,26 +170,15 @@ class Flow:
         return await asyncio.to_thread(self.wait, tag, pred, timeout, after)
 
 
-def auth_header(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
 async def connect_station(url: str, cb_id: str, password: str) -> Any:
     """A raw websocket station (subprotocol ocpp2.0.1, Basic auth)."""
     return await websockets.connect(
         f"{url}/{cb_id}",
-        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+        subprotocols=OCPP201,
         additional_headers=auth_header(cb_id, password),
         open_timeout=10,
         ping_interval=None,
     )
-
-
-async def recv_frame(ws: Any, timeout: float = 10.0) -> list[Any]:
-    frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    assert isinstance(frame, list), frame
-    return frame
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

@@ -11,22 +11,24 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import sys
 import tempfile
 from collections import defaultdict
 from typing import Any
 
 from ocpp_nodes.ipc.framing import FrameDecoder, encode
+from tests.nodered import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["ShimDouble", "free_port"]  # free_port: where the tests of the daemon have it from
 
 
 class ShimDouble:
+    #: The mode of the socket's private directory: the shim's (a test may loosen it).
+    directory_mode = 0o700
+    #: Where the daemon's stderr goes: inherited, or ``asyncio.subprocess.PIPE``
+    #: for a subclass that reads it in :meth:`spawned`.
+    daemon_stderr: int | None = None
+
     def __init__(self) -> None:
         self.frames: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.dones: dict[int, dict[str, Any]] = {}
@@ -35,10 +37,13 @@ class ShimDouble:
         self.process: asyncio.subprocess.Process | None = None
         self.token = secrets.token_hex(32)
 
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.directory, "daemon.sock")
+
     async def start(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="ocpp-nodes-test-")
-        os.chmod(self.directory, 0o700)
-        socket_path = os.path.join(self.directory, "daemon.sock")
+        os.chmod(self.directory, self.directory_mode)
         env = {**os.environ, "OCPP_NODES_TOKEN": self.token}
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -46,20 +51,25 @@ class ShimDouble:
             "ocpp_nodes",
             "serve",
             "--socket",
-            socket_path,
+            self.socket_path,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=self.daemon_stderr,
             env=env,
         )
+        self.spawned(self.process)
         assert self.process.stdout is not None
         ready = json.loads(await asyncio.wait_for(self.process.stdout.readline(), 20))
         assert ready["event"] == "ready"
         self.pid = ready["pid"]
-        self.reader, self.writer = await asyncio.open_unix_connection(socket_path)
+        self.reader, self.writer = await asyncio.open_unix_connection(self.socket_path)
         self._decoder = FrameDecoder()
         self._reader_task = asyncio.create_task(self._read())
         welcome = await self.handshake(self.token)
         assert welcome["t"] == "welcome", welcome
+
+    def spawned(self, process: asyncio.subprocess.Process) -> None:
+        """Called once the daemon's process runs, before its ready line."""
 
     async def handshake(self, token: str) -> dict[str, Any]:
         self.write({"t": "hello", "protocol": 1, "token": token})
@@ -81,7 +91,10 @@ class ShimDouble:
                     self.dones[frame["seq"]] = frame
                 self._changed.set()
 
-    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> Any:
+    async def wait_for(self, predicate: Any, timeout: float | None = 10.0) -> Any:
+        """The first truthy value of ``predicate()``, checked after each frame
+        (``timeout`` None: no limit, for a task that runs until cancelled)."""
+
         async def _loop() -> Any:
             while True:
                 value = predicate()

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from tests.flowkit import auth_header
+from tests.common import auth_header
 from tests.shim_double import ShimDouble, free_port
 
 TOTAL = 5000

@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.flowkit import Flow, connect_station, http_api, recorder, recv_frame, wait_port
+from tests.common import recv_frame
+from tests.flowkit import Flow, connect_station, http_api, recorder, wait_port
 from tests.nodered import free_port, running_node_red
 
 pytestmark = pytest.mark.nodered

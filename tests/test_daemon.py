@@ -4,7 +4,6 @@ and a station built with the ``ocpp`` package as the peer."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 from typing import Any
 
@@ -16,63 +15,15 @@ from websockets.asyncio.client import connect
 from ocpp_nodes import IPC_PROTOCOL
 from ocpp_nodes.ipc.framing import FrameDecoder, encode
 from ocpp_nodes.ipc.server import ShimConnection
+from tests.common import BOOT, answer_requests, auth_header, start_csms
 from tests.shim_double import ShimDouble, free_port
 
-BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M1", "vendorName": "V1"}}
 
-
-@pytest.fixture
-async def shim():
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-async def start_csms(shim: ShimDouble, auths: dict[str, str], logging: bool = False) -> int:
-    port = free_port()
-    import json
-
-    shim.create(
-        "csms",
-        "CSMS",
-        {"port": str(port), "path": "/ocpp", "ocpp_logging": logging},
-        credentials={"basic_auths": json.dumps(auths)},
-    )
-    await shim.wait_for(lambda: "0 connected" in shim.statuses("csms"))
-    return port
-
-
-async def answer_requests(shim: ShimDouble, node: str, answers: dict[str, dict[str, Any]]) -> None:
-    """Play the flow: answer each received request on port 0 from ``answers``."""
-    seen = 0
-    while True:
-        msgs = await shim.wait_for(
-            lambda seen=seen: [
-                m for m in shim.sent(node, 0) if m.get("topic", "").endswith("/Request")
-            ][seen:]
-        )
-        for msg in msgs:
-            seen += 1
-            reply = dict(msg)
-            reply["payload"] = {
-                **msg["payload"],
-                "msgType": 3,
-                "data": answers[msg["ocpp"]["command"]],
-            }
-            shim.input(node, reply)
-
-
-async def test_station_from_ocpp_package_boots_against_csms_node(shim: ShimDouble) -> None:
-    port = await start_csms(shim, {"CP 1": "s3cret"}, logging=True)
+async def test_station_from_ocpp_package_boots_against_csms_node(fresh_shim: ShimDouble) -> None:
+    port = await start_csms(fresh_shim, "csms", {"CP 1": "s3cret"}, {"ocpp_logging": True})
     flow = asyncio.create_task(
         answer_requests(
-            shim,
+            fresh_shim,
             "csms",
             {
                 "BootNotification": {
@@ -86,7 +37,7 @@ async def test_station_from_ocpp_package_boots_against_csms_node(shim: ShimDoubl
     async with connect(
         f"ws://127.0.0.1:{port}/ocpp/CP%201",
         subprotocols=["ocpp2.0.1"],
-        additional_headers=basic("CP 1", "s3cret"),
+        additional_headers=auth_header("CP 1", "s3cret"),
     ) as ws:
         assert ws.subprotocol == "ocpp2.0.1"
         station = ChargePoint("CP 1", ws)
@@ -99,12 +50,12 @@ async def test_station_from_ocpp_package_boots_against_csms_node(shim: ShimDoubl
         reader.cancel()
     flow.cancel()
     assert result.status == "Accepted" and result.interval == 42
-    request = next(m for m in shim.sent("csms", 0) if m.get("topic") == "CP 1/Request")
+    request = next(m for m in fresh_shim.sent("csms", 0) if m.get("topic") == "CP 1/Request")
     assert request["ocpp"]["cbId"] == "CP 1"
     assert request["ocpp"]["ocppVersion"] == "2.0.1"
     assert request["payload"]["command"] == "BootNotification"
     assert request["payload"]["data"]["chargingStation"]["vendorName"] == "V1"
-    logged = shim.sent("csms", 2)
+    logged = fresh_shim.sent("csms", 2)
     assert [entry["msgFrom"] for entry in logged[:2]] == ["CS", "CSMS"]
     assert logged[0]["payload"][0] == 2 and logged[1]["payload"][0] == 3
 
@@ -113,14 +64,14 @@ async def test_station_from_ocpp_package_boots_against_csms_node(shim: ShimDoubl
     ("headers", "status"),
     [
         ({}, 401),
-        (basic("CP1", "wrong"), 401),
-        (basic("OTHER", "s3cret"), 401),
+        (auth_header("CP1", "wrong"), 401),
+        (auth_header("OTHER", "s3cret"), 401),
     ],
 )
 async def test_wrong_or_missing_credentials_get_401_before_upgrade(
-    shim: ShimDouble, headers: dict[str, str], status: int
+    fresh_shim: ShimDouble, headers: dict[str, str], status: int
 ) -> None:
-    port = await start_csms(shim, {"CP1": "s3cret"})
+    port = await start_csms(fresh_shim, "csms", {"CP1": "s3cret"})
     with pytest.raises(websockets.InvalidStatus) as info:
         async with connect(
             f"ws://127.0.0.1:{port}/ocpp/CP1",
@@ -131,36 +82,38 @@ async def test_wrong_or_missing_credentials_get_401_before_upgrade(
     assert info.value.response.status_code == status
 
 
-async def test_unknown_identity_gets_404(shim: ShimDouble) -> None:
-    port = await start_csms(shim, {"CP1": "s3cret"})
+async def test_unknown_identity_gets_404(fresh_shim: ShimDouble) -> None:
+    port = await start_csms(fresh_shim, "csms", {"CP1": "s3cret"})
     with pytest.raises(websockets.InvalidStatus) as info:
         async with connect(
             f"ws://127.0.0.1:{port}/ocpp/NOPE",
             subprotocols=["ocpp2.0.1"],
-            additional_headers=basic("NOPE", "x"),
+            additional_headers=auth_header("NOPE", "x"),
         ):
             pass
     assert info.value.response.status_code == 404
 
 
 async def test_cs_node_and_csms_node_talk_with_custom_data_and_link_call(
-    shim: ShimDouble,
+    fresh_shim: ShimDouble,
 ) -> None:
-    port = await start_csms(shim, {"CS001": "pw"})
-    shim.create(
+    port = await start_csms(fresh_shim, "csms", {"CS001": "pw"})
+    fresh_shim.create(
         "cs",
         "CS",
         {"cbId": "CS001", "auto_connect": True, "ocpp_logging": True},
         credentials={"csms_pw": "pw"},
         target={"url": f"ws://127.0.0.1:{port}/ocpp", "name": "local"},
     )
-    online = await shim.wait_for(
-        lambda: [m for m in shim.sent("cs", 0) if m.get("ocpp", {}).get("websocket") == "ONLINE"]
+    online = await fresh_shim.wait_for(
+        lambda: [
+            m for m in fresh_shim.sent("cs", 0) if m.get("ocpp", {}).get("websocket") == "ONLINE"
+        ]
     )
     assert online
     flow = asyncio.create_task(
         answer_requests(
-            shim,
+            fresh_shim,
             "csms",
             {
                 "BootNotification": {
@@ -171,7 +124,7 @@ async def test_cs_node_and_csms_node_talk_with_custom_data_and_link_call(
             },
         )
     )
-    seq = shim.input(
+    seq = fresh_shim.input(
         "cs",
         {
             "_msgid": "m1",
@@ -179,8 +132,8 @@ async def test_cs_node_and_csms_node_talk_with_custom_data_and_link_call(
             "customData": {"step": 1},
         },
     )
-    assert (await shim.done(seq)).get("error") is None
-    response = next(m for m in shim.sent("cs", 0) if m.get("topic") == "CS001/Response")
+    assert (await fresh_shim.done(seq)).get("error") is None
+    response = next(m for m in fresh_shim.sent("cs", 0) if m.get("topic") == "CS001/Response")
     assert response["customData"] == {"step": 1}
     assert response["ocpp"]["MessageId"] == "boot-1"
     assert response["payload"]["data"]["interval"] == 5
@@ -189,7 +142,7 @@ async def test_cs_node_and_csms_node_talk_with_custom_data_and_link_call(
     # CSMS -> CS through a link call: the answer leaves port 2 with _linkSource
     cs_flow = asyncio.create_task(
         answer_requests(
-            shim,
+            fresh_shim,
             "cs",
             {
                 "GetVariables": {
@@ -206,7 +159,7 @@ async def test_cs_node_and_csms_node_talk_with_custom_data_and_link_call(
         )
     )
     link = [{"id": "linkcall1", "node": "abc"}]
-    seq = shim.input(
+    seq = fresh_shim.input(
         "csms",
         {
             "payload": {
@@ -224,40 +177,42 @@ async def test_cs_node_and_csms_node_talk_with_custom_data_and_link_call(
             "_linkSource": link,
         },
     )
-    assert (await shim.done(seq)).get("error") is None
-    linked = shim.sent("csms", 1)
+    assert (await fresh_shim.done(seq)).get("error") is None
+    linked = fresh_shim.sent("csms", 1)
     assert linked and linked[0]["_linkSource"] == link
     assert linked[0]["topic"] == "CS001/Response"
     assert linked[0]["payload"]["data"]["getVariableResult"][0]["attributeValue"] == "10"
     cs_flow.cancel()
-    await shim.close_node("cs")
-    await shim.close_node("csms")
+    await fresh_shim.close_node("cs")
+    await fresh_shim.close_node("csms")
 
 
-async def test_invalid_request_from_flow_ends_with_error_naming_the_field(shim: ShimDouble) -> None:
-    port = await start_csms(shim, {"CS001": "pw"})
-    shim.create(
+async def test_invalid_request_from_flow_ends_with_error_naming_the_field(
+    fresh_shim: ShimDouble,
+) -> None:
+    port = await start_csms(fresh_shim, "csms", {"CS001": "pw"})
+    fresh_shim.create(
         "cs",
         "CS",
         {"cbId": "CS001", "auto_connect": True},
         credentials={"csms_pw": "pw"},
         target={"url": f"ws://127.0.0.1:{port}/ocpp"},
     )
-    await shim.wait_for(lambda: "connected" in shim.statuses("cs"))
-    seq = shim.input(
+    await fresh_shim.wait_for(lambda: "connected" in fresh_shim.statuses("cs"))
+    seq = fresh_shim.input(
         "cs", {"payload": {"command": "BootNotification", "data": {"reason": "PowerUp"}}}
     )
-    error = (await shim.done(seq))["error"]
+    error = (await fresh_shim.done(seq))["error"]
     assert "chargingStation" in error and "OccurrenceConstraintViolation" in error
-    seq = shim.input("cs", {"payload": {"data": {}}})
-    assert "payload.command" in (await shim.done(seq))["error"]
-    seq = shim.input("cs", {"payload": {"msgType": 99, "command": "bogus"}})
-    assert "connect" in (await shim.done(seq))["error"]
+    seq = fresh_shim.input("cs", {"payload": {"data": {}}})
+    assert "payload.command" in (await fresh_shim.done(seq))["error"]
+    seq = fresh_shim.input("cs", {"payload": {"msgType": 99, "command": "bogus"}})
+    assert "connect" in (await fresh_shim.done(seq))["error"]
 
 
-async def test_cs_reconnects_after_the_csms_goes_away(shim: ShimDouble) -> None:
-    port = await start_csms(shim, {"CS001": "pw"})
-    shim.create(
+async def test_cs_reconnects_after_the_csms_goes_away(fresh_shim: ShimDouble) -> None:
+    port = await start_csms(fresh_shim, "csms", {"CS001": "pw"})
+    fresh_shim.create(
         "cs",
         "CS",
         {
@@ -270,34 +225,38 @@ async def test_cs_reconnects_after_the_csms_goes_away(shim: ShimDouble) -> None:
         credentials={"csms_pw": "pw"},
         target={"url": f"ws://127.0.0.1:{port}/ocpp"},
     )
-    await shim.wait_for(lambda: "connected" in shim.statuses("cs"))
-    await shim.close_node("csms")
-    await shim.wait_for(
-        lambda: any(m.get("ocpp", {}).get("websocket") == "OFFLINE" for m in shim.sent("cs", 0))
+    await fresh_shim.wait_for(lambda: "connected" in fresh_shim.statuses("cs"))
+    await fresh_shim.close_node("csms")
+    await fresh_shim.wait_for(
+        lambda: any(
+            m.get("ocpp", {}).get("websocket") == "OFFLINE" for m in fresh_shim.sent("cs", 0)
+        )
     )
-    shim.create(
+    fresh_shim.create(
         "csms",
         "CSMS",
         {"port": port, "path": "/ocpp"},
         credentials={"basic_auths": '{"CS001": "pw"}'},
     )
-    await shim.wait_for(lambda: shim.statuses("cs").count("connected") == 2, timeout=15)
+    await fresh_shim.wait_for(lambda: fresh_shim.statuses("cs").count("connected") == 2, timeout=15)
     events = [
-        m["ocpp"]["websocket"] for m in shim.sent("cs", 0) if "websocket" in m.get("ocpp", {})
+        m["ocpp"]["websocket"] for m in fresh_shim.sent("cs", 0) if "websocket" in m.get("ocpp", {})
     ]
     assert events == ["ONLINE", "OFFLINE", "ONLINE"]
 
 
-async def test_frames_after_a_create_wait_until_the_node_has_started(shim: ShimDouble) -> None:
+async def test_frames_after_a_create_wait_until_the_node_has_started(
+    fresh_shim: ShimDouble,
+) -> None:
     # create, then an input for that node and a close of another, in one write:
     # the daemon handles frames as they are read, but the input must still
     # find the node started.
     from ocpp_nodes.ipc.framing import encode
 
     port = free_port()
-    shim._seq += 1
-    seq = shim._seq
-    shim.writer.write(
+    fresh_shim._seq += 1
+    seq = fresh_shim._seq
+    fresh_shim.writer.write(
         encode(
             {
                 "t": "create",
@@ -317,19 +276,21 @@ async def test_frames_after_a_create_wait_until_the_node_has_started(shim: ShimD
         )
         + encode({"t": "close", "node": "other"})
     )
-    assert "error" not in await shim.done(seq)
-    await shim.wait_for(lambda: any(f["t"] == "closed" for f in shim.frames["other"]))
+    assert "error" not in await fresh_shim.done(seq)
+    await fresh_shim.wait_for(lambda: any(f["t"] == "closed" for f in fresh_shim.frames["other"]))
 
 
-async def test_wrong_token_is_rejected_and_daemon_carries_on(shim: ShimDouble) -> None:
-    reader, writer = await asyncio.open_unix_connection(os.path.join(shim.directory, "daemon.sock"))
+async def test_wrong_token_is_rejected_and_daemon_carries_on(fresh_shim: ShimDouble) -> None:
+    reader, writer = await asyncio.open_unix_connection(
+        os.path.join(fresh_shim.directory, "daemon.sock")
+    )
     from ocpp_nodes.ipc.framing import FrameDecoder, encode
 
     writer.write(encode({"t": "hello", "protocol": 1, "token": "0" * 64}))
     data = await asyncio.wait_for(reader.read(), 5)
     assert FrameDecoder().feed(data)[0] == {"t": "reject", "reason": "wrong token"}
     writer.close()
-    port = await start_csms(shim, {"A": "b"})  # the good shim still works
+    port = await start_csms(fresh_shim, "csms", {"A": "b"})  # the good shim still works
     assert port
 
 
@@ -366,31 +327,41 @@ def test_daemon_exits_when_its_socketpair_stdin_closes(tmp_path) -> None:
             process.kill()
 
 
-async def test_csms_connection_events_only_when_the_option_is_on(shim: ShimDouble) -> None:
+async def test_csms_connection_events_only_when_the_option_is_on(fresh_shim: ShimDouble) -> None:
     for node_id, events_on in (("quiet", None), ("loud", True)):
         port = free_port()
         config: dict[str, Any] = {"port": port, "path": "/ocpp"}
         if events_on is not None:
             config["connection_events"] = events_on
-        shim.create(node_id, "CSMS", config, credentials={"basic_auths": '{"CS9": "pw"}'})
-        await shim.wait_for(lambda node_id=node_id: "0 connected" in shim.statuses(node_id))
+        fresh_shim.create(node_id, "CSMS", config, credentials={"basic_auths": '{"CS9": "pw"}'})
+        await fresh_shim.wait_for(
+            lambda node_id=node_id: "0 connected" in fresh_shim.statuses(node_id)
+        )
         async with connect(
             f"ws://127.0.0.1:{port}/ocpp/CS9",
             subprotocols=["ocpp2.0.1"],
-            additional_headers=basic("CS9", "pw"),
+            additional_headers=auth_header("CS9", "pw"),
         ):
-            await shim.wait_for(lambda node_id=node_id: "1 connected" in shim.statuses(node_id))
-        await shim.wait_for(
-            lambda node_id=node_id: shim.statuses(node_id).count("0 connected") == 2
+            await fresh_shim.wait_for(
+                lambda node_id=node_id: "1 connected" in fresh_shim.statuses(node_id)
+            )
+        await fresh_shim.wait_for(
+            lambda node_id=node_id: fresh_shim.statuses(node_id).count("0 connected") == 2
         )
-    assert shim.sent("quiet", 0) == []
-    events = [(m["topic"], m["ocpp"]["websocket"]) for m in shim.sent("loud", 0)]
+    assert fresh_shim.sent("quiet", 0) == []
+    events = [(m["topic"], m["ocpp"]["websocket"]) for m in fresh_shim.sent("loud", 0)]
     assert events == [("CS9/Connection", "ONLINE"), ("CS9/Connection", "OFFLINE")]
 
 
-async def test_refused_logins_are_summed_up_in_the_log_without_secrets(shim: ShimDouble) -> None:
-    port = await start_csms(shim, {"CP1": "s3cret"})
-    for headers, path in ((basic("CP1", "guess-1"), "CP1"), ({}, "CP1"), (basic("X", "y"), "X")):
+async def test_refused_logins_are_summed_up_in_the_log_without_secrets(
+    fresh_shim: ShimDouble,
+) -> None:
+    port = await start_csms(fresh_shim, "csms", {"CP1": "s3cret"})
+    for headers, path in (
+        (auth_header("CP1", "guess-1"), "CP1"),
+        ({}, "CP1"),
+        (auth_header("X", "y"), "X"),
+    ):
         with pytest.raises(websockets.InvalidStatus):
             async with connect(
                 f"ws://127.0.0.1:{port}/ocpp/{path}",
@@ -398,8 +369,10 @@ async def test_refused_logins_are_summed_up_in_the_log_without_secrets(shim: Shi
                 additional_headers=headers,
             ):
                 pass
-    await shim.close_node("csms")  # a stopping node reports what it has not yet
-    (line,) = [f["text"] for f in shim.frames["csms"] if f["t"] == "log" and "refused" in f["text"]]
+    await fresh_shim.close_node("csms")  # a stopping node reports what it has not yet
+    (line,) = [
+        f["text"] for f in fresh_shim.frames["csms"] if f["t"] == "log" and "refused" in f["text"]
+    ]
     assert "2 x HTTP 401 (wrong or missing credentials)" in line
     assert "1 x HTTP 404 (unknown identity)" in line and "127.0.0.1" in line
     assert "guess-1" not in line and "s3cret" not in line

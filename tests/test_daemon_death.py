@@ -23,7 +23,8 @@ import pytest
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from tests.flowkit import Flow, auth_header, http_api, recorder
+from tests.common import BOOT, auth_header
+from tests.flowkit import Flow, http_api, recorder
 from tests.nodered import NodeRed, free_port, proc_alive, wait_until
 
 pytestmark = [
@@ -33,7 +34,6 @@ pytestmark = [
 
 TAB = "d.tab"
 PASSWORD = "death-test-pw"
-BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
 ANSWER = (
     "if (!msg.topic || !msg.topic.endsWith('/Request')) return null;\n"
     "const now = new Date().toISOString();\n"

@@ -18,7 +18,6 @@ and 3), `cs0` (CS output 1).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 import websockets
 from ocpp.v201 import ChargePoint, call
 
+from tests.common import auth_header
 from tests.nodered import REPO_ROOT, NodeRed, free_port, running_node_red, wait_until
 
 pytestmark = pytest.mark.nodered
@@ -160,16 +160,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         yield Demo(runtime, csms_port)
 
 
-def _auth_header(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
 async def _connect(url: str, user: str, password: str) -> Any:
     return await websockets.connect(
         url,
         subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        additional_headers=_auth_header(user, password),
+        additional_headers=auth_header(user, password),
         open_timeout=10,
     )
 

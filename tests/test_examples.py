@@ -19,7 +19,8 @@ import pytest
 
 from ocpp_nodes.rpc import V201
 from ocpp_nodes.schemas import Direction
-from tests.flowkit import Flow, connect_station, http_api, recorder, recv_frame, wait_port
+from tests.common import recv_frame
+from tests.flowkit import Flow, connect_station, http_api, recorder, wait_port
 from tests.nodered import REPO_ROOT, free_port, running_node_red
 from tests.payloads import valid_payload
 

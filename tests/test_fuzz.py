@@ -3,9 +3,10 @@
 - ``ocpp_nodes.rpc.frames.parse`` on arbitrary text, bytes, JSON-ish values
   and frame-shaped arrays (also truncated) returns a frame or raises
   ``MalformedFrame``, nothing else;
-- ``OcppConnection.receive_text`` on a sequence of such messages never
-  raises, answers only with well-formed CALLERRORs, and leaves the
-  connection usable (a Heartbeat CALL afterwards is received and answered);
+- ``OcppConnection.receive_text`` on a sequence of such messages (and of
+  the bad frames of tests/corpus.py) never raises, answers only with
+  well-formed CALLERRORs, and leaves the connection usable (a CALL the role
+  receives afterwards is received and answered);
 - ``ipc.framing.FrameDecoder.feed`` on arbitrary byte chunks (and valid
   frames cut at random places with garbage between) raises only
   ``IpcFrameError``.
@@ -27,6 +28,7 @@ from ocpp_nodes.ipc.framing import FrameDecoder, IpcFrameError, encode
 from ocpp_nodes.rpc import V201, CallReceived, OcppConnection
 from ocpp_nodes.rpc.frames import Call, CallError, CallResult, ErrorCode, MalformedFrame, parse
 from ocpp_nodes.rpc.roles import Role
+from tests.corpus import CORPUS, SIDES
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -102,6 +104,7 @@ peer_messages = st.one_of(
             "[" * 5000 + "]" * 5000,
         ]
     ),  # fmt: skip
+    st.sampled_from([m for case in CORPUS for role in SIDES for m in case.messages(role)]),
 )
 
 # -- properties (shared with bench/fuzz.py) ------------------------------------------
@@ -119,12 +122,7 @@ def check_parse(message: str | bytes) -> None:
 
 def check_connection(messages: list[str | bytes], role: Role) -> None:
     connection = OcppConnection(V201, role, new_message_id=lambda: OUR_ID)
-    action = "GetVariables" if role is Role.CSMS else "Heartbeat"
-    data: dict[str, Any] = (
-        {"getVariableData": [{"component": {"name": "C"}, "variable": {"name": "V"}}]}
-        if role is Role.CSMS
-        else {}
-    )
+    action, data, _ = SIDES[role].sends
     connection.send_call(action, data, 0.0)  # one of ours outstanding: answers may match it
     connection.data_to_send()
     for i, message in enumerate(messages):
@@ -135,11 +133,7 @@ def check_connection(messages: list[str | bytes], role: Role) -> None:
             assert answer[2] in V201.error_code_names and isinstance(answer[3], str), answer
             assert len(answer[3]) <= 255 and isinstance(answer[4], dict), answer
     # still usable: a fresh CALL the role receives is delivered and can be answered
-    incoming, answer_data = (
-        ("Heartbeat", {"currentTime": "2026-01-01T00:00:00Z"})
-        if role is Role.CSMS
-        else ("ClearCache", {"status": "Accepted"})
-    )
+    incoming, answer_data = SIDES[role].empty
     events = connection.receive_text(json.dumps([2, "usable-check", incoming, {}]), 1.0)
     assert events == [CallReceived("usable-check", incoming, {})], events
     connection.send_result("usable-check", answer_data)

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.flowkit import connect_station, recv_frame, wait_port
+from tests.common import recv_frame
+from tests.flowkit import connect_station, wait_port
 from tests.nodered import MARKER_ENV, REPO_ROOT, NodeRed, free_port, wait_until
 
 pytestmark = pytest.mark.nodered

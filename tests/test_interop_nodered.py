@@ -15,9 +15,9 @@ One Node-RED runs one flow for the module:
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -25,6 +25,8 @@ import websockets
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call, call_result
 
+from tests.common import DATE_TIME, GET_VARIABLES, OCPP201, auth_header
+from tests.flowkit import node
 from tests.nodered import NodeRed, free_port, running_node_red
 from tests.peers.ocpp_rpc import OcppRpcPeer, ocpp_rpc_missing_reason
 
@@ -37,12 +39,6 @@ pytestmark = [
 
 TAB = "interop"
 PASSWORD = "interop-pw"
-NOW = "2026-01-01T00:00:00Z"
-GET_VARIABLES = {
-    "getVariableData": [
-        {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
-    ]
-}
 GET_VARIABLES_RESULT = {
     "getVariableResult": [
         {
@@ -76,16 +72,7 @@ return msg;
 """.replace("GET_VARIABLES_RESULT", json.dumps(GET_VARIABLES_RESULT))
 
 
-def _node(node_id: str, node_type: str, wires: list[list[str]] | None = None, **props: Any):
-    return {
-        "id": node_id,
-        "type": node_type,
-        "z": TAB,
-        "x": 100,
-        "y": 100,
-        **props,
-        "wires": wires or [],
-    }
+_node = partial(node, tab=TAB)
 
 
 def _recorder(tag: str) -> dict[str, Any]:
@@ -172,7 +159,7 @@ class PythonCsms(ChargePoint):
 
     @on("BootNotification")
     def on_boot(self, reason: str, charging_station: dict[str, Any], **_: Any) -> Any:
-        return call_result.BootNotification(current_time=NOW, interval=55, status="Accepted")
+        return call_result.BootNotification(current_time=DATE_TIME, interval=55, status="Accepted")
 
 
 class Setup:
@@ -249,7 +236,7 @@ async def setup(node_red: NodeRed) -> AsyncIterator[Setup]:
     )
     rpc_server = OcppRpcPeer(
         "server",
-        {"BootNotification": {"currentTime": NOW, "interval": 66, "status": "Accepted"}},
+        {"BootNotification": {"currentTime": DATE_TIME, "interval": 66, "status": "Accepted"}},
         port=0,
         path="/ocpp",
         identity="NRRPC",
@@ -318,11 +305,10 @@ async def test_ocpp_rpc_station_in_strict_mode_against_our_csms_node(setup: Setu
 
 
 async def test_ocpp_package_station_against_our_csms_node(setup: Setup) -> None:
-    token = base64.b64encode(f"PY1:{PASSWORD}".encode()).decode()
     async with websockets.connect(
         f"ws://127.0.0.1:{setup.csms_port}/ocpp/PY1",
-        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        additional_headers={"Authorization": f"Basic {token}"},
+        subprotocols=OCPP201,
+        additional_headers=auth_header("PY1", PASSWORD),
     ) as ws:
         station = ChargePoint("PY1", ws, response_timeout=10)
         reader = asyncio.create_task(station.start())

@@ -17,6 +17,7 @@ from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call, call_result
 from websockets.asyncio.server import ServerConnection, basic_auth, serve
 
+from tests.common import DATE_TIME, websocket_events
 from tests.shim_double import ShimDouble
 
 CB_ID = "CS 1"  # a space: the CS node percent-encodes it in the URL
@@ -49,9 +50,7 @@ class Csms(ChargePoint):  # type: ignore[misc]
     def on_boot_notification(self, **request: Any) -> call_result.BootNotification:
         self.boots.append(request)
         self.booted.set()
-        return call_result.BootNotification(
-            current_time="2026-01-01T00:00:00Z", interval=300, status="Accepted"
-        )
+        return call_result.BootNotification(current_time=DATE_TIME, interval=300, status="Accepted")
 
 
 class CsmsServer:
@@ -72,14 +71,6 @@ class CsmsServer:
 
 
 @pytest.fixture
-async def shim() -> AsyncIterator[ShimDouble]:
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
-@pytest.fixture
 async def csms() -> AsyncIterator[tuple[CsmsServer, int]]:
     server = CsmsServer()
     async with serve(
@@ -94,10 +85,10 @@ async def csms() -> AsyncIterator[tuple[CsmsServer, int]]:
 
 
 async def test_cs_node_boots_at_ocpp_package_csms_and_answers_get_variables(
-    shim: ShimDouble, csms: tuple[CsmsServer, int]
+    fresh_shim: ShimDouble, csms: tuple[CsmsServer, int]
 ) -> None:
     server, port = csms
-    shim.create(
+    fresh_shim.create(
         "cs",
         "CS",
         {"cbId": CB_ID, "auto_connect": True},
@@ -107,26 +98,24 @@ async def test_cs_node_boots_at_ocpp_package_csms_and_answers_get_variables(
     await asyncio.wait_for(server.connected.wait(), 10)
     assert server.paths == ["/ocpp/CS%201"]
     station = server.stations[CB_ID]
-    await shim.wait_for(
-        lambda: any(m.get("ocpp", {}).get("websocket") == "ONLINE" for m in shim.sent("cs", 0))
-    )
+    await fresh_shim.wait_for(lambda: "ONLINE" in websocket_events(fresh_shim, "cs"))
 
     # BootNotification: our CS node -> the package's CSMS -> answer out of port 0
-    seq = shim.input(
+    seq = fresh_shim.input(
         "cs",
         {
             "payload": {"command": "BootNotification", "data": BOOT_REQUEST, "MessageId": "b1"},
             "customData": "boot",
         },
     )
-    assert (await shim.done(seq)).get("error") is None
+    assert (await fresh_shim.done(seq)).get("error") is None
     assert station.boots == [
         {
             "reason": "PowerUp",
             "charging_station": {"model": "M1", "vendor_name": "V1", "firmware_version": "1.0"},
         }
     ]
-    (answer,) = [m for m in shim.sent("cs", 0) if m.get("topic") == f"{CB_ID}/Response"]
+    (answer,) = [m for m in fresh_shim.sent("cs", 0) if m.get("topic") == f"{CB_ID}/Response"]
     assert answer["ocpp"]["MessageId"] == "b1" and answer["customData"] == "boot"
     assert answer["payload"] == {
         "command": "BootNotification",
@@ -146,8 +135,8 @@ async def test_cs_node_boots_at_ocpp_package_csms_and_answers_get_variables(
             )
         )
     )
-    (request,) = await shim.wait_for(
-        lambda: [m for m in shim.sent("cs", 0) if m.get("topic") == f"{CB_ID}/Request"]
+    (request,) = await fresh_shim.wait_for(
+        lambda: [m for m in fresh_shim.sent("cs", 0) if m.get("topic") == f"{CB_ID}/Request"]
     )
     assert request["ocpp"]["command"] == "GetVariables" and request["ocpp"]["cbId"] == CB_ID
     assert request["payload"]["data"] == {
@@ -163,8 +152,8 @@ async def test_cs_node_boots_at_ocpp_package_csms_and_answers_get_variables(
             "data": {"getVariableResult": GET_VARIABLES_RESULT},
         },
     }
-    seq = shim.input("cs", reply)
-    assert (await shim.done(seq)).get("error") is None
+    seq = fresh_shim.input("cs", reply)
+    assert (await fresh_shim.done(seq)).get("error") is None
     result = await asyncio.wait_for(get, 5)
     assert result.get_variable_result == [
         {
@@ -175,4 +164,4 @@ async def test_cs_node_boots_at_ocpp_package_csms_and_answers_get_variables(
             "variable": {"name": "HeartbeatInterval"},
         }
     ]
-    await shim.close_node("cs")
+    await fresh_shim.close_node("cs")

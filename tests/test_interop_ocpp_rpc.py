@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.common import BOOT, BOOT_ANSWER, GET_VARIABLES, GET_VARIABLES_RESULT
 from tests.payloads import CS_TO_CSMS, CSMS_TO_CS, valid_payload
 from tests.peers.ocpp_rpc import OcppRpcPeer, ocpp_rpc_missing_reason
 from tests.shim_double import ShimDouble, free_port
@@ -32,41 +33,12 @@ pytestmark = [
 CB_ID = "CS1"
 PASSWORD = "pw"
 
-BOOT_REQUEST = {
-    "reason": "PowerUp",
-    "chargingStation": {"model": "M1", "vendorName": "V1"},
-}
-BOOT_RESPONSE = {"currentTime": "2026-01-01T00:00:00Z", "interval": 300, "status": "Accepted"}
-GET_VARIABLES_REQUEST = {
-    "getVariableData": [
-        {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
-    ]
-}
-GET_VARIABLES_RESPONSE = {
-    "getVariableResult": [
-        {
-            "attributeStatus": "Accepted",
-            "attributeValue": "300",
-            "component": {"name": "OCPPCommCtrlr"},
-            "variable": {"name": "HeartbeatInterval"},
-        }
-    ]
-}
-
 
 def every_response(actions: tuple[str, ...]) -> dict[str, Any]:
     return {action: valid_payload(action, "Response") for action in actions}
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def shim() -> AsyncIterator[ShimDouble]:
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture
 async def peers() -> AsyncIterator[list[OcppRpcPeer]]:
     """Peers started by a test; all stopped (killed when needed) at teardown."""
     started: list[OcppRpcPeer] = []
@@ -216,52 +188,56 @@ async def peer_sends(
 # --- basic round trips ---------------------------------------------------------
 
 
+@pytest.mark.asyncio(loop_scope="function")  # with a daemon of its own
 async def test_ocpp_rpc_station_boots_at_csms_node_and_answers_get_variables(
-    shim: ShimDouble, peers: list[OcppRpcPeer]
+    fresh_shim: ShimDouble, peers: list[OcppRpcPeer]
 ) -> None:
-    station = await csms_node_with_station(shim, peers, {"GetVariables": GET_VARIABLES_RESPONSE})
+    station = await csms_node_with_station(
+        fresh_shim, peers, {"GetVariables": GET_VARIABLES_RESULT}
+    )
 
-    boot = asyncio.create_task(station.call("BootNotification", BOOT_REQUEST))
-    (msg,) = await shim.wait_for(lambda: requests_at(shim, "csms"))
+    boot = asyncio.create_task(station.call("BootNotification", BOOT))
+    (msg,) = await fresh_shim.wait_for(lambda: requests_at(fresh_shim, "csms"))
     assert msg["topic"] == f"{CB_ID}/Request"
     assert msg["ocpp"]["command"] == "BootNotification" and msg["ocpp"]["cbId"] == CB_ID
-    assert msg["payload"]["data"] == BOOT_REQUEST
-    seq = shim.input("csms", reply(msg, BOOT_RESPONSE))
-    assert (await shim.done(seq)).get("error") is None
-    assert await boot == {"event": "result", "id": 1, "result": BOOT_RESPONSE}
+    assert msg["payload"]["data"] == BOOT
+    seq = fresh_shim.input("csms", reply(msg, BOOT_ANSWER))
+    assert (await fresh_shim.done(seq)).get("error") is None
+    assert await boot == {"event": "result", "id": 1, "result": BOOT_ANSWER}
 
-    seq = shim.input(
+    seq = fresh_shim.input(
         "csms",
-        {"payload": {"command": "GetVariables", "cbId": CB_ID, "data": GET_VARIABLES_REQUEST}},
+        {"payload": {"command": "GetVariables", "cbId": CB_ID, "data": GET_VARIABLES}},
     )
-    assert (await shim.done(seq)).get("error") is None
+    assert (await fresh_shim.done(seq)).get("error") is None
     (received,) = station.received("GetVariables")
-    assert received["params"] == GET_VARIABLES_REQUEST
-    answer = answer_of(shim, "csms", received["messageId"])
+    assert received["params"] == GET_VARIABLES
+    answer = answer_of(fresh_shim, "csms", received["messageId"])
     assert answer is not None and answer["topic"] == f"{CB_ID}/Response"
-    assert answer["payload"] == {"command": "GetVariables", "data": GET_VARIABLES_RESPONSE}
+    assert answer["payload"] == {"command": "GetVariables", "data": GET_VARIABLES_RESULT}
     no_strict_failures(station)
 
 
+@pytest.mark.asyncio(loop_scope="function")  # with a daemon of its own
 async def test_cs_node_boots_at_ocpp_rpc_server_and_answers_reset(
-    shim: ShimDouble, peers: list[OcppRpcPeer]
+    fresh_shim: ShimDouble, peers: list[OcppRpcPeer]
 ) -> None:
-    server = await cs_node_with_server(shim, peers, {"BootNotification": BOOT_RESPONSE})
+    server = await cs_node_with_server(fresh_shim, peers, {"BootNotification": BOOT_ANSWER})
 
-    seq = shim.input("cs", {"payload": {"command": "BootNotification", "data": BOOT_REQUEST}})
-    assert (await shim.done(seq)).get("error") is None
+    seq = fresh_shim.input("cs", {"payload": {"command": "BootNotification", "data": BOOT}})
+    assert (await fresh_shim.done(seq)).get("error") is None
     (received,) = server.received("BootNotification")
-    assert received["params"] == BOOT_REQUEST
-    answer = answer_of(shim, "cs", received["messageId"])
+    assert received["params"] == BOOT
+    answer = answer_of(fresh_shim, "cs", received["messageId"])
     assert answer is not None and answer["topic"] == f"{CB_ID}/Response"
-    assert answer["payload"] == {"command": "BootNotification", "data": BOOT_RESPONSE}
+    assert answer["payload"] == {"command": "BootNotification", "data": BOOT_ANSWER}
 
     reset = asyncio.create_task(server.call("Reset", {"type": "Immediate"}))
-    (msg,) = await shim.wait_for(lambda: requests_at(shim, "cs"))
+    (msg,) = await fresh_shim.wait_for(lambda: requests_at(fresh_shim, "cs"))
     assert msg["topic"] == f"{CB_ID}/Request"
     assert msg["payload"]["command"] == "Reset" and msg["payload"]["data"] == {"type": "Immediate"}
-    seq = shim.input("cs", reply(msg, {"status": "Scheduled"}))
-    assert (await shim.done(seq)).get("error") is None
+    seq = fresh_shim.input("cs", reply(msg, {"status": "Scheduled"}))
+    assert (await fresh_shim.done(seq)).get("error") is None
     assert (await reset)["result"] == {"status": "Scheduled"}
     no_strict_failures(server)
 
@@ -274,14 +250,6 @@ async def test_cs_node_boots_at_ocpp_rpc_server_and_answers_reset(
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def module_shim() -> AsyncIterator[ShimDouble]:
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def module_peers() -> AsyncIterator[list[OcppRpcPeer]]:
     started: list[OcppRpcPeer] = []
     yield started
@@ -291,60 +259,56 @@ async def module_peers() -> AsyncIterator[list[OcppRpcPeer]]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def rpc_server(
-    module_shim: ShimDouble, module_peers: list[OcppRpcPeer]
+    shim: ShimDouble, module_peers: list[OcppRpcPeer]
 ) -> AsyncIterator[OcppRpcPeer]:
     """Our CS node connected to an ocpp-rpc CSMS that answers every CS_TO_CSMS action."""
-    server = await cs_node_with_server(module_shim, module_peers, every_response(CS_TO_CSMS))
+    server = await cs_node_with_server(shim, module_peers, every_response(CS_TO_CSMS))
     yield server
     no_strict_failures(server)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def rpc_station(
-    module_shim: ShimDouble, module_peers: list[OcppRpcPeer]
+    shim: ShimDouble, module_peers: list[OcppRpcPeer]
 ) -> AsyncIterator[OcppRpcPeer]:
     """An ocpp-rpc station answering every CSMS_TO_CS action, connected to our CSMS node."""
-    station = await csms_node_with_station(module_shim, module_peers, every_response(CSMS_TO_CS))
+    station = await csms_node_with_station(shim, module_peers, every_response(CSMS_TO_CS))
     yield station
     no_strict_failures(station)
 
 
 @pytest.mark.parametrize("action", CS_TO_CSMS)
 async def test_cs_node_sends_to_ocpp_rpc_server(
-    module_shim: ShimDouble, rpc_server: OcppRpcPeer, action: str
+    shim: ShimDouble, rpc_server: OcppRpcPeer, action: str
 ) -> None:
-    why = await node_sends(module_shim, "cs", rpc_server, action, valid_payload(action, "Request"))
+    why = await node_sends(shim, "cs", rpc_server, action, valid_payload(action, "Request"))
     assert why is None, f"{action} CS node -> ocpp-rpc CSMS: {why}"
     no_strict_failures(rpc_server)
 
 
 @pytest.mark.parametrize("action", CSMS_TO_CS)
 async def test_csms_node_sends_to_ocpp_rpc_station(
-    module_shim: ShimDouble, rpc_station: OcppRpcPeer, action: str
+    shim: ShimDouble, rpc_station: OcppRpcPeer, action: str
 ) -> None:
-    why = await node_sends(
-        module_shim, "csms", rpc_station, action, valid_payload(action, "Request")
-    )
+    why = await node_sends(shim, "csms", rpc_station, action, valid_payload(action, "Request"))
     assert why is None, f"{action} CSMS node -> ocpp-rpc station: {why}"
     no_strict_failures(rpc_station)
 
 
 @pytest.mark.parametrize("action", CSMS_TO_CS)
 async def test_ocpp_rpc_server_sends_to_cs_node_flow(
-    module_shim: ShimDouble, rpc_server: OcppRpcPeer, action: str
+    shim: ShimDouble, rpc_server: OcppRpcPeer, action: str
 ) -> None:
-    why = await peer_sends(module_shim, "cs", rpc_server, action, valid_payload(action, "Request"))
+    why = await peer_sends(shim, "cs", rpc_server, action, valid_payload(action, "Request"))
     assert why is None, f"{action} ocpp-rpc CSMS -> CS node flow: {why}"
     no_strict_failures(rpc_server)
 
 
 @pytest.mark.parametrize("action", CS_TO_CSMS)
 async def test_ocpp_rpc_station_sends_to_csms_node_flow(
-    module_shim: ShimDouble, rpc_station: OcppRpcPeer, action: str
+    shim: ShimDouble, rpc_station: OcppRpcPeer, action: str
 ) -> None:
-    why = await peer_sends(
-        module_shim, "csms", rpc_station, action, valid_payload(action, "Request")
-    )
+    why = await peer_sends(shim, "csms", rpc_station, action, valid_payload(action, "Request"))
     assert why is None, f"{action} ocpp-rpc station -> CSMS node flow: {why}"
     no_strict_failures(rpc_station)
 
@@ -352,47 +316,49 @@ async def test_ocpp_rpc_station_sends_to_csms_node_flow(
 # --- what strict mode would have caught ----------------------------------------
 
 
+@pytest.mark.asyncio(loop_scope="function")  # with a daemon of its own
 async def test_invalid_flow_answer_is_refused_and_never_reaches_ocpp_rpc(
-    shim: ShimDouble, peers: list[OcppRpcPeer]
+    fresh_shim: ShimDouble, peers: list[OcppRpcPeer]
 ) -> None:
     """ocpp-rpc in strict mode rejects an invalid CALLRESULT (its call fails with a
     strictValidationFailure). Our node must refuse the invalid answer itself, so
     the peer sees nothing, and the request still waits for a valid answer."""
-    server = await cs_node_with_server(shim, peers, {})
+    server = await cs_node_with_server(fresh_shim, peers, {})
     reset = asyncio.create_task(server.call("Reset", {"type": "OnIdle"}, timeout=8))
-    (msg,) = await shim.wait_for(lambda: requests_at(shim, "cs"))
+    (msg,) = await fresh_shim.wait_for(lambda: requests_at(fresh_shim, "cs"))
 
-    seq = shim.input("cs", reply(msg, {"status": "Bogus"}))
-    error = (await shim.done(seq)).get("error")
+    seq = fresh_shim.input("cs", reply(msg, {"status": "Bogus"}))
+    error = (await fresh_shim.done(seq)).get("error")
     assert error and "status" in error and "PropertyConstraintViolation" in error, error
-    seq = shim.input("cs", reply(msg, {}))
-    error = (await shim.done(seq)).get("error")
+    seq = fresh_shim.input("cs", reply(msg, {}))
+    error = (await fresh_shim.done(seq)).get("error")
     assert error and "status" in error and "OccurrenceConstraintViolation" in error, error
     await asyncio.sleep(0.3)
     assert not reset.done(), f"something reached ocpp-rpc: {reset.result()}"
     assert not [e for e in server.events if e["event"] in ("answered", "strictValidationFailure")]
 
-    seq = shim.input("cs", reply(msg, {"status": "Accepted"}))
-    assert (await shim.done(seq)).get("error") is None
+    seq = fresh_shim.input("cs", reply(msg, {"status": "Accepted"}))
+    assert (await fresh_shim.done(seq)).get("error") is None
     assert (await reset)["result"] == {"status": "Accepted"}
     no_strict_failures(server)
 
 
+@pytest.mark.asyncio(loop_scope="function")  # with a daemon of its own
 async def test_invalid_request_from_flow_never_reaches_ocpp_rpc(
-    shim: ShimDouble, peers: list[OcppRpcPeer]
+    fresh_shim: ShimDouble, peers: list[OcppRpcPeer]
 ) -> None:
-    station = await csms_node_with_station(shim, peers, {"Reset": {"status": "Accepted"}})
-    seq = shim.input(
+    station = await csms_node_with_station(fresh_shim, peers, {"Reset": {"status": "Accepted"}})
+    seq = fresh_shim.input(
         "csms", {"payload": {"command": "Reset", "cbId": CB_ID, "data": {"type": "Later"}}}
     )
-    error = (await shim.done(seq)).get("error")
+    error = (await fresh_shim.done(seq)).get("error")
     assert error and "type" in error and "PropertyConstraintViolation" in error, error
-    seq = shim.input("csms", {"payload": {"command": "Reset", "cbId": CB_ID, "data": {}}})
-    assert "OccurrenceConstraintViolation" in (await shim.done(seq)).get("error", "")
+    seq = fresh_shim.input("csms", {"payload": {"command": "Reset", "cbId": CB_ID, "data": {}}})
+    assert "OccurrenceConstraintViolation" in (await fresh_shim.done(seq)).get("error", "")
     # the station is still there and gets the next valid request, and only that
-    seq = shim.input(
+    seq = fresh_shim.input(
         "csms", {"payload": {"command": "Reset", "cbId": CB_ID, "data": {"type": "Immediate"}}}
     )
-    assert (await shim.done(seq)).get("error") is None
+    assert (await fresh_shim.done(seq)).get("error") is None
     assert [e["params"] for e in station.received()] == [{"type": "Immediate"}]
     no_strict_failures(station)

@@ -7,31 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ocpp_nodes.nodes.offline_store import OfflineStore
+from tests.common import DATE_TIME, HEARTBEAT_ANSWER, answer_requests
 from tests.shim_double import ShimDouble, free_port
-from tests.test_daemon import answer_requests
-
-NOW = "2026-01-01T00:00:00Z"
 
 
 def transaction_event(seq_no: int) -> dict[str, Any]:
     return {
         "eventType": "Updated",
-        "timestamp": NOW,
+        "timestamp": DATE_TIME,
         "triggerReason": "MeterValuePeriodic",
         "seqNo": seq_no,
         "transactionInfo": {"transactionId": "T1"},
     }
-
-
-@pytest.fixture
-async def shim():
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
 
 
 def create_cs(shim: ShimDouble, port: int, user_dir: Path, **config: Any) -> None:
@@ -60,17 +48,17 @@ def start_csms(shim: ShimDouble, port: int) -> asyncio.Task[None]:
         credentials={"basic_auths": json.dumps({"OFF1": "pw"})},
     )
     return asyncio.create_task(
-        answer_requests(shim, "csms", {"TransactionEvent": {}, "Heartbeat": {"currentTime": NOW}})
+        answer_requests(shim, "csms", {"TransactionEvent": {}, "Heartbeat": HEARTBEAT_ANSWER})
     )
 
 
 async def test_transaction_events_sent_offline_arrive_in_order_after_reconnect(
-    shim: ShimDouble, tmp_path: Path
+    fresh_shim: ShimDouble, tmp_path: Path
 ) -> None:
     port = free_port()
-    create_cs(shim, port, tmp_path)
+    create_cs(fresh_shim, port, tmp_path)
     seqs = [
-        shim.input(
+        fresh_shim.input(
             "cs",
             {
                 "payload": {"command": "TransactionEvent", "data": transaction_event(n)},
@@ -80,25 +68,25 @@ async def test_transaction_events_sent_offline_arrive_in_order_after_reconnect(
         for n in range(5)
     ]
     for seq in seqs:  # kept on disk: the inputs end at once, without error
-        assert "error" not in await shim.done(seq)
-    heartbeat = shim.input("cs", {"payload": {"command": "Heartbeat", "data": {}}})
-    assert "not connected" in (await shim.done(heartbeat))["error"]  # not kept by default
+        assert "error" not in await fresh_shim.done(seq)
+    heartbeat = fresh_shim.input("cs", {"payload": {"command": "Heartbeat", "data": {}}})
+    assert "not connected" in (await fresh_shim.done(heartbeat))["error"]  # not kept by default
     assert OfflineStore(str(tmp_path / "ocpp-nodes" / "offline-queue.sqlite")).count("OFF1") == 5
 
-    flow = start_csms(shim, port)
-    received = await shim.wait_for(
+    flow = start_csms(fresh_shim, port)
+    received = await fresh_shim.wait_for(
         lambda: (
-            len([m for m in shim.sent("csms", 0) if m.get("topic") == "OFF1/Request"]) == 5
-            and [m for m in shim.sent("csms", 0) if m.get("topic") == "OFF1/Request"]
+            len([m for m in fresh_shim.sent("csms", 0) if m.get("topic") == "OFF1/Request"]) == 5
+            and [m for m in fresh_shim.sent("csms", 0) if m.get("topic") == "OFF1/Request"]
         ),
         timeout=15,
     )
     assert [m["payload"]["data"]["seqNo"] for m in received] == [0, 1, 2, 3, 4]
     assert all(m["payload"]["data"]["offline"] is True for m in received)
-    answers = await shim.wait_for(
+    answers = await fresh_shim.wait_for(
         lambda: (
-            len([m for m in shim.sent("cs", 0) if m.get("topic") == "OFF1/Response"]) == 5
-            and [m for m in shim.sent("cs", 0) if m.get("topic") == "OFF1/Response"]
+            len([m for m in fresh_shim.sent("cs", 0) if m.get("topic") == "OFF1/Response"]) == 5
+            and [m for m in fresh_shim.sent("cs", 0) if m.get("topic") == "OFF1/Response"]
         )
     )
     assert [m["customData"] for m in answers] == [{"n": n} for n in range(5)]
@@ -112,32 +100,36 @@ async def test_transaction_events_sent_offline_arrive_in_order_after_reconnect(
 
 
 async def test_all_mode_keeps_other_requests_in_memory_until_connected(
-    shim: ShimDouble, tmp_path: Path
+    fresh_shim: ShimDouble, tmp_path: Path
 ) -> None:
     port = free_port()
-    create_cs(shim, port, tmp_path, offline_queue="all", offline_queue_size=2)
-    first = shim.input("cs", {"payload": {"command": "Heartbeat", "data": {}}})
-    second = shim.input("cs", {"payload": {"command": "Heartbeat", "data": {}}})
-    third = shim.input("cs", {"payload": {"command": "Heartbeat", "data": {}}, "customData": 3})
-    assert "error" not in await shim.done(third)  # dropped: told by a warning with the msg
-    dropped = [f for f in shim.frames["cs"] if f["t"] == "log" and "queue full" in f["text"]]
+    create_cs(fresh_shim, port, tmp_path, offline_queue="all", offline_queue_size=2)
+    first = fresh_shim.input("cs", {"payload": {"command": "Heartbeat", "data": {}}})
+    second = fresh_shim.input("cs", {"payload": {"command": "Heartbeat", "data": {}}})
+    third = fresh_shim.input(
+        "cs", {"payload": {"command": "Heartbeat", "data": {}}, "customData": 3}
+    )
+    assert "error" not in await fresh_shim.done(third)  # dropped: told by a warning with the msg
+    dropped = [f for f in fresh_shim.frames["cs"] if f["t"] == "log" and "queue full" in f["text"]]
     assert dropped and dropped[0]["msg"]["customData"] == 3
-    assert first not in shim.dones and second not in shim.dones  # still waiting
-    flow = start_csms(shim, port)
-    assert "error" not in await shim.done(first, timeout=15)
-    assert "error" not in await shim.done(second, timeout=15)
+    assert first not in fresh_shim.dones and second not in fresh_shim.dones  # still waiting
+    flow = start_csms(fresh_shim, port)
+    assert "error" not in await fresh_shim.done(first, timeout=15)
+    assert "error" not in await fresh_shim.done(second, timeout=15)
     flow.cancel()
 
 
-async def test_off_mode_refuses_while_disconnected(shim: ShimDouble, tmp_path: Path) -> None:
-    create_cs(shim, free_port(), tmp_path, offline_queue="off")
-    seq = shim.input(
+async def test_off_mode_refuses_while_disconnected(fresh_shim: ShimDouble, tmp_path: Path) -> None:
+    create_cs(fresh_shim, free_port(), tmp_path, offline_queue="off")
+    seq = fresh_shim.input(
         "cs", {"payload": {"command": "TransactionEvent", "data": transaction_event(0)}}
     )
-    assert "not connected" in (await shim.done(seq))["error"]
+    assert "not connected" in (await fresh_shim.done(seq))["error"]
 
 
-async def test_an_invalid_request_is_refused_not_stored(shim: ShimDouble, tmp_path: Path) -> None:
-    create_cs(shim, free_port(), tmp_path)
-    seq = shim.input("cs", {"payload": {"command": "TransactionEvent", "data": {"seqNo": 1}}})
-    assert "OccurrenceConstraintViolation" in (await shim.done(seq))["error"]
+async def test_an_invalid_request_is_refused_not_stored(
+    fresh_shim: ShimDouble, tmp_path: Path
+) -> None:
+    create_cs(fresh_shim, free_port(), tmp_path)
+    seq = fresh_shim.input("cs", {"payload": {"command": "TransactionEvent", "data": {"seqNo": 1}}})
+    assert "OccurrenceConstraintViolation" in (await fresh_shim.done(seq))["error"]

@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
-from tests.flowkit import auth_header
+from tests.common import auth_header
 from tests.nodered import NodeRed, free_port, proc_alive, wait_until
 
 pytestmark = [

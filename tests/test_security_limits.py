@@ -12,77 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-import pytest_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.shim_double import ShimDouble, free_port
+from tests.common import (
+    HEARTBEAT_ANSWER,
+    OCPP201,
+    MakeCsms,
+    answer_requests,
+    auth_header,
+)
+from tests.shim_double import ShimDouble
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-_numbers = itertools.count(1)
-HEARTBEAT_ANSWER = {"currentTime": "2026-01-01T00:00:00Z"}
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def shim() -> AsyncIterator[ShimDouble]:
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-async def start_csms(
-    shim: ShimDouble, config: dict[str, Any], auths: dict[str, str]
-) -> tuple[str, int]:
-    node = f"csms{next(_numbers)}"
-    port = free_port()
-    shim.create(
-        node,
-        "CSMS",
-        {"port": str(port), "path": "/ocpp", **config},
-        credentials={"basic_auths": json.dumps(auths)},
-    )
-    await shim.wait_for(lambda: "0 connected" in shim.statuses(node))
-    return node, port
-
-
-async def answer_heartbeats(shim: ShimDouble, node: str) -> None:
-    """Play the flow: answer every request the CSMS node hands out."""
-    seen = 0
-    while True:
-        msgs = await shim.wait_for(
-            lambda seen=seen: [
-                m for m in shim.sent(node, 0) if str(m.get("topic", "")).endswith("/Request")
-            ][seen:],
-            timeout=120,
-        )
-        for msg in msgs:
-            seen += 1
-            shim.input(
-                node, {**msg, "payload": {**msg["payload"], "msgType": 3, "data": HEARTBEAT_ANSWER}}
-            )
 
 
 async def station(port: int, cb_id: str, password: str) -> ClientConnection:
     return await connect(
         f"ws://127.0.0.1:{port}/ocpp/{cb_id}",
-        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        additional_headers=basic(cb_id, password),
+        subprotocols=OCPP201,
+        additional_headers=auth_header(cb_id, password),
         open_timeout=5,
         ping_interval=None,
     )
@@ -134,11 +89,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-async def test_bad_login_flood_does_not_starve_a_connected_station(shim: ShimDouble) -> None:
-    node, port = await start_csms(
-        shim, {"handshakes_per_second": 100}, {"GOOD": "good-pw", "VICTIM": "victim-pw"}
-    )
-    flow = asyncio.create_task(answer_heartbeats(shim, node))
+async def test_bad_login_flood_does_not_starve_a_connected_station(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    csms = await make_csms({"GOOD": "good-pw", "VICTIM": "victim-pw"}, handshakes_per_second=100)
+    node, port = csms.node, csms.port
+    flow = asyncio.create_task(answer_requests(shim, node, {"Heartbeat": HEARTBEAT_ANSWER}))
     good = await station(port, "GOOD", "good-pw")
     try:
         baseline = [await heartbeat(good, f"base-{i}") for i in range(20)]
@@ -210,9 +166,12 @@ async def test_bad_login_flood_does_not_starve_a_connected_station(shim: ShimDou
         await shim.close_node(node)
 
 
-async def test_max_connections_answers_503_then_frees_a_place(shim: ShimDouble) -> None:
+async def test_max_connections_answers_503_then_frees_a_place(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
     auths = {f"S{i}": f"pw{i}" for i in range(5)}
-    node, port = await start_csms(shim, {"max_connections": 2}, auths)
+    csms = await make_csms(auths, max_connections=2)
+    node, port = csms.node, csms.port
     first = await station(port, "S0", "pw0")
     second = await station(port, "S1", "pw1")
     try:
@@ -244,10 +203,13 @@ async def test_max_connections_answers_503_then_frees_a_place(shim: ShimDouble) 
         await shim.close_node(node)
 
 
-async def test_handshake_cap_also_limits_good_logins_then_recovers(shim: ShimDouble) -> None:
+async def test_handshake_cap_also_limits_good_logins_then_recovers(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
     """The cap is per attempt, good or bad: a burst beyond it gets 503, a second later in."""
     auths = {f"B{i}": f"pw{i}" for i in range(30)}
-    node, port = await start_csms(shim, {"handshakes_per_second": 10}, auths)
+    csms = await make_csms(auths, handshakes_per_second=10)
+    node, port = csms.node, csms.port
     try:
         started = time.perf_counter()
         results = await asyncio.gather(*(raw_upgrade(port, f"B{i}", f"pw{i}") for i in range(30)))
@@ -265,10 +227,13 @@ async def test_handshake_cap_also_limits_good_logins_then_recovers(shim: ShimDou
         await shim.close_node(node)
 
 
-async def test_max_connections_holds_under_concurrent_logins(shim: ShimDouble) -> None:
+async def test_max_connections_holds_under_concurrent_logins(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
     """20 good logins at once against a cap of 2: exactly 2 upgrades, 18 answers 503."""
     auths = {f"C{i}": f"pw{i}" for i in range(20)}
-    node, port = await start_csms(shim, {"max_connections": 2, "handshakes_per_second": 0}, auths)
+    csms = await make_csms(auths, max_connections=2, handshakes_per_second=0)
+    node, port = csms.node, csms.port
     held: list[asyncio.StreamWriter] = []
 
     async def login(i: int) -> int:

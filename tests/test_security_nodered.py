@@ -11,10 +11,10 @@ node without any password.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import ssl
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ import pytest
 import trustme
 import websockets
 
-from tests.flowkit import Flow, http_api, recorder
+from tests.common import OCPP201, auth_header
+from tests.flowkit import Flow, http_api, node, recorder
 from tests.nodered import NodeRed, free_port, running_node_red
 
 pytestmark = pytest.mark.nodered
@@ -30,16 +31,7 @@ pytestmark = pytest.mark.nodered
 TAB = "tls"
 
 
-def _node(node_id: str, node_type: str, wires: list[list[str]] | None = None, **props: Any):
-    return {
-        "id": node_id,
-        "type": node_type,
-        "z": TAB,
-        "x": 100,
-        "y": 100,
-        **props,
-        "wires": wires or [],
-    }
+_node = partial(node, tab=TAB)
 
 
 def _tls_config(node_id: str, **files: Path) -> dict[str, Any]:
@@ -178,13 +170,12 @@ def test_profile_3_cs_node_connects_with_its_certificate_and_no_password(setup) 
 
 async def test_outside_station_needs_the_ca_to_reach_the_wss_csms(setup) -> None:
     runtime, pki, port = setup
-    token = base64.b64encode(b"OUT1:pw-out").decode()
     trusting = ssl.create_default_context(cafile=str(pki.ca_path))
     async with websockets.connect(
         f"wss://127.0.0.1:{port}/ocpp/OUT1",
         ssl=trusting,
-        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        additional_headers={"Authorization": f"Basic {token}"},
+        subprotocols=OCPP201,
+        additional_headers=auth_header("OUT1", "pw-out"),
     ) as ws:
         await ws.send('[2,"h1","Heartbeat",{}]')
         flow = Flow(runtime)

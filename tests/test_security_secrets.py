@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import websockets
 from websockets.asyncio.client import connect
 
+from tests.common import OCPP201, auth_header, start_csms
 from tests.flowkit import Flow, connect_station, http_api, recorder, wait_port
 from tests.nodered import NodeRed, free_port, running_node_red, wait_until
 from tests.shim_double import ShimDouble
@@ -292,40 +292,15 @@ def test_flows_export_and_file_hold_no_credentials(scenario: tuple[NodeRed, Flow
 # -- the daemon alone ---------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def shim() -> AsyncIterator[ShimDouble]:
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-async def start_csms(shim: ShimDouble, node: str, config: dict[str, Any]) -> int:
-    port = free_port()
-    shim.create(
-        node,
-        "CSMS",
-        {"port": str(port), "path": "/ocpp", **config},
-        credentials={"basic_auths": json.dumps({"CP1": PW_CSX})},
-    )
-    await shim.wait_for(lambda: "0 connected" in shim.statuses(node))
-    return port
-
-
 @pytest.mark.parametrize(
     ("allow", "readable"),
     [({"allow_auth_list_read": False}, False), ({"allow_auth_list_read": True}, True), ({}, True)],
     ids=["off", "on", "absent"],
 )
 async def test_allow_auth_list_read_switch(
-    shim: ShimDouble, allow: dict[str, Any], readable: bool
+    fresh_shim: ShimDouble, allow: dict[str, Any], readable: bool
 ) -> None:
-    await start_csms(shim, "csms", allow)
+    await start_csms(fresh_shim, "csms", {"CP1": PW_CSX}, allow)
     answers = {}
     for name, data in (
         ("get_auth_list", None),
@@ -335,8 +310,8 @@ async def test_allow_auth_list_read_switch(
         payload: dict[str, Any] = {"msgType": 99, "command": name}
         if data is not None:
             payload["data"] = data
-        answers[name] = await shim.done(shim.input("csms", {"payload": payload}))
-    replies = shim.sent("csms", 0)
+        answers[name] = await fresh_shim.done(fresh_shim.input("csms", {"payload": payload}))
+    replies = fresh_shim.sent("csms", 0)
     if readable:
         assert all("error" not in done for done in answers.values()), answers
         assert PW_CSX in json.dumps(replies)
@@ -344,9 +319,9 @@ async def test_allow_auth_list_read_switch(
         for name, done in answers.items():
             assert "turned off" in done.get("error", ""), (name, done)
             assert PW_CSX not in done["error"]
-        assert PW_CSX not in json.dumps(shim.frames["csms"]), "a password reached the flow"
+        assert PW_CSX not in json.dumps(fresh_shim.frames["csms"]), "a password reached the flow"
         # writing stays allowed, and reading stays off after it
-        seq = shim.input(
+        seq = fresh_shim.input(
             "csms",
             {
                 "payload": {
@@ -356,16 +331,17 @@ async def test_allow_auth_list_read_switch(
                 }
             },
         )
-        assert "error" not in await shim.done(seq)
-        seq = shim.input(
+        assert "error" not in await fresh_shim.done(seq)
+        seq = fresh_shim.input(
             "csms", {"payload": {"msgType": 99, "command": "get_auth_cs", "data": {"name": "CP2"}}}
         )
-        assert "turned off" in (await shim.done(seq)).get("error", "")
-        assert PW_NEW not in json.dumps(shim.frames["csms"])
+        assert "turned off" in (await fresh_shim.done(seq)).get("error", "")
+        assert PW_NEW not in json.dumps(fresh_shim.frames["csms"])
 
 
+@pytest.mark.asyncio(loop_scope="module")  # the loop of the module's shim (tests/conftest.py)
 async def test_every_wrong_password_gets_the_same_401(shim: ShimDouble) -> None:
-    port = await start_csms(shim, "csms", {})
+    port = await start_csms(shim, "csms", {"CP1": PW_CSX})
     url = f"ws://127.0.0.1:{port}/ocpp/CP1"
     wrong = {
         "same length": PW_CSX[:-1] + chr(ord(PW_CSX[-1]) ^ 1),
@@ -383,8 +359,8 @@ async def test_every_wrong_password_gets_the_same_401(shim: ShimDouble) -> None:
         with pytest.raises(websockets.InvalidStatus) as info:
             async with connect(
                 url,
-                subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-                additional_headers=basic("CP1", password),
+                subprotocols=OCPP201,
+                additional_headers=auth_header("CP1", password),
                 open_timeout=5,
             ):
                 pass
@@ -395,11 +371,11 @@ async def test_every_wrong_password_gets_the_same_401(shim: ShimDouble) -> None:
             response.headers.get("WWW-Authenticate"),
         )
     # the right password for the wrong user, and no header at all
-    for name, headers in (("user mismatch", basic("CP2", PW_CSX)), ("no header", {})):
+    for name, headers in (("user mismatch", auth_header("CP2", PW_CSX)), ("no header", {})):
         with pytest.raises(websockets.InvalidStatus) as info:
             async with connect(
                 url,
-                subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                subprotocols=OCPP201,
                 additional_headers=headers,
                 open_timeout=5,
             ):
@@ -415,8 +391,8 @@ async def test_every_wrong_password_gets_the_same_401(shim: ShimDouble) -> None:
     assert len(set(answers.values())) == 1, answers
     async with connect(
         url,
-        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        additional_headers=basic("CP1", PW_CSX),
+        subprotocols=OCPP201,
+        additional_headers=auth_header("CP1", PW_CSX),
         open_timeout=5,
     ) as ws:
         assert ws.subprotocol == "ocpp2.0.1"

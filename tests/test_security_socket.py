@@ -16,8 +16,6 @@ import os
 import re
 import stat
 import struct
-import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,41 +35,16 @@ class LoggedDaemon(ShimDouble):
     0700, a looser one here shows what the daemon itself does for the socket.
     """
 
+    daemon_stderr = asyncio.subprocess.PIPE
+
     def __init__(self, directory_mode: int = 0o700) -> None:
         super().__init__()
         self.directory_mode = directory_mode
         self.stderr: list[str] = []
 
-    @property
-    def socket_path(self) -> str:
-        return os.path.join(self.directory, "daemon.sock")
-
-    async def start(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="ocpp-nodes-test-")
-        os.chmod(self.directory, self.directory_mode)
-        env = {**os.environ, "OCPP_NODES_TOKEN": self.token}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ocpp_nodes",
-            "serve",
-            "--socket",
-            self.socket_path,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self._stderr_task = asyncio.create_task(self._read_stderr(self.process.stderr))
-        ready = json.loads(await asyncio.wait_for(self.process.stdout.readline(), 20))
-        assert ready["event"] == "ready"
-        self.pid = ready["pid"]
-        self.reader, self.writer = await asyncio.open_unix_connection(self.socket_path)
-        self._decoder = FrameDecoder()
-        self._reader_task = asyncio.create_task(self._read())
-        welcome = await self.handshake(self.token)
-        assert welcome["t"] == "welcome", welcome
+    def spawned(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None
+        self._stderr_task = asyncio.create_task(self._read_stderr(process.stderr))
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():

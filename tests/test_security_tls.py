@@ -11,9 +11,7 @@ its own nodes (unique ids and ports) and closes them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
-import itertools
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -29,13 +27,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
+from tests import common
+from tests.common import BOOT, BOOT_ANSWER, answer_requests, auth_header, logs, next_number
 from tests.shim_double import ShimDouble, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-BOOT = {"reason": "PowerUp", "chargingStation": {"model": "M1", "vendorName": "V1"}}
-BOOT_ANSWER = {"currentTime": "2026-01-01T00:00:00Z", "interval": 300, "status": "Accepted"}
-_numbers = itertools.count(1)
 
 
 # -- certificates ----------------------------------------------------------------------
@@ -116,14 +112,6 @@ def pki() -> Pki:
 # -- the daemon and its nodes ------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def shim() -> AsyncIterator[ShimDouble]:
-    double = ShimDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
 @pytest_asyncio.fixture(loop_scope="module")
 async def nodes(shim: ShimDouble) -> AsyncIterator[list[str]]:
     """Node ids made by a test; closed after it."""
@@ -131,19 +119,6 @@ async def nodes(shim: ShimDouble) -> AsyncIterator[list[str]]:
     yield made
     for node in made:
         await shim.close_node(node)
-
-
-def logs(shim: ShimDouble, node: str, level: str | None = None) -> list[str]:
-    return [
-        f["text"]
-        for f in shim.frames[node]
-        if f["t"] == "log" and (level is None or f.get("level") == level)
-    ]
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
 
 
 async def start_csms(
@@ -154,19 +129,11 @@ async def start_csms(
     auths: dict[str, str] | None = None,
     expect: str = "0 connected",
 ) -> tuple[str, int]:
-    node = f"csms{next(_numbers)}"
-    port = free_port()
+    node = f"csms{next_number()}"
     nodes.append(node)
-    extra: dict[str, Any] = {"credentials": {"basic_auths": json.dumps(auths or {})}}
-    if tls is not None:
-        extra["tls"] = tls
-    shim.create(
-        node,
-        "CSMS",
-        {"port": str(port), "path": "/ocpp", "security_profile": profile},
-        **extra,
-    )
-    await shim.wait_for(lambda: expect in shim.statuses(node))
+    fields = {} if tls is None else {"tls": tls}
+    config = {"security_profile": profile}
+    port = await common.start_csms(shim, node, auths or {}, config, expect=expect, **fields)
     return node, port
 
 
@@ -179,7 +146,7 @@ def start_cs(
     cb_id: str = "CP1",
     password: str | None = "pw-cp1",
 ) -> str:
-    node = f"cs{next(_numbers)}"
+    node = f"cs{next_number()}"
     nodes.append(node)
     extra: dict[str, Any] = {"target": {"url": url}}
     if password is not None:
@@ -205,19 +172,7 @@ def start_cs(
 
 async def answer_boots(shim: ShimDouble, node: str) -> None:
     """Play the CSMS flow: accept every BootNotification."""
-    seen = 0
-    while True:
-        msgs = await shim.wait_for(
-            lambda seen=seen: [
-                m for m in shim.sent(node, 0) if str(m.get("topic", "")).endswith("/Request")
-            ][seen:],
-            timeout=60,
-        )
-        for msg in msgs:
-            seen += 1
-            shim.input(
-                node, {**msg, "payload": {**msg["payload"], "msgType": 3, "data": BOOT_ANSWER}}
-            )
+    await answer_requests(shim, node, {"BootNotification": BOOT_ANSWER})
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -267,7 +222,7 @@ async def test_p2_csms_serves_wss_and_station_boots_with_basic_auth(
         f"wss://localhost:{port}/ocpp/CP1",
         ssl=pki.client_ssl(),
         subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        additional_headers=basic("CP1", "pw-cp1"),
+        additional_headers=auth_header("CP1", "pw-cp1"),
         open_timeout=5,
     ) as ws:
         assert ws.subprotocol == "ocpp2.0.1"
@@ -279,7 +234,7 @@ async def test_p2_csms_serves_wss_and_station_boots_with_basic_auth(
         answer = await boot_raw_station(ws)
     assert answer[:2] == [3, "boot-1"] and answer[2]["status"] == "Accepted"
     # TLS does not replace Basic auth under profile 2
-    for headers in ({}, basic("CP1", "wrong")):
+    for headers in ({}, auth_header("CP1", "wrong")):
         with pytest.raises(websockets.InvalidStatus) as info:
             async with connect(
                 f"wss://localhost:{port}/ocpp/CP1",
@@ -300,7 +255,7 @@ async def test_p2_csms_speaks_no_plain_websocket(
         async with connect(
             f"ws://127.0.0.1:{port}/ocpp/CP1",
             subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-            additional_headers=basic("CP1", "pw-cp1"),
+            additional_headers=auth_header("CP1", "pw-cp1"),
             open_timeout=5,
         ):
             pass
@@ -430,7 +385,7 @@ async def test_p3_station_without_client_certificate_fails_the_tls_handshake(
             f"wss://localhost:{port}/ocpp/CP1",
             ssl=pki.client_ssl(),
             subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-            additional_headers=basic("CP1", "pw"),  # a right password does not help
+            additional_headers=auth_header("CP1", "pw"),  # a right password does not help
             open_timeout=5,
         ):
             pass
@@ -467,7 +422,7 @@ async def test_p3_certificate_of_another_cbid_gets_403(
             f"wss://localhost:{port}/ocpp/CP1",
             ssl=pki.client_ssl(pki.station("CP2")),
             subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-            additional_headers=basic("CP1", "pw"),  # a right password does not help either
+            additional_headers=auth_header("CP1", "pw"),  # a right password does not help either
             open_timeout=5,
         ):
             pass
@@ -696,7 +651,7 @@ async def test_csms_offers_the_four_suites_part_2_requires(
         f"wss://localhost:{port}/ocpp/CP1",
         ssl=context,
         subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        additional_headers=basic("CP1", "pw"),
+        additional_headers=auth_header("CP1", "pw"),
         open_timeout=5,
     ) as ws:
         assert ws.transport.get_extra_info("ssl_object").cipher()[0] == suite
