@@ -294,6 +294,18 @@ async def test_wrong_token_is_rejected_and_daemon_carries_on(fresh_shim: ShimDou
     assert port
 
 
+@pytest.mark.parametrize("node_type", ["Bogus", ["CS"], None], ids=["unknown", "list", "none"])
+async def test_a_node_type_the_engine_does_not_run_is_refused_in_the_log(
+    fresh_shim: ShimDouble, node_type: Any
+) -> None:
+    fresh_shim.create("odd", node_type, {})
+    (line,) = await fresh_shim.wait_for(
+        lambda: [f for f in fresh_shim.frames["odd"] if f["t"] == "log"]
+    )
+    assert line["level"] == "error" and line["text"] == f"unknown node type {node_type!r}"
+    assert await start_csms(fresh_shim, "csms", {"A": "b"})  # the daemon carries on
+
+
 async def test_daemon_exits_when_stdin_closes() -> None:
     double = ShimDouble()
     await double.start()

@@ -119,3 +119,25 @@ async def test_reconnect_status_never_shows_more_than_the_wait() -> None:
         assert host.statuses == ["retry in 40s", "retry in 39s"]
     node._stop_countdown()
     await asyncio.sleep(0)
+
+
+async def test_stopping_a_node_ends_the_work_it_started_in_the_background() -> None:
+    host = RecordingHost()
+    node = cs_node(host, {"cbId": "CS1"})
+    await node.start()
+    started = node.tasks.start(asyncio.sleep(3600))  # e.g. a command waiting for a socket
+    await asyncio.sleep(0)
+    await node.stop()
+    assert started.cancelled()
+
+
+async def test_a_command_of_the_node_may_stop_what_it_started_without_cancelling_itself() -> None:
+    host = RecordingHost()
+    node = cs_node(host, {"cbId": "CS1"})
+    await node.start()
+
+    async def command() -> str:
+        await node.tasks.cancel()  # what a node's own stop does first
+        return "finished"
+
+    assert await node.tasks.start(command()) == "finished"

@@ -336,7 +336,8 @@ class ShimConnection(asyncio.Protocol):
         if node_id in self.nodes:
             await self._close(node_id, answer=False)
         host = FrameHost(self, node_id)
-        node_type = NODE_TYPES.get(frame.get("type"))  # type: ignore[arg-type]
+        kind = frame.get("type")
+        node_type = NODE_TYPES.get(kind) if isinstance(kind, str) else None
         if node_type is None:
             host.log("error", f"unknown node type {frame.get('type')!r}")
             return
