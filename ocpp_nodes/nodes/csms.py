@@ -205,13 +205,10 @@ class CsmsNode(OcppNode):
         return True
 
     async def _stop(self) -> None:
-        await self._stop_listening()
-        self._refusals.report()
-
-    async def _stop_listening(self) -> None:
         if self.server is not None:
             server, self.server = self.server, None
             await server.stop()
+        self._refusals.report()
 
     def _show_connection_count(self) -> None:
         if self.server is None:
