@@ -5,14 +5,19 @@ Profile 2: a CSMS node serves ``wss://`` with the certificate and key of one
 tls-config node; a CS node (profile 2) trusts the CA through another and
 connects; an outside station trusting the CA connects too. Profile 3: a CS
 node with a client certificate (CN = its cbId) connects to a profile-3 CSMS
-node without any password.
+node without any password. Two certificates: a CSMS node with an ECDSA and an
+RSA certificate (two tls-config nodes) completes a TLS 1.2 handshake with
+``openssl s_client`` in each of the four suites part 2 requires, and TLS 1.3;
+the node with the ECDSA certificate alone refuses the two RSA suites.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import ssl
+import subprocess
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -23,7 +28,7 @@ import trustme
 import websockets
 
 from tests.common import OCPP201, auth_header
-from tests.flowkit import Flow, http_api, node, recorder
+from tests.flowkit import Flow, http_api, node, recorder, wait_port
 from tests.nodered import NodeRed, free_port, running_node_red
 
 pytestmark = pytest.mark.nodered
@@ -53,11 +58,18 @@ class Pki:
         self.directory = directory
         self.ca_path = directory / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_path))
-        server = self.ca.issue_cert("127.0.0.1", "localhost")
+        server = self.ca.issue_cert("127.0.0.1", "localhost")  # ECDSA (trustme's default)
         self.server_cert = directory / "server.pem"
         self.server_key = directory / "server.key"
         server.private_key_pem.write_to_path(str(self.server_key))
         self.server_cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+        server_rsa = self.ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.RSA)
+        self.server_rsa_cert = directory / "server-rsa.pem"
+        self.server_rsa_key = directory / "server-rsa.key"
+        server_rsa.private_key_pem.write_to_path(str(self.server_rsa_key))
+        self.server_rsa_cert.write_bytes(
+            b"".join(blob.bytes() for blob in server_rsa.cert_chain_pems)
+        )
         station = self.ca.issue_cert("TLS3", common_name="TLS3")
         self.station_cert = directory / "station.pem"
         self.station_key = directory / "station.key"
@@ -65,10 +77,11 @@ class Pki:
         self.station_cert.write_bytes(b"".join(blob.bytes() for blob in station.cert_chain_pems))
 
 
-def tls_flow(pki: Pki, p2_port: int, p3_port: int) -> list[dict[str, Any]]:
+def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[str, Any]]:
     nodes = [
         {"id": TAB, "type": "tab", "label": "tls"},
         _tls_config("tls.server2", cert=pki.server_cert, key=pki.server_key),
+        _tls_config("tls.serverrsa", cert=pki.server_rsa_cert, key=pki.server_rsa_key),
         _tls_config("tls.server3", cert=pki.server_cert, key=pki.server_key, ca=pki.ca_path),
         _tls_config("tls.client2", ca=pki.ca_path),
         _tls_config("tls.client3", cert=pki.station_cert, key=pki.station_key, ca=pki.ca_path),
@@ -93,6 +106,18 @@ def tls_flow(pki: Pki, p2_port: int, p3_port: int) -> list[dict[str, Any]]:
             security_profile=3,
             tls="tls.server3",
             connection_events=True,
+            outputs=2,
+            credentials={"basic_auths": "{}"},
+        ),
+        _node(
+            "csmsboth",
+            "CSMS",
+            [[], []],
+            port=str(both_port),
+            path="/ocpp",
+            security_profile=2,
+            tls="tls.server2",
+            tls2="tls.serverrsa",
             outputs=2,
             credentials={"basic_auths": "{}"},
         ),
@@ -135,12 +160,16 @@ def tls_flow(pki: Pki, p2_port: int, p3_port: int) -> list[dict[str, Any]]:
     return nodes + http_api(TAB, {"cs2": "cs2"})
 
 
+PORTS: dict[str, int] = {}
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeRed, Pki, int]]:
     pki = Pki(tmp_path_factory.mktemp("pki"))
     with running_node_red(tmp_path_factory.mktemp("tls-nr"), "test_security_nodered") as runtime:
-        p2_port, p3_port = free_port(), free_port()
-        runtime.deploy(tls_flow(pki, p2_port, p3_port))
+        p2_port, p3_port, both_port = free_port(), free_port(), free_port()
+        PORTS.update(csms2=p2_port, csmsboth=both_port)
+        runtime.deploy(tls_flow(pki, p2_port, p3_port, both_port))
         runtime.wait_for_endpoint("GET", "/t/records")
         yield runtime, pki, p2_port
 
@@ -189,3 +218,59 @@ async def test_outside_station_needs_the_ca_to_reach_the_wss_csms(setup) -> None
             ),
             10,
         )
+
+
+def s_client(port: int, ca: Path, *options: str) -> str:
+    """``openssl s_client``'s handshake with 127.0.0.1:``port``: the protocol and
+    cipher it agreed on (``"TLSv1.2 AES128-GCM-SHA256"``), or ``"refused"``."""
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca), *options],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
+    out = done.stdout.decode(errors="replace")
+    for line in out.splitlines():
+        # "New, TLSv1.2, Cipher is AES128-GCM-SHA256"; "(NONE)" when refused
+        if line.startswith("New, ") and "Cipher is" in line and "(NONE)" not in line:
+            protocol, cipher = line[len("New, ") :].split(", Cipher is ")
+            assert "Verify return code: 0 (ok)" in out, out
+            return f"{protocol} {cipher}"
+    return "refused"
+
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary")
+
+SUITES = [
+    "ECDHE-ECDSA-AES128-GCM-SHA256",  # TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    "ECDHE-ECDSA-AES256-GCM-SHA384",  # TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    "AES128-GCM-SHA256",  # TLS_RSA_WITH_AES_128_GCM_SHA256
+    "AES256-GCM-SHA384",  # TLS_RSA_WITH_AES_256_GCM_SHA384
+]
+
+
+@needs_openssl
+@pytest.mark.parametrize("suite", SUITES)
+def test_one_csms_node_with_two_certificates_serves_all_four_suites(setup, suite: str) -> None:
+    runtime, pki, _ = setup
+    wait_port(PORTS["csmsboth"])
+    assert s_client(PORTS["csmsboth"], pki.ca_path, "-tls1_2", "-cipher", suite) == (
+        f"TLSv1.2 {suite}"
+    )
+
+
+@needs_openssl
+def test_the_node_with_two_certificates_still_speaks_tls_1_3(setup) -> None:
+    runtime, pki, _ = setup
+    wait_port(PORTS["csmsboth"])
+    assert s_client(PORTS["csmsboth"], pki.ca_path, "-tls1_3").startswith("TLSv1.3 ")
+
+
+@needs_openssl
+@pytest.mark.parametrize("suite", SUITES)
+def test_one_ecdsa_certificate_alone_serves_only_the_ecdsa_suites(setup, suite: str) -> None:
+    """The control: without the second certificate the RSA suites are refused."""
+    runtime, pki, _ = setup
+    wait_port(PORTS["csms2"])
+    expected = f"TLSv1.2 {suite}" if "ECDSA" in suite else "refused"
+    assert s_client(PORTS["csms2"], pki.ca_path, "-tls1_2", "-cipher", suite) == expected

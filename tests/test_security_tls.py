@@ -272,6 +272,42 @@ async def test_p2_csms_without_cert_and_key_refuses_to_listen(
         assert_not_listening(port)
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "words"),
+    [
+        pytest.param("server", "server", "one RSA and one ECDSA", id="two-ecdsa"),
+        pytest.param("server_rsa", "server_rsa", "one RSA and one ECDSA", id="two-rsa"),
+        pytest.param(None, "server_rsa", "needs the first", id="second-without-first"),
+        pytest.param("server", "no-key", "second TLS configuration has no", id="second-no-key"),
+    ],
+)
+async def test_two_certificates_must_be_one_rsa_and_one_ecdsa(
+    shim: ShimDouble, nodes: list[str], pki: Pki, first: str | None, second: str, words: str
+) -> None:
+    """A second certificate of the same key type would silently replace the first."""
+    fields: dict[str, Any] = {}
+    if first is not None:
+        fields["tls"] = pki.csms_tls(getattr(pki, first))
+    fields["tls2"] = (
+        {"cert": chain_pem(pki.server_rsa)}
+        if second == "no-key"
+        else pki.csms_tls(getattr(pki, second))
+    )
+    node = f"csms{next_number()}"
+    nodes.append(node)
+    port = await common.start_csms(
+        shim,
+        node,
+        {},
+        {"security_profile": 1 if first is None else 2},
+        expect="config error",
+        **fields,
+    )
+    errors = await shim.wait_for(lambda: logs(shim, node, "error"))
+    assert any(words in text for text in errors), errors
+    assert_not_listening(port)
+
+
 async def test_p2_csms_key_text_never_in_its_log(
     shim: ShimDouble, nodes: list[str], pki: Pki
 ) -> None:
@@ -629,18 +665,28 @@ async def test_tls_below_1_2_refused_by_csms(
 
 
 @pytest.mark.parametrize(
-    ("leaf", "suite"),
+    "suite",
     [
-        ("server_rsa", "AES128-GCM-SHA256"),  # TLS_RSA_WITH_AES_128_GCM_SHA256
-        ("server_rsa", "AES256-GCM-SHA384"),  # TLS_RSA_WITH_AES_256_GCM_SHA384
-        ("server", "ECDHE-ECDSA-AES128-GCM-SHA256"),  # TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        ("server", "ECDHE-ECDSA-AES256-GCM-SHA384"),  # TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        "AES128-GCM-SHA256",  # TLS_RSA_WITH_AES_128_GCM_SHA256
+        "AES256-GCM-SHA384",  # TLS_RSA_WITH_AES_256_GCM_SHA384
+        "ECDHE-ECDSA-AES128-GCM-SHA256",  # TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        "ECDHE-ECDSA-AES256-GCM-SHA384",  # TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
     ],
 )
 async def test_csms_offers_the_four_suites_part_2_requires(
-    shim: ShimDouble, nodes: list[str], pki: Pki, leaf: str, suite: str
+    shim: ShimDouble, nodes: list[str], pki: Pki, suite: str
 ) -> None:
-    _node, port = await start_csms(shim, nodes, pki.csms_tls(getattr(pki, leaf)), 2, {"CP1": "pw"})
+    """One node, an ECDSA certificate (``tls``) and an RSA one (``tls2``)."""
+    node = f"csms{next_number()}"
+    nodes.append(node)
+    port = await common.start_csms(
+        shim,
+        node,
+        {"CP1": "pw"},
+        {"security_profile": 2},
+        tls=pki.csms_tls(pki.server),
+        tls2=pki.csms_tls(pki.server_rsa),
+    )
     context = pki.client_ssl()
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(suite)

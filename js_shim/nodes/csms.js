@@ -14,9 +14,13 @@ module.exports = function (RED) {
     const client = getClient(RED);
 
     const frame = createFrame(node, "CSMS", config);
-    const tls = config.tls ? tlsOptions(RED.nodes.getNode(config.tls)) : undefined;
-    if (tls) {
-      frame.tls = tls;
+    // The second tls-config holds a certificate of the other key type (RSA or
+    // ECDSA): with both, the node serves all four suites of OCPP part 2.
+    for (const key of ["tls", "tls2"]) {
+      const tls = config[key] ? tlsOptions(RED.nodes.getNode(config[key])) : undefined;
+      if (tls) {
+        frame[key] = tls;
+      }
     }
     client.register(node, frame);
 

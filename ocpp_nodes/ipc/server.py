@@ -352,6 +352,7 @@ class ShimConnection(asyncio.Protocol):
             config=part("config") or {},
             credentials=part("credentials") or {},
             tls=part("tls"),
+            tls2=part("tls2"),
             target=part("target"),
             user_dir=user_dir if isinstance(user_dir, str) and user_dir else None,
         )

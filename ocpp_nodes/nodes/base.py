@@ -103,6 +103,8 @@ class NodeSpec:
         config: the node's settings, as the editor saved them.
         credentials: its credentials (passwords).
         tls: the PEM text of its ``tls-config`` node, if it names one.
+        tls2: the same of a second ``tls-config`` node (a CSMS node's
+            certificate of the other key type).
         target: the ``target-csms`` config node a CS node names (``url``, ``name``).
         user_dir: Node-RED's user directory (where a CS node keeps its offline queue).
     """
@@ -111,6 +113,7 @@ class NodeSpec:
     config: dict[str, Any] = field(default_factory=dict)
     credentials: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] | None = None
+    tls2: dict[str, Any] | None = None
     target: dict[str, Any] | None = None
     user_dir: str | None = None
 

@@ -117,6 +117,8 @@ class CsmsNode(OcppNode):
         super().__init__(spec, host, services)
         config = spec.config
         self.tls = TlsMaterial.from_options(spec.tls)
+        # a certificate of the other key type, so that all four suites of part 2 are served
+        self.tls2 = TlsMaterial.from_options(spec.tls2)
         self.versions = tuple(VERSIONS.values())
         self.path = str(config.get("path") or "")
         # Connection caps (0 = none); see docs/security.md.
@@ -167,9 +169,16 @@ class CsmsNode(OcppNode):
                     f"security profile {profile} needs a TLS configuration with the "
                     "CSMS's certificate and private key"
                 )
+            if self.tls2 is not None:
+                raise ValueError(
+                    "a second certificate needs the first: set TLS to a configuration "
+                    "with the CSMS's certificate and private key"
+                )
             return None
         try:
-            return server_context(self.tls, require_client_certificate=profile == 3)
+            return server_context(
+                self.tls, require_client_certificate=profile == 3, second=self.tls2
+            )
         except ssl.SSLError as exc:  # never echoes key material
             raise ValueError(f"the TLS configuration does not load: {exc.reason or exc}") from None
 
