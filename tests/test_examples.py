@@ -1,8 +1,10 @@
 """The example flows under flows/ (besides demo.json) work in a real Node-RED.
 
-All five are deployed together into one Node-RED (each is its own tab), with
+All six are deployed together into one Node-RED (each is its own tab), with
 their CSMS ports rewritten to free ones (`127.0.0.1:<port>` in URLs follows),
-the file node of log-to-file.json aimed at a temp dir, and recorders (see
+the file node of log-to-file.json aimed at a temp dir, the tls-config nodes
+of cs-security-event.json given certificates made for the test (``trustme``:
+CSMS A's signed by a CA the station does not trust), and recorders (see
 tests/flowkit.py) appended to some outputs. Inject nodes are pressed through
 the admin API (`POST /inject/<id>`), as the editor's button does.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from ocpp_nodes.rpc import V201
 from ocpp_nodes.schemas import Direction
@@ -27,7 +30,14 @@ from tests.payloads import valid_payload
 pytestmark = pytest.mark.nodered
 
 FLOWS = REPO_ROOT / "flows"
-EXAMPLES = ("csms-basic", "cs-transaction", "link-call", "commands", "log-to-file")
+EXAMPLES = (
+    "csms-basic",
+    "cs-transaction",
+    "link-call",
+    "commands",
+    "log-to-file",
+    "cs-security-event",
+)
 TEST_TAB = "examples.test.tab"
 
 
@@ -105,6 +115,16 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
     extra.append(_tap(basic, by_type(basic, "CSMS")[0], 0, "basic.csms"))
     (file_node,) = by_type(flows["log-to-file"], "file")
     file_node["filename"] = str(log_file)
+    pki = tmp_path_factory.mktemp("examples-pki")
+    signer, trusted = trustme.CA(), trustme.CA()  # the station trusts the other CA
+    leaf = signer.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(pki / "a.pem"))
+    leaf.private_key_pem.write_to_path(str(pki / "a.key"))
+    trusted.cert_pem.write_to_path(str(pki / "trusted.pem"))
+    sec = flows["cs-security-event"]
+    by_name(sec, "CSMS A certificate").update(cert=str(pki / "a.pem"), key=str(pki / "a.key"))
+    by_name(sec, "CAs the station trusts")["ca"] = str(pki / "trusted.pem")
+    extra.append(_tap(sec, by_name(sec, "CSMS B :9227"), 0, "sec.csmsb"))
     extra += http_api(TEST_TAB, {})
 
     with running_node_red(user_dir, "test_examples") as runtime:
@@ -124,7 +144,7 @@ def test_example_is_self_explaining_and_loopback(name: str) -> None:
     assert len(by_type(nodes, "tab")) == 1
     assert by_type(nodes, "comment"), f"{name} has no comment node"
     for target in by_type(nodes, "target-csms"):
-        assert target["url"].startswith("ws://127.0.0.1:"), target
+        assert target["url"].startswith(("ws://127.0.0.1:", "wss://127.0.0.1:")), target
     for csms in by_type(nodes, "CSMS"):
         assert "basic_auths" in csms["credentials"]
     for cs in by_type(nodes, "CS"):
@@ -319,3 +339,25 @@ def test_examples_deployed_without_errors(examples: Examples) -> None:
         if ("[error]" in line or "Traceback" in line) and "frobnicate" not in line
     ]
     assert not errors, "\n".join(errors)
+
+
+def test_security_event_example_reports_the_untrusted_certificate(examples: Examples) -> None:
+    """CS400 fails at CSMS A (a certificate it cannot trust), falls back to
+    CSMS B, boots, and reports InvalidCsmsCertificate there."""
+    found = examples.wait(
+        "sec.csmsb",
+        lambda r: (
+            r.get("topic") == "CS400/Request"
+            and r["payload"]["command"] == "SecurityEventNotification"
+        ),
+        timeout=30,
+    )
+    data = found["payload"]["data"]
+    assert data["type"] == "InvalidCsmsCertificate"
+    assert "not trusted" in data["techInfo"]
+    commands = [
+        r["payload"]["command"]
+        for r in examples.records("sec.csmsb")
+        if r.get("topic") == "CS400/Request"
+    ]
+    assert commands[:2] == ["BootNotification", "SecurityEventNotification"]

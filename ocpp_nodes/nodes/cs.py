@@ -16,7 +16,14 @@ from collections import deque
 from typing import Any
 
 from ..rpc import VERSIONS, CallReceived, OcppVersion, OutgoingError, Role, check_request
-from ..transport import Backoff, ClientOptions, StationClient, StationLink, station_url
+from ..transport import (
+    Backoff,
+    ClientOptions,
+    ConnectFailure,
+    StationClient,
+    StationLink,
+    station_url,
+)
 from ..transport.tls import TlsMaterial, client_context
 from .base import (
     PORT_COMMON,
@@ -73,6 +80,10 @@ class CsNode(OcppNode):
         password = spec.credentials.get("csms_pw") or config.get("csms_pw")
         self.password: str | None = str(password) if password else None
         self.auto_connect = bool(config.get("auto_connect"))
+        # Off when absent, so flows imported from older exports see no new messages.
+        self.report_failures = bool(config.get("connection_failures", False))
+        # the cause of the failure last put on port 1; None since the last connection
+        self._reported: tuple[str, int | None] | None = None
         self.backoff = Backoff(
             wait_minimum=_setting(config, "ws_rt_minimum"),
             repeat_times=int(_setting(config, "ws_rt_repeat")),
@@ -148,6 +159,7 @@ class CsNode(OcppNode):
 
     async def link_opened(self, link: StationLink) -> None:
         self.link = link
+        self._reported = None
         self.host.status("green", "dot", "connected")
         self._announce(online=True)
         self._drainer = self.tasks.start(self._drain(link))
@@ -171,12 +183,35 @@ class CsNode(OcppNode):
             {"ocpp": {"websocket": "ONLINE" if online else "OFFLINE", "cbId": self.cb_id}},
         )
 
+    def connect_failed(self, failure: ConnectFailure) -> None:
+        """Log every failed attempt; put one on port 1 when its cause changed."""
+        self.host.log("warn", f"{self.cb_id}: {failure.reason}")
+        key = (failure.cause, failure.http_status)
+        if not self.report_failures or key == self._reported:
+            return
+        self._reported = key
+        payload: dict[str, Any] = {"cause": failure.cause, "reason": failure.reason}
+        event = failure.security_event
+        if event is not None:
+            # as the version the node offers first names it: what the flow would send
+            name = self.versions[0].security_events.get(event)
+            if name is not None:
+                payload["securityEvent"] = name
+        if failure.http_status is not None:
+            payload["httpStatus"] = failure.http_status
+        self.host.send(
+            PORT_COMMON,
+            {
+                "topic": f"{self.cb_id}/Connection",
+                "ocpp": {"websocket": "FAILED", "cbId": self.cb_id},
+                "payload": payload,
+            },
+        )
+
     def client_state(self, state: str, detail: str) -> None:
         self._stop_countdown()
         if state == "connecting":
             self.host.status("yellow", "ring", "connecting")
-        elif state == "failed":
-            self.host.log("warn", f"{self.cb_id}: {detail}")
         elif state == "waiting":
             self._countdown = self.tasks.start(self._count_down(float(detail)))
         elif state == "stopped":
@@ -326,6 +361,7 @@ class CsNode(OcppNode):
 
     async def _reconnect(self, seq: int, settings: dict[str, Any]) -> None:
         await self._stop()
+        self._reported = None  # a new start: its first failure is news
         if settings.get("cbId"):
             self.cb_id = str(settings["cbId"])
         if "password" in settings:

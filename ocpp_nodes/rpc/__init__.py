@@ -32,7 +32,14 @@ from .frames import (
     serialize,
 )
 from .roles import Role
-from .versions import V201, VERSIONS, OcppVersion, UnknownMessageType, select_version
+from .versions import (
+    V201,
+    VERSIONS,
+    OcppVersion,
+    SecurityEvent,
+    UnknownMessageType,
+    select_version,
+)
 
 __all__ = [
     "Call",
@@ -59,6 +66,7 @@ __all__ = [
     "ResultInvalid",
     "ResultReceived",
     "Role",
+    "SecurityEvent",
     "UnansweredCall",
     "UnexpectedAnswer",
     "UnknownMessageType",

@@ -6,8 +6,9 @@ Theory of operation:
    :data:`VERSIONS`: its websocket subprotocol, where its schemas are, the
    message types it has, how it spells each error code (and so which JSON-schema
    failure becomes which code), what it does with a message type it lacks,
-   which role sends which action, and which actions are transaction-related
-   (kept while offline and retried by a station).
+   which role sends which action, which actions are transaction-related
+   (kept while offline and retried by a station), and how it names the
+   security events a station reports about its connection.
 2. Nothing outside this module names a version's facts. The transports offer
    and select subprotocols from the table (:func:`select_version`); the version
    a connection negotiated travels with it into its session, its OCPP-J state
@@ -34,6 +35,7 @@ from .roles import Role
 __all__ = [
     "KEYWORD_ERRORS",
     "OcppVersion",
+    "SecurityEvent",
     "UnknownMessageType",
     "V201",
     "VERSIONS",
@@ -49,6 +51,16 @@ class UnknownMessageType(Enum):
     ANSWER = "answer"
     #: Nothing goes back; the user is told (OCPP 1.6J, OCPP 2.1).
     IGNORE = "ignore"
+
+
+class SecurityEvent(Enum):
+    """A security event a station reports about its connection to the CSMS,
+    whatever the version calls it (``OcppVersion.security_events``)."""
+
+    INVALID_CSMS_CERTIFICATE = "InvalidCsmsCertificate"
+    INVALID_TLS_VERSION = "InvalidTLSVersion"
+    INVALID_TLS_CIPHER_SUITE = "InvalidTLSCipherSuite"
+    FAILED_TO_AUTHENTICATE_AT_CSMS = "FailedToAuthenticateAtCsms"
 
 
 #: JSON-schema keyword that failed -> what the CALLERROR says (part 4, table 8).
@@ -92,6 +104,8 @@ class OcppVersion:
             receiving role never receives is ``NotSupported``.
         transaction_actions: the transaction-related actions a station keeps
             while offline and delivers in order.
+        security_events: how it names each security event (the ``type`` of
+            a SecurityEventNotification).
     """
 
     name: str
@@ -103,6 +117,7 @@ class OcppVersion:
     unknown_message_type: UnknownMessageType
     sends: Mapping[Role, frozenset[str]]
     transaction_actions: frozenset[str] = field(default_factory=frozenset)
+    security_events: Mapping[SecurityEvent, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"OcppVersion({self.name!r})"
@@ -168,6 +183,8 @@ V201 = OcppVersion(
     unknown_message_type=UnknownMessageType.ANSWER,
     sends={Role.CHARGING_STATION: _V201_SENT_BY_STATION, Role.CSMS: _V201_SENT_BY_CSMS},
     transaction_actions=frozenset({"TransactionEvent"}),
+    # part 2, appendix "Security events", spelled as SecurityEvent's values
+    security_events={event: event.value for event in SecurityEvent},
 )
 
 #: Every version the engine speaks, by name.

@@ -7,6 +7,7 @@ from .backoff import Backoff
 from .cs_client import ClientOptions, CsClient, CsmsListener, station_url
 from .csms_server import AuthDecision, CsmsServer, ServerOptions, StationListener
 from .factory import LocalTransports, StationClient, StationServer, Transports
+from .failures import ConnectFailure
 from .identity import MAX_IDENTITY_LENGTH, identity_problem
 from .link import LinkListener, LinkOptions, PendingCall, StationLink
 from .session import OcppSession, SocketClosed, TextSocket
@@ -15,6 +16,7 @@ __all__ = [
     "AuthDecision",
     "Backoff",
     "ClientOptions",
+    "ConnectFailure",
     "CsClient",
     "CsmsListener",
     "CsmsServer",

@@ -25,13 +25,21 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import apply_mask  # type: ignore[attr-defined]  # the C speedup
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from ..rpc import VERSIONS, OcppVersion, Role
 from .backoff import Backoff
+from .failures import (
+    INTERNAL,
+    SUBPROTOCOL,
+    TLS_VERSION,
+    ConnectFailure,
+    failure_of,
+    probe_tls_version,
+)
 from .identity import identity_problem
 from .link import LinkListener, LinkOptions
 from .session import OcppSession, SocketClosed
@@ -134,6 +142,13 @@ def client_text_frame(data: bytes) -> bytes:
     return head + mask + apply_mask(data, mask)
 
 
+async def _probe(url: str, servername: str | None) -> str | None:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    return await probe_tls_version(parts.hostname, parts.port or 443, servername)
+
+
 def _describe_close(exc: ConnectionClosed) -> str:
     if exc.sent is not None and exc.sent.code == 1009:
         return "a frame from the CSMS exceeded max_frame_size (closed with 1009)"
@@ -165,11 +180,14 @@ class ClientOptions:
 
 
 class CsmsListener(LinkListener, Protocol):
-    """What a CS node hears: the client's state, then each connection's link."""
+    """What a CS node hears: the client's state, why an attempt failed, then
+    each connection's link."""
 
     def client_state(self, state: str, detail: str) -> None:
-        """``("connecting", "")``, ``("failed", why)``, ``("waiting",
-        "<seconds>")`` or ``("stopped", "")``."""
+        """``("connecting", "")``, ``("waiting", "<seconds>")`` or ``("stopped", "")``."""
+
+    def connect_failed(self, failure: ConnectFailure) -> None:
+        """A connection attempt failed (or an open connection's handler did)."""
 
 
 class CsClient:
@@ -195,6 +213,17 @@ class CsClient:
         self.listener = listener
         self.session_class = session_class
         self._task: asyncio.Task[None] | None = None
+
+    async def _closed_in_handshake(self, url: str, exc: BaseException) -> ConnectFailure:
+        """The CSMS hung up during the TLS handshake without saying why: if it
+        completes one in TLS 1.0 or 1.1, that is why."""
+        old = await _probe(url, self.options.servername)
+        if old is None:
+            return failure_of(exc)
+        return ConnectFailure(
+            TLS_VERSION,
+            f"TLS handshake failed: the CSMS speaks only {old}; OCPP asks for TLS 1.2 or newer",
+        )
 
     @property
     def running(self) -> bool:
@@ -222,14 +251,14 @@ class CsClient:
             headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
         while True:
             self.listener.client_state("connecting", "")
-            why = await self._connect_once(url, headers)
-            if why is not None:
-                self.listener.client_state("failed", why)
+            failure = await self._connect_once(url, headers)
+            if failure is not None:
+                self.listener.connect_failed(failure)
             wait = self.backoff.next_wait()
             self.listener.client_state("waiting", f"{wait:.3f}")
             await asyncio.sleep(wait)
 
-    async def _connect_once(self, url: str, headers: dict[str, str]) -> str | None:
+    async def _connect_once(self, url: str, headers: dict[str, str]) -> ConnectFailure | None:
         """One attempt: why it failed, or ``None`` when a connection opened and
         its session ran (and reported how it ended)."""
         try:
@@ -252,27 +281,20 @@ class CsClient:
                 # A peer that stopped answering pings will not answer a close either.
                 close_timeout=min(2.0, self.options.ping_interval or 2.0),
             )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status == 401:
-                return "CSMS refused the credentials (HTTP 401)"
-            if status == 404:
-                return "CSMS does not know this cbId (HTTP 404)"
-            return f"CSMS answered HTTP {status}"
-        except ssl.SSLCertVerificationError as exc:
-            return f"the CSMS's TLS certificate is not trusted: {exc.verify_message}"
-        except ssl.SSLError as exc:
-            return f"TLS handshake failed: {exc.reason or exc}"
-        except (OSError, asyncio.TimeoutError) as exc:
-            return f"cannot connect: {exc or type(exc).__name__}"
+        except (ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError) as exc:
+            if url.startswith("wss://"):
+                return await self._closed_in_handshake(url, exc)
+            return failure_of(exc)
         except Exception as exc:
-            return f"handshake failed: {exc}"
+            return failure_of(exc)
         # websockets refuses a subprotocol that was not offered; none at all is ours to refuse
         version = next((v for v in self.options.versions if v.subprotocol == ws.subprotocol), None)
         if version is None:
             offered = ", ".join(v.subprotocol for v in self.options.versions)
             await ws.close(1002, f"subprotocol {offered} is required")
-            return f"CSMS did not select subprotocol {offered} (got {ws.subprotocol!r})"
+            return ConnectFailure(
+                SUBPROTOCOL, f"CSMS did not select subprotocol {offered} (got {ws.subprotocol!r})"
+            )
         self.backoff.reset()
         session = self.session_class(
             self.options.cb_id,
@@ -286,7 +308,7 @@ class CsClient:
             await session.run()
         except Exception as exc:  # a bug must not end the reconnect loop
             log.exception("%s: the connection's handler failed", self.options.cb_id)
-            return f"internal error: {exc}"
+            return ConnectFailure(INTERNAL, f"internal error: {exc or type(exc).__name__}")
         finally:
             await ws.close(1000, "station stopped")
         return None
