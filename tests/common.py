@@ -6,6 +6,8 @@
 - what the daemon told the shim double (tests/shim_double.py) about a node:
   :func:`warnings`, :func:`logs`, :func:`websocket_events`; playing a flow
   that answers: :func:`answer_requests`; :func:`start_csms`;
+- a node's Node-RED side in this process (no shim, no daemon):
+  :class:`RecordingHost`;
 - the nodes of the real daemon as a flow sees them, and their peers:
   :class:`DaemonCsms` (a CSMS node and the stations that connect to it),
   :class:`DaemonCs` (a CS node), :class:`FakeCsms` (a websockets server a CS
@@ -102,6 +104,49 @@ def auth_header(user: str, password: str) -> dict[str, str]:
     """The HTTP Basic ``Authorization`` header of part 4, 3.2 (security profile 1)."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+class RecordingHost:
+    """A :class:`~ocpp_nodes.nodes.NodeHost` that keeps what a node in this
+    process tells Node-RED, for tests that run a node without shim or daemon."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, dict[str, Any]]] = []
+        self.dones: list[tuple[int, str | None]] = []
+        self.logs: list[tuple[str, str]] = []
+        self.statuses: list[str | None] = []
+        self.changed = asyncio.Event()
+
+    def send(self, port: int, msg: dict[str, Any]) -> None:
+        self.sent.append((port, msg))
+        self.changed.set()
+
+    def status(self, fill: Any = None, shape: Any = None, text: Any = None) -> None:
+        self.statuses.append(text)
+        self.changed.set()
+
+    def done(self, seq: int, error: str | None = None) -> None:
+        self.dones.append((seq, error))
+        self.changed.set()
+
+    def log(self, level: str, text: str, msg: Any = None) -> None:
+        self.logs.append((level, text))
+        self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """The first true value of ``predicate``, checked after each call from the node."""
+
+        async def loop() -> Any:
+            while not (value := predicate()):
+                self.changed.clear()
+                await self.changed.wait()
+            return value
+
+        return await asyncio.wait_for(loop(), timeout)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The received requests the node put out for the flow."""
+        return [m for _, m in self.sent if str(m.get("topic", "")).endswith("/Request")]
 
 
 async def recv_frame(ws: Any, timeout: float = 10.0) -> list[Any]:

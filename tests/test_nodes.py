@@ -7,23 +7,8 @@ from typing import Any
 from unittest.mock import patch
 
 from ocpp_nodes.nodes import CsNode, NodeServices, NodeSpec
+from tests.common import RecordingHost
 from tests.shim_double import free_port
-
-
-class RecordingHost:
-    def __init__(self) -> None:
-        self.dones: list[tuple[int, str | None]] = []
-        self.statuses: list[str] = []
-
-    def send(self, port: int, msg: dict[str, Any]) -> None: ...
-
-    def status(self, fill: Any = None, shape: Any = None, text: Any = None) -> None:
-        self.statuses.append(text)
-
-    def done(self, seq: int, error: str | None = None) -> None:
-        self.dones.append((seq, error))
-
-    def log(self, level: str, text: str, msg: Any = None) -> None: ...
 
 
 def cs_node(host: RecordingHost, config: dict[str, Any], target: Any = None) -> CsNode:

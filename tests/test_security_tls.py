@@ -279,6 +279,7 @@ async def test_p2_csms_without_cert_and_key_refuses_to_listen(
         pytest.param("server_rsa", "server_rsa", "one RSA and one ECDSA", id="two-rsa"),
         pytest.param(None, "server_rsa", "needs the first", id="second-without-first"),
         pytest.param("server", "no-key", "second TLS configuration has no", id="second-no-key"),
+        pytest.param("server", "garbage", "certificate cannot be read", id="second-unreadable"),
     ],
 )
 async def test_two_certificates_must_be_one_rsa_and_one_ecdsa(
@@ -288,11 +289,13 @@ async def test_two_certificates_must_be_one_rsa_and_one_ecdsa(
     fields: dict[str, Any] = {}
     if first is not None:
         fields["tls"] = pki.csms_tls(getattr(pki, first))
-    fields["tls2"] = (
-        {"cert": chain_pem(pki.server_rsa)}
-        if second == "no-key"
-        else pki.csms_tls(getattr(pki, second))
-    )
+    if second == "no-key":
+        fields["tls2"] = {"cert": chain_pem(pki.server_rsa)}
+    elif second == "garbage":
+        garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        fields["tls2"] = {"cert": garbage, "key": key_pem(pki.server_rsa)}
+    else:
+        fields["tls2"] = pki.csms_tls(getattr(pki, second))
     node = f"csms{next_number()}"
     nodes.append(node)
     port = await common.start_csms(

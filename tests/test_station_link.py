@@ -30,6 +30,7 @@ from ocpp_nodes.transport import (
     ServerOptions,
     StationListener,
 )
+from tests.common import RecordingHost
 
 DATE_TIME = "2026-01-01T00:00:00Z"
 
@@ -129,29 +130,9 @@ class MemoryTransports:
         return self.clients[-1]
 
 
-class Host:
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, dict[str, Any]]] = []
-        self.dones: list[tuple[int, str | None]] = []
-        self.logs: list[tuple[str, str]] = []
-        self.statuses: list[str] = []
-
-    def send(self, port: int, msg: dict[str, Any]) -> None:
-        self.sent.append((port, msg))
-
-    def status(self, fill: Any = None, shape: Any = None, text: Any = None) -> None:
-        self.statuses.append(text)
-
-    def done(self, seq: int, error: str | None = None) -> None:
-        self.dones.append((seq, error))
-
-    def log(self, level: str, text: str, msg: Any = None) -> None:
-        self.logs.append((level, text))
-
-
 async def test_a_csms_node_serves_a_station_it_only_knows_as_a_link() -> None:
     transports = MemoryTransports()
-    host = Host()
+    host = RecordingHost()
     node = CsmsNode(
         NodeSpec("csms", {"port": "1", "path": "/ocpp", "connection_events": True}),
         host,
@@ -226,7 +207,7 @@ async def test_a_csms_node_serves_a_station_it_only_knows_as_a_link() -> None:
 
 async def test_a_cs_node_talks_to_its_csms_through_a_link() -> None:
     transports = MemoryTransports()
-    host = Host()
+    host = RecordingHost()
     node = CsNode(
         NodeSpec(
             "cs",

@@ -10,7 +10,6 @@ websockets, meet raw websockets peers offering it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,6 +31,7 @@ from ocpp_nodes.rpc import (
     select_version,
 )
 from ocpp_nodes.transport.csms_server import basic_auth_credentials
+from tests.common import RecordingHost, auth_header
 from tests.payloads import CS_TO_CSMS, CSMS_TO_CS
 from tests.shim_double import free_port
 
@@ -123,41 +123,6 @@ def test_a_connection_answers_and_spells_as_its_version_says() -> None:
 # -- a second entry, through the real transports and nodes --------------------------
 
 
-class RecordingHost:
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, dict[str, Any]]] = []
-        self.dones: list[tuple[int, str | None]] = []
-        self.logs: list[tuple[str, str]] = []
-        self.changed = asyncio.Event()
-
-    def send(self, port: int, msg: dict[str, Any]) -> None:
-        self.sent.append((port, msg))
-        self.changed.set()
-
-    def status(self, fill: Any = None, shape: Any = None, text: Any = None) -> None:
-        self.changed.set()
-
-    def done(self, seq: int, error: str | None = None) -> None:
-        self.dones.append((seq, error))
-        self.changed.set()
-
-    def log(self, level: str, text: str, msg: Any = None) -> None:
-        self.logs.append((level, text))
-        self.changed.set()
-
-    async def wait_for(self, predicate: Any, timeout: float = 5.0) -> Any:
-        async def loop() -> Any:
-            while not (value := predicate()):
-                self.changed.clear()
-                await self.changed.wait()
-            return value
-
-        return await asyncio.wait_for(loop(), timeout)
-
-    def requests(self) -> list[dict[str, Any]]:
-        return [m for _, m in self.sent if str(m.get("topic", "")).endswith("/Request")]
-
-
 @pytest.fixture
 def with_test_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(VERSIONS, TEST_VERSION.name, TEST_VERSION)  # type: ignore[arg-type]
@@ -177,10 +142,6 @@ async def csms(with_test_version: None) -> AsyncIterator[tuple[CsmsNode, Recordi
     await node.stop()
 
 
-def basic() -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(b"CP1:pw").decode()}
-
-
 async def test_the_csms_node_serves_a_new_table_entry_per_connection(
     csms: tuple[CsmsNode, RecordingHost, int],
 ) -> None:
@@ -195,7 +156,7 @@ async def test_the_csms_node_serves_a_new_table_entry_per_connection(
         async with websockets.connect(
             url,
             subprotocols=offered,  # type: ignore[arg-type]
-            additional_headers=basic(),
+            additional_headers=auth_header("CP1", "pw"),
         ) as ws:
             assert ws.subprotocol == f"ocpp{version}"
             await ws.send(json.dumps([2, message_id, "Heartbeat", {}]))

@@ -142,8 +142,8 @@ def certificate_key_type(pem: str) -> str:
     match = _PEM_CERTIFICATE.search(pem)
     if match is None:
         raise ValueError("no PEM certificate found")
-    der = ssl.PEM_cert_to_DER_cert(match.group(0))
     try:
+        der = ssl.PEM_cert_to_DER_cert(match.group(0))
         ((_, cert_start, cert_end),) = _der_children(der, 0, len(der))
         tbs = _der_children(der, cert_start, cert_end)[0]
         fields = _der_children(der, tbs[1], tbs[2])
@@ -182,7 +182,10 @@ def server_context(
     if second is not None:
         if not second.has_identity:
             raise ValueError("the second TLS configuration has no certificate and private key")
-        types = (certificate_key_type(material.cert or ""), certificate_key_type(second.cert or ""))
+        try:
+            types = tuple(certificate_key_type(m.cert or "") for m in (material, second))
+        except ValueError as exc:
+            raise ValueError(f"a TLS configuration's certificate: {exc}") from None
         if sorted(types) != ["EC", "RSA"]:
             raise ValueError(
                 "the two TLS configurations need one RSA and one ECDSA certificate; "
