@@ -57,8 +57,8 @@ DIALOGS = ROOT / "js_shim" / "nodes"
 _KEY = re.compile(r"(?:(?<=[{,\[])|(?<=[{,\[] ))\s*\"?([A-Za-z_]\w*)\"?\??\s*(?=[:,}?])")
 # a property path: `msg.ocpp.cbId`, `payload.connections`
 _PATH = re.compile(r"\b(?:msg|payload)((?:\.[A-Za-z_]\w*)+)")
-# Names the docs say are matched in any case (the retrybackoff data).
-_ANY_CASE = re.compile(r"^RetryBackOff")
+# Names the docs say are matched in any case (the retrybackoff and messageattempts data).
+_ANY_CASE = re.compile(r"^(?:RetryBackOff|MessageAttempt)")
 
 
 def _sections(doc: str) -> dict[str, str]:
@@ -183,8 +183,14 @@ def test_nodes_md_names_only_fields_and_commands_that_exist() -> None:
     # the parse finds what the page is about (a broken parse must not pass vacuously)
     assert {"customData", "_linkSource", "MessageId", "msgFrom", "timestamp"} <= spec.fields["CS"]
     assert {"auth_list", "since", "sent", "remote"} <= spec.fields["CSMS"]
-    assert spec.commands["CS"] == {"connect", "close", "retrybackoff"}
-    assert len(spec.commands["CSMS"]) == 12
+    assert spec.commands["CS"] == {
+        "connect",
+        "close",
+        "retrybackoff",
+        "registration",
+        "messageattempts",
+    }
+    assert len(spec.commands["CSMS"]) == 13
     assert len(spec.config["CS"]) >= 14 and len(spec.config["CSMS"]) >= 15
     problems = nodes_md_problems(doc, code, helps, dialogs)
     assert not problems, "\n".join(problems)

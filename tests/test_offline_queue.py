@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,27 @@ async def test_an_invalid_request_is_refused_not_stored(
     create_cs(fresh_shim, free_port(), tmp_path)
     seq = fresh_shim.input("cs", {"payload": {"command": "TransactionEvent", "data": {"seqNo": 1}}})
     assert "OccurrenceConstraintViolation" in (await fresh_shim.done(seq))["error"]
+
+
+def test_a_store_written_before_attempts_were_counted_is_upgraded(tmp_path: Path) -> None:
+    """A queue file of an earlier version (no ``attempts`` column) keeps its rows."""
+    path = tmp_path / "offline-queue.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        """CREATE TABLE offline_requests (
+               row_id INTEGER PRIMARY KEY AUTOINCREMENT, cb_id TEXT NOT NULL,
+               action TEXT NOT NULL, payload TEXT NOT NULL, message_id TEXT, custom_data TEXT)"""
+    )
+    old.execute(
+        "INSERT INTO offline_requests (cb_id, action, payload) VALUES (?, ?, ?)",
+        ("OFF1", "TransactionEvent", json.dumps(transaction_event(0))),
+    )
+    old.commit()
+    old.close()
+    store = OfflineStore(str(path))
+    entry = store.first("OFF1")
+    assert entry is not None and entry.attempts == 0 and entry.message_id is None
+    store.update(entry.row_id, "m-1", 2)
+    again = store.first("OFF1")
+    assert again is not None and (again.message_id, again.attempts) == ("m-1", 2)
+    assert again.payload == transaction_event(0)

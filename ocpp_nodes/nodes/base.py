@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from ..rpc import (
@@ -55,6 +56,7 @@ from ..rpc import (
     UnexpectedAnswer,
 )
 from ..rpc.frames import parse_int
+from ..rpc.registration import Registration, RegistrationStatus
 from ..transport import LinkOptions, LocalTransports, StationLink, Transports
 from .offline_store import OfflineStore
 
@@ -70,7 +72,9 @@ __all__ = [
     "PORT_COMMON",
     "PORT_LINK",
     "PORT_LOG",
+    "STATUS_LABELS",
     "number_setting",
+    "registration_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,18 +144,14 @@ class InputError(Exception):
 class CallContext:
     """What a request needs back when its answer comes.
 
-    ``seq`` is the flow input the request ends (``None`` for a request sent
-    from the offline store, whose input ended when it was stored).
-    ``settled``, when set, learns the outcome: ``"answered"`` (CALLRESULT or
-    CALLERROR delivered), ``"invalid"`` (answered with a payload that breaks
-    the schema) or ``"failed"`` (timed out, or the connection was lost).
+    ``seq`` is the flow input the request ends (``None`` for a request the
+    node sends by itself, or whose input ended when it was queued).
     """
 
     seq: int | None
     has_custom_data: bool
     custom_data: Any
     link_source: Any
-    settled: Callable[[str], None] | None = None
 
 
 class BackgroundTasks:
@@ -185,6 +185,32 @@ def number_setting(value: Any, default: float) -> float:
     except (TypeError, ValueError):
         return default
     return number if number >= 0 and number == number else default
+
+
+#: a registration status as the node's status text says it
+STATUS_LABELS = {
+    RegistrationStatus.NOT_BOOTED: "not booted",
+    RegistrationStatus.PENDING: "pending",
+    RegistrationStatus.ACCEPTED: "accepted",
+    RegistrationStatus.REJECTED: "rejected",
+}
+
+
+def registration_state(registration: Registration, now: float) -> dict[str, Any]:
+    """A registration as the flow sees it: ``{status, interval?, bootAllowedAt?}``.
+
+    ``bootAllowedAt`` (Pending, Rejected) is when BootNotification may go
+    out again, as an ISO 8601 UTC time; ``now`` is the loop clock's.
+    """
+    state: dict[str, Any] = {"status": registration.status.value}
+    if registration.interval is not None:
+        state["interval"] = registration.interval
+    if registration.boot_allowed_at is not None:
+        at = time.time() + (registration.boot_allowed_at - now)
+        state["bootAllowedAt"] = (
+            datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+        ).replace("+00:00", "Z")
+    return state
 
 
 def security_profile(config: dict[str, Any]) -> int:
@@ -322,7 +348,7 @@ class OcppNode:
             return self._command(seq, command.lower(), payload.get("data"), msg)
         if msg_type == MSG_RESPONSE:
             link, message_id = self._reply_target(msg)
-            link.send_result(message_id, payload.get("data", {}))
+            self._send_result(link, message_id, payload.get("data", {}))
             return True
         if msg_type == MSG_CALLERROR:
             link, message_id = self._reply_target(msg)
@@ -350,6 +376,10 @@ class OcppNode:
             None if message_id in (None, "") else message_id,
             CallContext(seq, "customData" in msg, msg.get("customData"), msg.get("_linkSource")),
         )
+
+    def _send_result(self, link: StationLink, message_id: str, payload: Any) -> None:
+        """Send the flow's CALLRESULT to a received request."""
+        link.send_result(message_id, payload)
 
     def _call(
         self,
@@ -435,10 +465,14 @@ class OcppNode:
                     link,
                     event.message_id,
                     f"{cb_id}: no answer to {event.action} within {link.call_timeout:g} s",
+                    "timeout",
                 )
             elif isinstance(event, CallAborted):
                 self._fail_call(
-                    link, event.message_id, f"{cb_id}: {event.action} not answered: {event.reason}"
+                    link,
+                    event.message_id,
+                    f"{cb_id}: {event.action} not answered: {event.reason}",
+                    "aborted",
                 )
             elif isinstance(event, PeerError):
                 self.host.log("warn", f"{cb_id} sent an invalid message: {event.description}")
@@ -480,8 +514,19 @@ class OcppNode:
         self, link: StationLink, message_id: str, action: str, kind: str, fields: dict[str, Any]
     ) -> None:
         context = self._context_of(link, message_id)
-        if context is None:
-            return
+        if context is not None:
+            self._deliver_answer(link, message_id, action, kind, fields, context)
+
+    def _deliver_answer(
+        self,
+        link: StationLink,
+        message_id: str,
+        action: str,
+        kind: str,
+        fields: dict[str, Any],
+        context: CallContext,
+    ) -> None:
+        """Put an answer on the flow's port and end the request's input."""
         msg: dict[str, Any] = {
             "topic": f"{link.cb_id}/{kind}",
             "ocpp": self._ocpp_fields(link, message_id, action),
@@ -496,12 +541,11 @@ class OcppNode:
         self.host.send(port, msg)
         if context.seq is not None:
             self.host.done(context.seq)
-        if context.settled is not None:
-            context.settled("answered")
 
-    def _fail_call(
-        self, link: StationLink, message_id: str, reason: str, outcome: str = "failed"
-    ) -> None:
+    def _fail_call(self, link: StationLink, message_id: str, reason: str, outcome: str) -> None:
+        """A request of ours got no usable answer: ``outcome`` is ``"timeout"``,
+        ``"aborted"`` (the connection was lost) or ``"invalid"`` (the answer
+        broke the schema)."""
         context = self._context_of(link, message_id)
         if context is None:
             return
@@ -509,8 +553,6 @@ class OcppNode:
             self.host.done(context.seq, reason)
         else:  # nobody waits on an input: say it in the log
             self.host.log("warn", reason)
-        if context.settled is not None:
-            context.settled(outcome)
 
     def _context_of(self, link: StationLink, message_id: str) -> CallContext | None:
         context = self._calls.pop((link, message_id), None)

@@ -12,10 +12,27 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
+import uuid
 from collections import deque
 from typing import Any
 
-from ..rpc import VERSIONS, CallReceived, OcppVersion, OutgoingError, Role, check_request
+from ..rpc import (
+    VERSIONS,
+    CallReceived,
+    ConnectionClosed,
+    OcppVersion,
+    OutgoingError,
+    Role,
+    check_request,
+)
+from ..rpc.registration import (
+    BOOT_ACTION,
+    DEFAULT_BOOT_WAIT,
+    ErrorAnswer,
+    Registration,
+    RegistrationStatus,
+    ResultAnswer,
+)
 from ..transport import (
     Backoff,
     ClientOptions,
@@ -27,6 +44,7 @@ from ..transport import (
 from ..transport.tls import TlsMaterial, client_context
 from .base import (
     PORT_COMMON,
+    STATUS_LABELS,
     CallContext,
     InputError,
     NodeHost,
@@ -34,8 +52,9 @@ from .base import (
     NodeSpec,
     OcppNode,
     number_setting,
+    registration_state,
 )
-from .offline_store import OfflineStore
+from .offline_store import OfflineStore, StoredRequest
 
 __all__ = ["CsNode"]
 
@@ -57,7 +76,7 @@ class CsNode(OcppNode):
     role = Role.CHARGING_STATION
     peer_name = "CSMS"
     own_name = "CS"
-    commands = ("connect", "close", "retrybackoff")
+    commands = ("connect", "close", "retrybackoff", "registration", "messageattempts")
 
     def __init__(self, spec: NodeSpec, host: NodeHost, services: NodeServices) -> None:
         super().__init__(spec, host, services)
@@ -74,7 +93,21 @@ class CsNode(OcppNode):
         store = services.offline_store(spec.user_dir)
         self.store = store if store is not None else OfflineStore(":memory:")
         self._waiting: deque[tuple[int, dict[str, Any]]] = deque()
-        self._drainer: asyncio.Task[None] | None = None
+        # E13: how often a transaction-related message is tried, and the wait unit (s)
+        self.tx_attempts = max(1, int(number_setting(config.get("tx_attempts"), 3)))
+        self.tx_attempt_interval = number_setting(config.get("tx_attempt_interval"), 60.0)
+        # the open inputs of kept transaction messages, by store row
+        self._transaction_inputs: dict[int, int] = {}
+        self._transactions_wake = asyncio.Event()
+        # requests the node sends itself (retries, BootNotification again): what came of them
+        self._own_calls: dict[tuple[StationLink, str], asyncio.Future[Any]] = {}
+        # Boot rules (B01-B03): off when absent, so older exports behave as before.
+        self.boot_rules = bool(config.get("boot_rules", False))
+        self.registration = Registration(Role.CHARGING_STATION)
+        #: the flow's last BootNotification: data, has customData, customData
+        self._last_boot: tuple[Any, bool, Any] | None = None
+        self._booter: asyncio.Task[None] | None = None
+        self._link_up = asyncio.Event()
         self.cb_id = str(config.get("cbId") or "").strip()
         self.csms_url = str((spec.target or {}).get("url") or config.get("csms_url") or "").strip()
         password = spec.credentials.get("csms_pw") or config.get("csms_pw")
@@ -95,6 +128,7 @@ class CsNode(OcppNode):
         self._countdown: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.tasks.start(self._send_transactions())
         if self.auto_connect:
             self._connect()
         else:
@@ -107,6 +141,9 @@ class CsNode(OcppNode):
         while self._waiting:
             seq, _ = self._waiting.popleft()
             self.host.done(seq, f"{self.cb_id}: the node stopped before it was connected")
+        for seq in self._transaction_inputs.values():  # kept on disk, sent after a restart
+            self.host.done(seq)
+        self._transaction_inputs.clear()
 
     def _connect(self) -> bool:
         """Start the client with the current settings; False (and a status) when they are bad."""
@@ -160,15 +197,15 @@ class CsNode(OcppNode):
     async def link_opened(self, link: StationLink) -> None:
         self.link = link
         self._reported = None
-        self.host.status("green", "dot", "connected")
+        self._show_connected()
         self._announce(online=True)
-        self._drainer = self.tasks.start(self._drain(link))
+        self._link_up.set()
+        self._transactions_wake.set()
+        self.tasks.start(self._send_waiting(link))
 
     def link_closed(self, link: StationLink, reason: str | None) -> None:
         self.link = None
-        if self._drainer is not None:
-            self._drainer.cancel()
-            self._drainer = None
+        self._link_up.clear()
         if reason is not None:  # None when the node stops: nothing to warn about
             self.host.log("warn", f"{self.cb_id}: disconnected: {reason}")
         self._announce(online=False)
@@ -239,7 +276,7 @@ class CsNode(OcppNode):
             self._countdown.cancel()
             self._countdown = None
 
-    # -- requests while offline ----------------------------------------------------------
+    # -- requests ------------------------------------------------------------------------
 
     def _version(self) -> OcppVersion:
         """The version of the connection; while offline, the one offered first."""
@@ -249,52 +286,22 @@ class CsNode(OcppNode):
         action = payload.get("command")
         version = self._version()
         if action in version.transaction_actions and self.offline_mode != "off":
-            # Kept in order: behind what is stored, even once connected again.
-            if self.link is None or self._draining() or self.store.count(self.cb_id):
-                self._store(seq, msg, payload, version, offline=self.link is None)
-                return
-        elif self.link is None and self.offline_mode == "all":
+            self._queue_transaction(seq, msg, payload, version)
+            return
+        if self.link is None and self.offline_mode == "all":
             self._wait_for_connection(seq, msg, payload)
             return
+        if self.boot_rules and isinstance(action, str):
+            data = payload.get("data", {})
+            refusal = self.registration.station_refusal(version, action, data, self._now())
+            if refusal is not None:
+                raise InputError(f"{self.cb_id}: {refusal}; nothing was sent")
+        if action == BOOT_ACTION:  # what the node sends again after a Pending or Rejected
+            self._last_boot = (payload.get("data", {}), "customData" in msg, msg.get("customData"))
         super()._send_request(seq, msg, payload)
 
-    def _draining(self) -> bool:
-        return self._drainer is not None and not self._drainer.done()
-
-    def _store(
-        self,
-        seq: int,
-        msg: dict[str, Any],
-        payload: dict[str, Any],
-        version: OcppVersion,
-        offline: bool,
-    ) -> None:
-        action = payload["command"]
-        data = payload.get("data", {})
-        check_request(version, self.role, action, data)
-        if self.store.count(self.cb_id) >= self.offline_limit:
-            self.host.log(
-                "warn",
-                f"{self.cb_id}: offline queue full ({self.offline_limit}); dropped this {action}",
-                msg,
-            )
-            self.host.done(seq)
-            return
-        if offline and isinstance(data, dict) and "offline" not in data:
-            data = {**data, "offline": True}  # part 2: it happened while offline
-        message_id = payload.get("MessageId") or None
-        try:
-            self.store.add(
-                self.cb_id,
-                action,
-                data,
-                message_id,
-                msg.get("customData"),
-                "customData" in msg,
-            )
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"cannot keep this request for later: {exc}") from None
-        self.host.done(seq)  # kept on disk; its answer comes out later as a Response
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def _wait_for_connection(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
         check_request(self._version(), self.role, payload.get("command"), payload.get("data", {}))
@@ -308,34 +315,295 @@ class CsNode(OcppNode):
             return
         self._waiting.append((seq, msg))
 
-    async def _drain(self, link: StationLink) -> None:
-        """Send what was kept, in order, one at a time; then what waited in memory."""
-        loop = asyncio.get_running_loop()
-        while link is self.link:
-            entry = self.store.first(self.cb_id)
-            if entry is None:
-                break
-            outcome: asyncio.Future[str] = loop.create_future()
-            context = CallContext(
-                None,
-                entry.has_custom_data,
-                entry.custom_data,
-                None,
-                lambda result, outcome=outcome: outcome.done() or outcome.set_result(result),
-            )
-            try:
-                self._call(link, entry.action, entry.payload, entry.message_id, context)
-            except OutgoingError as exc:
-                self.host.log("warn", f"{self.cb_id}: dropped a stored {entry.action}: {exc}")
-                self.store.remove(entry.row_id)
-                continue
-            if await outcome == "failed":  # kept: tried again, now or on reconnection
-                await asyncio.sleep(1.0)
-                continue
-            self.store.remove(entry.row_id)
+    async def _send_waiting(self, link: StationLink) -> None:
+        """Send what waited in memory for the connection, in order."""
         while self._waiting and link is self.link:
             seq, msg = self._waiting.popleft()
             self.input(seq, msg)
+
+    # -- transaction-related messages (E13), on disk ----------------------------------
+
+    def _queue_transaction(
+        self, seq: int, msg: dict[str, Any], payload: dict[str, Any], version: OcppVersion
+    ) -> None:
+        """Keep a transaction-related request, in order, with its message id.
+
+        Its input ends when its answer comes if it can go at once; else now
+        (it is kept on disk and its answer comes out later as a Response).
+        """
+        action = payload["command"]
+        data = payload.get("data", {})
+        check_request(version, self.role, action, data)
+        if self.store.count(self.cb_id) >= self.offline_limit:
+            self.host.log(
+                "warn",
+                f"{self.cb_id}: offline queue full ({self.offline_limit}); dropped this {action}",
+                msg,
+            )
+            self.host.done(seq)
+            return
+        if self.link is None and isinstance(data, dict) and "offline" not in data:
+            data = {**data, "offline": True}  # part 2: it happened while offline
+        # fixed now: every try sends it with this id (2.1: ids are unique per station)
+        message_id = payload.get("MessageId") or str(uuid.uuid4())
+        try:
+            row_id = self.store.add(
+                self.cb_id,
+                action,
+                data,
+                str(message_id),
+                msg.get("customData"),
+                "customData" in msg,
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"cannot keep this request for later: {exc}") from None
+        if self._transactions_may_go():
+            self._transaction_inputs[row_id] = seq
+        else:
+            self.host.done(seq)
+        self._transactions_wake.set()
+
+    def _transactions_may_go(self) -> bool:
+        if self.link is None:
+            return False
+        return not self.boot_rules or self.registration.status is RegistrationStatus.ACCEPTED
+
+    async def _send_transactions(self) -> None:
+        """Send the kept transaction-related messages, one at a time, in order (E13).
+
+        No answer in time, a CALLERROR or an answer that breaks the schema
+        is an attempt: the message goes again, with the same id, after
+        ``tx_attempt_interval`` x the attempts so far, until ``tx_attempts``
+        are used up; then it is dropped and the flow told. A lost connection
+        is no attempt: the message goes again when connected.
+        """
+        wake = self._transactions_wake
+        while True:
+            entry = self.store.first(self.cb_id)
+            link = self.link
+            if entry is None or link is None or not self._transactions_may_go():
+                wake.clear()
+                await wake.wait()
+                continue
+            message_id = entry.message_id or str(uuid.uuid4())  # rows of older versions
+            if entry.message_id is None:
+                self.store.update(entry.row_id, message_id, entry.attempts)
+            try:
+                _, kind, fields = await self._own_call(
+                    link, entry.action, entry.payload, message_id
+                )
+            except ConnectionClosed:
+                continue  # lost meanwhile: link_closed cleared self.link
+            except OutgoingError as exc:
+                self._drop(entry, message_id, entry.attempts, f"cannot be sent: {exc}", {})
+                continue
+            seq = self._transaction_inputs.pop(entry.row_id, None)
+            if kind == "Response":
+                self.store.remove(entry.row_id)
+                context = CallContext(seq, entry.has_custom_data, entry.custom_data, None)
+                self._deliver_answer(link, message_id, entry.action, kind, fields, context)
+                continue
+            if seq is not None:
+                self._transaction_inputs[entry.row_id] = seq
+            if kind == "aborted":  # the connection was lost: sent again when connected
+                continue
+            attempts = entry.attempts + 1
+            reason = self._attempt_failure(kind, fields)
+            if attempts >= self.tx_attempts:
+                self._drop(entry, message_id, attempts, reason, fields)
+                continue
+            self.store.update(entry.row_id, message_id, attempts)
+            wait = self.tx_attempt_interval * attempts
+            self.host.log(
+                "warn",
+                f"{self.cb_id}: {entry.action} {message_id} not accepted ({reason}): "
+                f"attempt {attempts} of {self.tx_attempts}, the next in {wait:g} s",
+            )
+            await asyncio.sleep(wait)
+
+    @staticmethod
+    def _attempt_failure(kind: str, fields: dict[str, Any]) -> str:
+        if kind == "Error":
+            description = fields.get("errorDescription")
+            code = fields.get("errorCode")
+            return f"CALLERROR {code}: {description}" if description else f"CALLERROR {code}"
+        return str(fields.get("reason", kind))
+
+    def _drop(
+        self,
+        entry: StoredRequest,
+        message_id: str,
+        attempts: int,
+        reason: str,
+        fields: dict[str, Any],
+    ) -> None:
+        """Give up on a kept message: out of the store, the flow told on output 1."""
+        self.store.remove(entry.row_id)
+        text = f"{self.cb_id}: dropped {entry.action} {message_id} after {attempts} attempt(s): "
+        self.host.log("warn", text + reason)
+        payload: dict[str, Any] = {
+            "command": entry.action,
+            "data": entry.payload,
+            "reason": reason,
+            "attempts": attempts,
+        }
+        for key in ("errorCode", "errorDescription"):
+            if key in fields:
+                payload[key] = fields[key]
+        dropped: dict[str, Any] = {
+            "topic": f"{self.cb_id}/Dropped",
+            "ocpp": {
+                "ocppVersion": self._version().name,
+                "MessageId": message_id,
+                "command": entry.action,
+                "cbId": self.cb_id,
+            },
+            "payload": payload,
+        }
+        if entry.has_custom_data:
+            dropped["customData"] = entry.custom_data
+        self.host.send(PORT_COMMON, dropped)
+        seq = self._transaction_inputs.pop(entry.row_id, None)
+        if seq is not None:
+            self.host.done(seq, text + reason)
+
+    # -- requests the node sends itself ------------------------------------------------
+
+    async def _own_call(
+        self, link: StationLink, action: str, payload: Any, message_id: str | None = None
+    ) -> tuple[str, str, dict[str, Any]]:
+        """Send a request of the node's own and wait for what comes of it:
+        ``(message id, "Response" | "Error", fields)``, or ``(message id,
+        "timeout" | "aborted" | "invalid", {"reason": ...})``. Raises
+        :class:`OutgoingError`."""
+        sent_id = link.send_call(action, payload, message_id=message_id)
+        outcome: asyncio.Future[tuple[str, dict[str, Any]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._own_calls[link, sent_id] = outcome
+        try:
+            kind, fields = await outcome
+        finally:
+            self._own_calls.pop((link, sent_id), None)
+        return sent_id, kind, fields
+
+    def _emit_answer(
+        self, link: StationLink, message_id: str, action: str, kind: str, fields: dict[str, Any]
+    ) -> None:
+        own = self._own_calls.pop((link, message_id), None)
+        if own is not None:
+            if not own.done():
+                own.set_result((kind, fields))
+            return
+        super()._emit_answer(link, message_id, action, kind, fields)
+        if action == BOOT_ACTION and kind == "Response":
+            self._boot_answered(fields.get("data"))
+
+    def _fail_call(self, link: StationLink, message_id: str, reason: str, outcome: str) -> None:
+        own = self._own_calls.pop((link, message_id), None)
+        if own is not None:
+            if not own.done():
+                own.set_result((outcome, {"reason": reason}))
+            return
+        super()._fail_call(link, message_id, reason, outcome)
+
+    # -- boot rules (B01-B03) ---------------------------------------------------------
+
+    def _emit_request(self, link: StationLink, event: CallReceived) -> None:
+        if self.boot_rules:
+            answer = self.registration.station_answer(link.version, event.action)
+            if isinstance(answer, ResultAnswer):
+                link.send_result(event.message_id, answer.payload)
+                return
+            if isinstance(answer, ErrorAnswer):
+                if answer.error is not None:
+                    link.send_error(
+                        event.message_id, link.version.code(answer.error), answer.description
+                    )
+                return
+            self.registration.csms_request(link.version, event.action, event.payload)
+        super()._emit_request(link, event)
+
+    def _boot_answered(self, answer: Any) -> None:
+        if not self.boot_rules:
+            return
+        registration = self.registration
+        if registration.boot_answered(answer, self._now()):
+            self.host.send(PORT_COMMON, self._registration_message())
+        self._show_connected()
+        if registration.status is RegistrationStatus.ACCEPTED:
+            if self._booter is not None and self._booter is not asyncio.current_task():
+                self._booter.cancel()
+            self._booter = None
+            self._transactions_wake.set()
+        elif self._booter is None or self._booter.done():
+            self._booter = self.tasks.start(self._boot_again())
+
+    async def _boot_again(self) -> None:
+        """Pending or Rejected: send the flow's last BootNotification again
+        once the interval has passed (when offline, once connected)."""
+        registration = self.registration
+        while registration.status in (RegistrationStatus.PENDING, RegistrationStatus.REJECTED):
+            await asyncio.sleep(registration.seconds_to_boot(self._now()))
+            if registration.seconds_to_boot(self._now()) > 0:
+                continue  # answered again meanwhile, with a new interval
+            while self.link is None:
+                self._link_up.clear()
+                await self._link_up.wait()
+            link = self.link
+            if self._last_boot is None:
+                return
+            data, has_custom_data, custom_data = self._last_boot
+            try:
+                message_id, kind, fields = await self._own_call(link, BOOT_ACTION, data)
+            except OutgoingError as exc:
+                message_id, kind, fields = "", "failed", {"reason": str(exc)}
+            if kind in ("Response", "Error"):
+                self._deliver_answer(
+                    link,
+                    message_id,
+                    BOOT_ACTION,
+                    kind,
+                    fields,
+                    CallContext(None, has_custom_data, custom_data, None),
+                )
+            if kind == "Response":
+                self._boot_answered(fields.get("data"))  # Accepted ends the loop
+                continue
+            self.host.log(
+                "warn",
+                f"{self.cb_id}: BootNotification sent again got no answer "
+                f"({self._attempt_failure(kind, fields)}); the next after the interval",
+            )
+            registration.boot_allowed_at = self._now() + (
+                registration.interval or DEFAULT_BOOT_WAIT
+            )
+
+    def _registration_state(self) -> dict[str, Any]:
+        return registration_state(self.registration, self._now())
+
+    def _registration_message(self) -> dict[str, Any]:
+        state = self._registration_state()
+        return {
+            "topic": f"{self.cb_id}/Registration",
+            "ocpp": {"cbId": self.cb_id, "registration": state["status"]},
+            "payload": state,
+        }
+
+    def _show_connected(self) -> None:
+        if self.link is None:
+            return
+        if not self.boot_rules:
+            self.host.status("green", "dot", "connected")
+            return
+        status = self.registration.status
+        fill = {
+            RegistrationStatus.ACCEPTED: "green",
+            RegistrationStatus.PENDING: "yellow",
+            RegistrationStatus.REJECTED: "red",
+        }.get(status, "green")
+        shape = "dot" if status is RegistrationStatus.ACCEPTED else "ring"
+        self.host.status(fill, shape, f"connected, {STATUS_LABELS[status]}")
 
     def _link_for(self, msg: dict[str, Any]) -> StationLink:
         if self.link is None:
@@ -357,13 +625,20 @@ class CsNode(OcppNode):
         if command == "retrybackoff":
             self._set_backoff(settings)
             return True
+        if command == "registration":
+            self._reply_to_command(msg, registration=self._registration_state())
+            return True
+        if command == "messageattempts":
+            self._set_message_attempts(settings)
+            return True
         raise InputError(f"unknown command {command!r}: {self._command_list()}")
 
     async def _reconnect(self, seq: int, settings: dict[str, Any]) -> None:
         await self._stop()
         self._reported = None  # a new start: its first failure is news
-        if settings.get("cbId"):
+        if settings.get("cbId") and str(settings["cbId"]) != self.cb_id:
             self.cb_id = str(settings["cbId"])
+            self.registration = Registration(Role.CHARGING_STATION)  # another station
         if "password" in settings:
             self.password = str(settings["password"]) if settings["password"] else None
         if settings.get("csmsUrl"):
@@ -386,15 +661,52 @@ class CsNode(OcppNode):
             "retrybackoffrepeattimes": "repeat_times",
             "retrybackoffrepeattime": "repeat_times",
         }
-        for key, given in settings.items():
-            attribute = fields.get(str(key).lower())
-            if attribute is None:
-                continue
-            try:
-                value = float(given)
-            except (TypeError, ValueError):
-                raise InputError(f"data.{key} must be a number of seconds") from None
+        for attribute, (key, value) in _named_numbers(settings, fields).items():
             if value < 0:
                 raise InputError(f"data.{key} must not be negative")
             setattr(self.backoff, attribute, int(value) if attribute == "repeat_times" else value)
         self.backoff.reset()
+
+    def _set_message_attempts(self, settings: dict[str, Any]) -> None:
+        """``MessageAttemptsTransactionEvent`` / ``MessageAttemptIntervalTransactionEvent``
+        (or without ``TransactionEvent``), as a CSMS sets them with SetVariables."""
+        fields = {
+            "messageattemptstransactionevent": "tx_attempts",
+            "messageattempts": "tx_attempts",
+            "messageattemptintervaltransactionevent": "tx_attempt_interval",
+            "messageattemptinterval": "tx_attempt_interval",
+        }
+        changes = _named_numbers(settings, fields)
+        if not changes:
+            raise InputError(
+                "messageattempts needs data.MessageAttemptsTransactionEvent and/or "
+                "data.MessageAttemptIntervalTransactionEvent"
+            )
+        for attribute, (key, value) in changes.items():
+            if attribute == "tx_attempts" and (value < 1 or value != int(value)):
+                raise InputError(f"data.{key} must be a whole number of at least 1")
+            if value < 0 or math.isinf(value):
+                raise InputError(f"data.{key} must be a number of seconds, 0 or more")
+        for attribute, (_, value) in changes.items():
+            setattr(self, attribute, int(value) if attribute == "tx_attempts" else value)
+
+
+def _named_numbers(
+    settings: dict[str, Any], fields: dict[str, str]
+) -> dict[str, tuple[str, float]]:
+    """The numbers of ``settings`` whose names (in any case) ``fields`` knows:
+    ``{attribute: (the name given, value)}``. Raises :class:`InputError` for
+    a value that is not a number."""
+    found: dict[str, tuple[str, float]] = {}
+    for key, given in settings.items():
+        attribute = fields.get(str(key).lower())
+        if attribute is None:
+            continue
+        try:
+            value = float(given)
+        except (TypeError, ValueError):
+            raise InputError(f"data.{key} must be a number") from None
+        if value != value:  # NaN
+            raise InputError(f"data.{key} must be a number")
+        found[attribute] = (key, value)
+    return found

@@ -15,7 +15,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from ..rpc import VERSIONS, Role
+from ..rpc import VERSIONS, CallReceived, ErrorCode, Role
+from ..rpc.registration import BOOT_ACTION, Registration, RegistrationStatus
 from ..transport import AuthDecision, ServerOptions, StationLink, StationServer
 from ..transport.tls import TlsMaterial, server_context
 from .base import (
@@ -26,6 +27,7 @@ from .base import (
     NodeSpec,
     OcppNode,
     number_setting,
+    registration_state,
 )
 
 __all__ = ["CsmsNode", "parse_auth_list"]
@@ -111,6 +113,7 @@ class CsmsNode(OcppNode):
         "set_auth_user",
         "ws_close",
         "ws_open",
+        "registration",
     )
 
     def __init__(self, spec: NodeSpec, host: NodeHost, services: NodeServices) -> None:
@@ -150,6 +153,12 @@ class CsmsNode(OcppNode):
         self._refusals = RefusalLog(host)
         self.stations: dict[str, StationLink] = {}
         self.connected_since: dict[str, str] = {}
+        # Boot rules (B01-B03): off when absent, so older exports behave as before.
+        self.boot_rules = bool(config.get("boot_rules", False))
+        # every station seen booting, kept across its connections
+        self.registrations: dict[str, Registration] = {}
+        # the BootNotification requests each link waits to have answered
+        self._boot_requests: dict[StationLink, set[str]] = {}
 
     async def start(self) -> None:
         if self.auth_problem:
@@ -222,10 +231,17 @@ class CsmsNode(OcppNode):
     def _show_connection_count(self) -> None:
         if self.server is None:
             self.host.status("grey", "ring", "not listening")
-        else:
-            self.host.status(
-                "green", "dot" if self.stations else "ring", f"{len(self.stations)} connected"
-            )
+            return
+        text = f"{len(self.stations)} connected"
+        counts = Counter(
+            registration.status
+            for cb_id, registration in self.registrations.items()
+            if cb_id in self.stations
+        )
+        for status in (RegistrationStatus.PENDING, RegistrationStatus.REJECTED):
+            if counts[status]:
+                text += f", {counts[status]} {status.value.lower()}"
+        self.host.status("green", "dot" if self.stations else "ring", text)
 
     # -- the StationListener ----------------------------------------------------------
 
@@ -271,6 +287,7 @@ class CsmsNode(OcppNode):
     def link_closed(self, link: StationLink, reason: str | None) -> None:
         cb_id = link.cb_id
         replaced = self.stations.get(cb_id) is not link
+        self._boot_requests.pop(link, None)
         if not replaced:
             del self.stations[cb_id]
             self.connected_since.pop(cb_id, None)
@@ -294,6 +311,67 @@ class CsmsNode(OcppNode):
                 "payload": payload,
             },
         )
+
+    # -- boot rules (B01-B03) -----------------------------------------------------------
+
+    def _emit_request(self, link: StationLink, event: CallReceived) -> None:
+        if self.boot_rules:
+            if event.action == BOOT_ACTION:
+                self._boot_requests.setdefault(link, set()).add(event.message_id)
+            registration = self.registrations.get(link.cb_id)
+            if registration is not None:
+                refusal = registration.station_refusal(
+                    link.version,
+                    event.action,
+                    event.payload,
+                    asyncio.get_running_loop().time(),
+                )
+                if refusal is not None:  # answered here: the flow never sees it
+                    link.send_error(
+                        event.message_id,
+                        link.version.code(ErrorCode.SECURITY_ERROR),
+                        refusal,
+                    )
+                    self.host.log(
+                        "info", f"{link.cb_id}: answered {event.action} SecurityError: {refusal}"
+                    )
+                    return
+        super()._emit_request(link, event)
+
+    def _send_result(self, link: StationLink, message_id: str, payload: Any) -> None:
+        super()._send_result(link, message_id, payload)
+        waiting = self._boot_requests.get(link)
+        if waiting is None or message_id not in waiting:
+            return
+        waiting.discard(message_id)
+        cb_id = link.cb_id
+        registration = self.registrations.setdefault(cb_id, Registration(Role.CSMS))
+        if registration.boot_answered(payload, asyncio.get_running_loop().time()):
+            self.host.send(
+                PORT_COMMON,
+                {
+                    "topic": f"{cb_id}/Registration",
+                    "ocpp": {"cbId": cb_id, "registration": registration.status.value},
+                    "payload": self._registration_state(registration),
+                },
+            )
+            self._show_connection_count()
+
+    def _send_request(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
+        if self.boot_rules:
+            link = self._link_for(msg)
+            registration = self.registrations.get(link.cb_id)
+            action = payload.get("command")
+            if registration is not None and isinstance(action, str):
+                refusal = registration.csms_refusal(link.version, action)
+                if refusal is not None:
+                    raise InputError(f"{link.cb_id}: {refusal}; nothing was sent")
+                registration.csms_request(link.version, action, payload.get("data", {}))
+        super()._send_request(seq, msg, payload)
+
+    @staticmethod
+    def _registration_state(registration: Registration) -> dict[str, Any]:
+        return registration_state(registration, asyncio.get_running_loop().time())
 
     # -- input ----------------------------------------------------------------------
 
@@ -345,9 +423,25 @@ class CsmsNode(OcppNode):
         elif command == "ws_open":
             self.tasks.start(self._ws_open(seq))
             return False
+        elif command == "registration":
+            self._reply_with_registration(msg, settings)
         else:
             raise InputError(f"unknown command {command!r}: {self._command_list()}")
         return True
+
+    def _reply_with_registration(self, msg: dict[str, Any], settings: dict[str, Any]) -> None:
+        cb_id = settings.get("cbId")
+        if cb_id:
+            registration = self.registrations.get(cb_id, Registration(Role.CSMS))
+            self._reply_to_command(msg, registration=self._registration_state(registration))
+        else:
+            self._reply_to_command(
+                msg,
+                registrations={
+                    name: self._registration_state(registration)
+                    for name, registration in self.registrations.items()
+                },
+            )
 
     def _check_auth_list_readable(self, command: str) -> None:
         if not self.auth_list_readable:

@@ -4,7 +4,9 @@ OCPP 2.0.1 wants transaction-related messages (TransactionEvent) kept while
 offline and delivered in order later. They are stored here, in one SQLite
 file per daemon (stdlib ``sqlite3``, in the Node-RED user directory), keyed by
 station identity, so neither a daemon nor a Node-RED restart loses them. A
-row leaves the store only when the CSMS has answered it.
+row keeps its message id and how often it was tried (E13: a retry reuses
+the id) and leaves the store when the CSMS has accepted it or its tries are
+used up.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class StoredRequest:
     message_id: str | None
     custom_data: Any
     has_custom_data: bool
+    attempts: int = 0
 
 
 class OfflineStore:
@@ -49,9 +52,15 @@ class OfflineStore:
                    action TEXT NOT NULL,
                    payload TEXT NOT NULL,
                    message_id TEXT,
-                   custom_data TEXT
+                   custom_data TEXT,
+                   attempts INTEGER NOT NULL DEFAULT 0
                )"""
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(offline_requests)")}
+        if "attempts" not in columns:  # a file written before retries were counted
+            self._db.execute(
+                "ALTER TABLE offline_requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+            )
         self._db.execute(
             "CREATE INDEX IF NOT EXISTS offline_by_station ON offline_requests (cb_id, row_id)"
         )
@@ -89,13 +98,13 @@ class OfflineStore:
     def first(self, cb_id: str) -> StoredRequest | None:
         """The oldest stored request of ``cb_id``, or ``None``."""
         row = self._db.execute(
-            "SELECT row_id, action, payload, message_id, custom_data FROM offline_requests"
-            " WHERE cb_id = ? ORDER BY row_id LIMIT 1",
+            "SELECT row_id, action, payload, message_id, custom_data, attempts"
+            " FROM offline_requests WHERE cb_id = ? ORDER BY row_id LIMIT 1",
             (cb_id,),
         ).fetchone()
         if row is None:
             return None
-        row_id, action, payload, message_id, custom_data = row
+        row_id, action, payload, message_id, custom_data, attempts = row
         return StoredRequest(
             row_id,
             action,
@@ -103,6 +112,14 @@ class OfflineStore:
             message_id,
             None if custom_data is None else json.loads(custom_data),
             custom_data is not None,
+            attempts,
+        )
+
+    def update(self, row_id: int, message_id: str, attempts: int) -> None:
+        """Set a row's message id and how often it was tried."""
+        self._db.execute(
+            "UPDATE offline_requests SET message_id = ?, attempts = ? WHERE row_id = ?",
+            (message_id, attempts, row_id),
         )
 
     def remove(self, row_id: int) -> None:

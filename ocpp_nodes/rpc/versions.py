@@ -7,8 +7,10 @@ Theory of operation:
    message types it has, how it spells each error code (and so which JSON-schema
    failure becomes which code), what it does with a message type it lacks,
    which role sends which action, which actions are transaction-related
-   (kept while offline and retried by a station), and how it names the
-   security events a station reports about its connection.
+   (kept while offline and retried by a station), how it names the
+   security events a station reports about its connection, and the facts of
+   its boot rules (:class:`BootRules`: what a CSMS may ask for while a
+   station is Pending, what a station answers by itself).
 2. Nothing outside this module names a version's facts. The transports offer
    and select subprotocols from the table (:func:`select_version`); the version
    a connection negotiated travels with it into its session, its OCPP-J state
@@ -33,7 +35,9 @@ from .frames import ErrorCode, MessageType
 from .roles import Role
 
 __all__ = [
+    "BootRules",
     "KEYWORD_ERRORS",
+    "RejectedAnswer",
     "OcppVersion",
     "SecurityEvent",
     "UnknownMessageType",
@@ -61,6 +65,53 @@ class SecurityEvent(Enum):
     INVALID_TLS_VERSION = "InvalidTLSVersion"
     INVALID_TLS_CIPHER_SUITE = "InvalidTLSCipherSuite"
     FAILED_TO_AUTHENTICATE_AT_CSMS = "FailedToAuthenticateAtCsms"
+
+
+class RejectedAnswer(Enum):
+    """What a station whose boot was Rejected does with a request from the CSMS."""
+
+    #: CALLERROR ``SecurityError`` (OCPP 2.0.1 B03).
+    SECURITY_ERROR = "security-error"
+    #: No answer at all (OCPP 1.6: "SHALL NOT respond to any Central System
+    #: initiated message").
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class BootRules:
+    """The version-specific facts of the boot rules (OCPP 2.0.1 B01-B03).
+
+    The rules themselves, the same for every version, are in
+    :mod:`ocpp_nodes.rpc.registration`.
+
+    Attributes:
+        trigger: the CSMS request that asks a station for a message, and the
+            field that names the message (``TriggerMessage``, ``requestedMessage``).
+        triggered_actions: a ``requestedMessage`` value -> the action it asks
+            for, where the two differ (``SignChargingStationCertificate`` ->
+            ``SignCertificate``).
+        report_requests: the CSMS requests whose report a Pending station may
+            send (``GetBaseReport``, ``GetReport``), as ``report_action``
+            messages with the same ``requestId``.
+        report_action: the action of such a report (``NotifyReport``).
+        pending_refusals: CSMS requests a Pending station refuses, and the
+            answer it gives by itself (``RequestStartTransaction`` ->
+            ``{"status": "Rejected"}``).
+        rejected_answer: what a Rejected station does with a CSMS request.
+    """
+
+    trigger: tuple[str, str] | None
+    triggered_actions: Mapping[str, str] = field(default_factory=dict)
+    report_requests: frozenset[str] = field(default_factory=frozenset)
+    report_action: str | None = None
+    pending_refusals: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    rejected_answer: RejectedAnswer = RejectedAnswer.SECURITY_ERROR
+
+    def triggered_action(self, requested: object) -> str | None:
+        """The action a trigger's ``requestedMessage`` asks for."""
+        if not isinstance(requested, str):
+            return None
+        return self.triggered_actions.get(requested, requested)
 
 
 #: JSON-schema keyword that failed -> what the CALLERROR says (part 4, table 8).
@@ -106,6 +157,7 @@ class OcppVersion:
             while offline and delivers in order.
         security_events: how it names each security event (the ``type`` of
             a SecurityEventNotification).
+        boot_rules: the facts of its boot rules.
     """
 
     name: str
@@ -118,6 +170,7 @@ class OcppVersion:
     sends: Mapping[Role, frozenset[str]]
     transaction_actions: frozenset[str] = field(default_factory=frozenset)
     security_events: Mapping[SecurityEvent, str] = field(default_factory=dict)
+    boot_rules: BootRules = BootRules(trigger=None)
 
     def __repr__(self) -> str:
         return f"OcppVersion({self.name!r})"
@@ -185,6 +238,22 @@ V201 = OcppVersion(
     transaction_actions=frozenset({"TransactionEvent"}),
     # part 2, appendix "Security events", spelled as SecurityEvent's values
     security_events={event: event.value for event in SecurityEvent},
+    # part 2, B02 and B03
+    boot_rules=BootRules(
+        trigger=("TriggerMessage", "requestedMessage"),
+        triggered_actions={
+            "SignChargingStationCertificate": "SignCertificate",
+            "SignV2GCertificate": "SignCertificate",
+            "SignCombinedCertificate": "SignCertificate",
+        },
+        report_requests=frozenset({"GetBaseReport", "GetReport"}),
+        report_action="NotifyReport",
+        pending_refusals={
+            "RequestStartTransaction": {"status": "Rejected"},
+            "RequestStopTransaction": {"status": "Rejected"},
+        },
+        rejected_answer=RejectedAnswer.SECURITY_ERROR,
+    ),
 )
 
 #: Every version the engine speaks, by name.
