@@ -131,7 +131,7 @@ PACK_PY := $(if $(wildcard $(VPY)),$(VPY),$(PYTHON3))
 pack:
 	rm -rf build/npm build/lib build/bdist.* && mkdir -p build/npm/python
 	rm -f build/node-red-contrib-ocpp-nodes-*.tgz
-	cp -r js_shim/package.json js_shim/README.md js_shim/lib js_shim/nodes build/npm/
+	cp -r js_shim/package.json js_shim/README.md js_shim/lib js_shim/nodes js_shim/resources build/npm/
 	cp -rL js_shim/examples build/npm/examples
 	$(PACK_PY) -m pip wheel --no-deps --disable-pip-version-check -q -w build/npm/python .
 	rm -rf build/lib build/bdist.*

@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # aiohttp warns once per attempt of a station offering no version we accept;
+    # the CSMS node sums those attempts up itself (RefusalLog): no flood.
+    logging.getLogger("aiohttp.websocket").addFilter(
+        lambda record: "Client protocols" not in str(record.msg)
+    )
     token = os.environ.pop(TOKEN_VARIABLE, "")
     if not token:
         print(f"ocpp-nodes: set {TOKEN_VARIABLE} to the shim's token", file=sys.stderr)

@@ -63,6 +63,8 @@ class Direction(Enum):
 
     REQUEST = "Request"
     RESPONSE = "Response"
+    #: (2.1) an unconfirmed message (SEND), the only half of its action
+    SEND = "Send"
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,10 @@ class SchemaRegistry:
         self.package = package
         self.error_codes = dict(error_codes)
         self.format_violation = format_violation
-        folder = resources.files(package).joinpath("schemas")
+        # Found from the top package: importing ``ocpp.v21`` itself would build
+        # its hundreds of dataclasses (most of the time of a start from the cache).
+        top, *subpackages = package.split(".")
+        folder = resources.files(top).joinpath(*subpackages, "schemas")
         texts = {
             entry.name: entry.read_text("utf-8")
             for entry in folder.iterdir()
@@ -155,14 +160,29 @@ class SchemaRegistry:
         self.actions: frozenset[str] = frozenset(
             name[: -len("Response.json")] for name in texts if name.endswith("Response.json")
         )
+        # A set whose requests carry a suffix may have files with neither: SEND messages.
+        self.unconfirmed_actions: frozenset[str] = frozenset(
+            name[: -len(".json")]
+            for name in texts
+            if request_suffix and not name.endswith(("Response.json", f"{request_suffix}.json"))
+        )
+        files = {
+            (
+                action,
+                direction,
+            ): f"{action}{request_suffix if direction is Direction.REQUEST else 'Response'}.json"
+            for action in self.actions
+            for direction in (Direction.REQUEST, Direction.RESPONSE)
+        }
+        files.update(
+            {(action, Direction.SEND): f"{action}.json" for action in self.unconfirmed_actions}
+        )
         schemas: dict[tuple[str, Direction], dict[str, Any]] = {}
-        for action in sorted(self.actions):
-            for direction in Direction:
-                suffix = request_suffix if direction is Direction.REQUEST else "Response"
-                schema = json.loads(texts[f"{action}{suffix}.json"])
-                # The OCA files carry a urn $id that neither validator needs to resolve.
-                schema.pop("$id", None)
-                schemas[(action, direction)] = schema
+        for key, name in sorted(files.items(), key=lambda item: item[1]):
+            schema = json.loads(texts[name])
+            # The OCA files carry a urn $id that neither validator needs to resolve.
+            schema.pop("$id", None)
+            schemas[key] = schema
         fast = _compile_all(schemas, _code_cache)
         self._validators: dict[tuple[str, Direction], _Validator] = {
             key: _Validator(

@@ -12,11 +12,17 @@
 - `Flow.records(tag)` / `Flow.wait(tag, pred)`: read them back, with bounded
   waits; async variants run the blocking HTTP in a thread so a Python peer in
   the test's event loop keeps running.
+- record predicates (`topic_is`, `has_custom_data`, `status_is`, `online`) and
+  steps of a test that shares one Node-RED between tests: `marker` (a unique
+  customData), `request` / `answer` (a flow request, the flow's CALLRESULT),
+  `caught` (the error of an input that ended with done(err), from a Catch
+  node recorded as `catch`), `until` (poll a peer's state in this loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -193,3 +199,76 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"port {port} not listening after {timeout}s") from None
             time.sleep(0.1)
+
+
+# -- reading and driving a flow's records (tests that share one Node-RED) --------------
+
+_markers = itertools.count(1)
+
+
+def marker(what: str) -> str:
+    """A customData value no other input of the run carries."""
+    return f"{what}-{next(_markers)}"
+
+
+def has_custom_data(value: str) -> Callable[[Record], bool]:
+    return lambda record: record.get("customData") == value
+
+
+def topic_is(topic: str, command: str | None = None) -> Callable[[Record], bool]:
+    def pred(record: Record) -> bool:
+        payload = record.get("payload")
+        return record.get("topic") == topic and (
+            command is None or (isinstance(payload, dict) and payload.get("command") == command)
+        )
+
+    return pred
+
+
+def status_is(node_id: str, text: str) -> Callable[[Record], bool]:
+    def pred(record: Record) -> bool:
+        status = record.get("status") or {}
+        return (status.get("source") or {}).get("id") == node_id and status.get("text") == text
+
+    return pred
+
+
+def online(record: Record) -> bool:
+    return (record.get("ocpp") or {}).get("websocket") == "ONLINE"
+
+
+async def until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll in-process state (the peers in this event loop) until ``probe`` is truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def caught(flow: Flow, node_id: str, custom_data: str, timeout: float = 10.0) -> str:
+    """The error of the input with ``customData`` that ended with done(err)."""
+    record = await flow.await_("catch", has_custom_data(custom_data), timeout=timeout)
+    error = record.get("error") or {}
+    assert (error.get("source") or {}).get("id") == node_id, record
+    message = error.get("message")
+    assert isinstance(message, str) and message, record
+    return message
+
+
+async def request(
+    flow: Flow, name: str, command: str, data: dict[str, Any], custom_data: str, **extra: Any
+) -> None:
+    """A flow request into node ``name`` (``extra``: more payload fields, e.g. cbId)."""
+    await flow.asend(
+        name, {"payload": {"command": command, "data": data, **extra}, "customData": custom_data}
+    )
+
+
+async def answer(flow: Flow, name: str, received: Record, data: dict[str, Any]) -> None:
+    """The flow's CALLRESULT to a received request (its msg.ocpp names it)."""
+    await flow.asend(name, {"ocpp": received["ocpp"], "payload": {"msgType": 3, "data": data}})

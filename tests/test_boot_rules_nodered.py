@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -47,7 +46,23 @@ from ocpp.v201 import ChargePoint, call, call_result
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.common import DATE_TIME, GET_VARIABLES_RESULT, OCPP201
-from tests.flowkit import Flow, Record, connect_station, http_api, node, recorder
+from tests.flowkit import (
+    Flow,
+    Record,
+    answer,
+    caught,
+    connect_station,
+    has_custom_data,
+    http_api,
+    marker,
+    node,
+    online,
+    recorder,
+    request,
+    status_is,
+    topic_is,
+    until,
+)
 from tests.nodered import NodeRed, free_port, running_node_red
 
 pytestmark = [pytest.mark.nodered, pytest.mark.asyncio(loop_scope="module")]
@@ -78,13 +93,6 @@ CS_NODES: dict[str, bool | None] = {
 #: stations of each CSMS node
 CSMS_STATIONS = {"csms": ("ST_P", "ST_R"), "csms.legacy": ("ST_L",)}
 
-_markers = itertools.count(1)
-
-
-def marker(what: str) -> str:
-    """A customData value no other input of the run carries."""
-    return f"{what}-{next(_markers)}"
-
 
 def report_data(request_id: int, seq_no: int, tbc: bool) -> dict[str, Any]:
     return {"requestId": request_id, "generatedAt": DATE_TIME, "seqNo": seq_no, "tbc": tbc}
@@ -107,19 +115,6 @@ def assert_allowed_in(text: str, seconds: float) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     left = (parse_time(text) - now).total_seconds()
     assert seconds - slack <= left <= seconds + 1, (text, left, seconds)
-
-
-async def until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll in-process state (the peers in this event loop) until ``probe`` is truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- the ocpp package as the CSMS of our CS nodes -------------------------------------
@@ -348,32 +343,6 @@ async def setup(runtime: NodeRed, csms_server: CsmsServer) -> Setup:
 # -- reading the flow -------------------------------------------------------------------
 
 
-def topic_is(topic: str, command: str | None = None) -> Callable[[Record], bool]:
-    def pred(record: Record) -> bool:
-        payload = record.get("payload")
-        return record.get("topic") == topic and (
-            command is None or (isinstance(payload, dict) and payload.get("command") == command)
-        )
-
-    return pred
-
-
-def has_custom_data(value: str) -> Callable[[Record], bool]:
-    return lambda record: record.get("customData") == value
-
-
-def status_is(node_id: str, text: str) -> Callable[[Record], bool]:
-    def pred(record: Record) -> bool:
-        status = record.get("status") or {}
-        return (status.get("source") or {}).get("id") == node_id and status.get("text") == text
-
-    return pred
-
-
-def online(record: Record) -> bool:
-    return (record.get("ocpp") or {}).get("websocket") == "ONLINE"
-
-
 async def count(flow: Flow, tag: str, pred: Callable[[Record], bool]) -> int:
     return len([r for r in await flow.arecords(tag) if pred(r)])
 
@@ -394,30 +363,6 @@ async def await_next(
                 f"\n--- log tail ---\n{flow.runtime.log_tail(30)}"
             )
         await asyncio.sleep(0.1)
-
-
-async def caught(flow: Flow, node_id: str, custom_data: str, timeout: float = 10.0) -> str:
-    """The error of the input with ``customData`` that ended with done(err)."""
-    record = await flow.await_("catch", has_custom_data(custom_data), timeout=timeout)
-    error = record.get("error") or {}
-    assert (error.get("source") or {}).get("id") == node_id, record
-    message = error.get("message")
-    assert isinstance(message, str) and message, record
-    return message
-
-
-async def request(
-    flow: Flow, name: str, command: str, data: dict[str, Any], custom_data: str, **extra: Any
-) -> None:
-    """A flow request into node ``name``."""
-    await flow.asend(
-        name, {"payload": {"command": command, "data": data, **extra}, "customData": custom_data}
-    )
-
-
-async def answer(flow: Flow, name: str, received: Record, data: dict[str, Any]) -> None:
-    """The flow's CALLRESULT to a received request (its msg.ocpp names it)."""
-    await flow.asend(name, {"ocpp": received["ocpp"], "payload": {"msgType": 3, "data": data}})
 
 
 async def registration_command(

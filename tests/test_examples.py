@@ -1,6 +1,6 @@
 """The example flows under flows/ (besides demo.json) work in a real Node-RED.
 
-All six are deployed together into one Node-RED (each is its own tab), with
+All seven are deployed together into one Node-RED (each is its own tab), with
 their CSMS ports rewritten to free ones (`127.0.0.1:<port>` in URLs follows),
 the file node of log-to-file.json aimed at a temp dir, the tls-config nodes
 of cs-security-event.json given certificates made for the test (``trustme``:
@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 import trustme
+import websockets
 
-from ocpp_nodes.rpc import V201
+from ocpp_nodes.rpc import V16, V21, V201, OcppVersion
 from ocpp_nodes.schemas import Direction
-from tests.common import recv_frame
+from tests.common import auth_header, recv_frame
 from tests.flowkit import Flow, connect_station, http_api, recorder, wait_port
 from tests.nodered import REPO_ROOT, free_port, running_node_red
 from tests.payloads import valid_payload
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.nodered
 FLOWS = REPO_ROOT / "flows"
 EXAMPLES = (
     "csms-basic",
+    "csms-mixed-versions",
     "cs-transaction",
     "link-call",
     "commands",
@@ -113,6 +115,8 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
     extra.append(_tap(cmd, by_type(cmd, "catch")[0], 0, "cmd.catch"))
     basic = flows["csms-basic"]
     extra.append(_tap(basic, by_type(basic, "CSMS")[0], 0, "basic.csms"))
+    mixed = flows["csms-mixed-versions"]
+    extra.append(_tap(mixed, by_type(mixed, "CSMS")[0], 0, "mixed.csms"))
     (file_node,) = by_type(flows["log-to-file"], "file")
     file_node["filename"] = str(log_file)
     pki = tmp_path_factory.mktemp("examples-pki")
@@ -203,6 +207,88 @@ async def test_csms_basic_answers_every_core_request(examples: Examples) -> None
         CORE_REQUESTS
     )
     assert [r for r in seen if r.get("topic") == "CS001/Connection"]
+
+
+#: What each station of the mixed-versions example sends: (action, extra fields).
+MIXED_REQUESTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "1.6": [
+        ("BootNotification", {}),
+        ("Heartbeat", {}),
+        ("StatusNotification", {}),
+        ("Authorize", {}),
+        ("StartTransaction", {}),
+        ("MeterValues", {"transactionId": 1}),  # transaction-related in 1.6
+        ("StopTransaction", {"idTag": "AB12"}),
+    ],
+    "2.0.1": [
+        ("BootNotification", {}),
+        ("Heartbeat", {}),
+        ("StatusNotification", {}),
+        ("Authorize", {}),
+        (
+            "TransactionEvent",
+            {"eventType": "Started", "idToken": {"idToken": "AB12", "type": "ISO14443"}},
+        ),
+        ("MeterValues", {}),
+        ("TransactionEvent", {}),
+    ],
+}
+MIXED_REQUESTS["2.1"] = MIXED_REQUESTS["2.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("cb_id", "offered", "version"),
+    [
+        pytest.param("CS16", ["ocpp1.6"], V16, id="1.6"),
+        pytest.param("CS201", ["ocpp2.0.1", "ocpp1.6"], V201, id="2.0.1"),
+        pytest.param("CS21", ["ocpp2.1", "ocpp2.0.1"], V21, id="2.1"),
+    ],
+)
+async def test_csms_mixed_versions_answers_each_station_in_its_version(
+    examples: Examples, cb_id: str, offered: list[str], version: OcppVersion
+) -> None:
+    port = examples.ports["csms-mixed-versions"]["CSMS :9228"]
+    ws = await websockets.connect(
+        f"ws://127.0.0.1:{port}/ocpp/{cb_id}",
+        subprotocols=offered,  # type: ignore[arg-type]
+        additional_headers=auth_header(cb_id, f"{cb_id.lower()}-password"),
+        open_timeout=10,
+        ping_interval=None,
+    )
+    try:
+        assert ws.subprotocol == version.subprotocol  # the station's first choice
+        for i, (action, extra) in enumerate(MIXED_REQUESTS[version.name]):
+            payload = {**valid_payload(action, "Request", version), **extra}
+            assert version.schemas.validate(action, Direction.REQUEST, payload) is None
+            await ws.send(json.dumps([2, f"mixed-{i}", action, payload]))
+            frame = await recv_frame(ws)
+            assert frame[:2] == [3, f"mixed-{i}"], (action, frame)
+            answer = frame[2]
+            assert version.schemas.validate(action, Direction.RESPONSE, answer) is None, (
+                action,
+                frame,
+            )
+            if action == "BootNotification":
+                assert answer["status"] == "Accepted"
+            if action == "StartTransaction":
+                assert isinstance(answer["transactionId"], int)
+        # another version's action is refused by the node: the flow never sees it
+        other = "TransactionEvent" if version is V16 else "StartTransaction"
+        await ws.send(json.dumps([2, "mixed-other", other, {}]))
+        frame = await recv_frame(ws)
+        assert frame[:3] == [4, "mixed-other", "NotImplemented"], frame
+    finally:
+        await ws.close()
+    last = f"mixed-{len(MIXED_REQUESTS[version.name]) - 1}"
+    await examples.await_(
+        "mixed.csms",
+        lambda r: r.get("topic") == f"{cb_id}/Request" and r["ocpp"]["MessageId"] == last,
+    )
+    seen = [
+        r for r in await examples.arecords("mixed.csms") if r.get("topic") == f"{cb_id}/Request"
+    ]
+    assert [r["payload"]["command"] for r in seen] == [a for a, _ in MIXED_REQUESTS[version.name]]
+    assert {r["ocpp"]["ocppVersion"] for r in seen} == {version.name}
 
 
 def test_cs_transaction_runs_the_whole_session(examples: Examples) -> None:

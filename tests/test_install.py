@@ -207,6 +207,9 @@ def test_fresh_install_builds_its_engine_and_runs_an_example(
     runtime.start()
     status, flow = runtime.http("GET", f"/library/examples/flows/{PACKAGE}/csms-basic")
     assert status == 200, flow
+    # the script both dialogs load is in the tarball and served to the editor
+    status, script = runtime.http("GET", f"/resources/{PACKAGE}/ocpp-versions.js")
+    assert status == 200 and "OcppNodesVersions" in str(script), (status, script)
     (csms,) = [node for node in flow if node["type"] == "CSMS"]
     port = free_port()
     csms["port"] = str(port)
@@ -282,6 +285,9 @@ def test_a_broken_python_setting_leaves_node_red_running_and_says_what_to_do(
     runtime.start()
     status, flow = runtime.http("GET", f"/library/examples/flows/{PACKAGE}/csms-basic")
     assert status == 200, flow
+    # the script both dialogs load is in the tarball and served to the editor
+    status, script = runtime.http("GET", f"/resources/{PACKAGE}/ocpp-versions.js")
+    assert status == 200 and "OcppNodesVersions" in str(script), (status, script)
     (csms,) = [node for node in flow if node["type"] == "CSMS"]
     csms["port"] = str(free_port())
     watch = StatusWatch(runtime.base_url)

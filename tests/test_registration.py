@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocpp_nodes.rpc import V201, ErrorCode, Role
+from ocpp_nodes.rpc import V16, V201, ErrorCode, Role
 from ocpp_nodes.rpc.registration import (
     DEFAULT_BOOT_WAIT,
     ErrorAnswer,
@@ -169,3 +169,32 @@ def test_csms_sends_a_pending_station_no_remote_start_or_stop() -> None:
     assert csms.csms_refusal(V201, "RequestStartTransaction") is not None
     assert csms.csms_refusal(V201, "RequestStopTransaction") is not None
     assert booted(Role.CSMS, "Accepted").csms_refusal(V201, "RequestStartTransaction") is None
+
+
+# -- the same rules in 1.6's words (the version table's BootRules) ---------------------
+
+
+def test_1_6_pending_station_refuses_remote_start_and_stop_itself() -> None:
+    station = booted(Role.CHARGING_STATION, "Pending")
+    for action in ("RemoteStartTransaction", "RemoteStopTransaction"):
+        assert station.station_answer(V16, action) == ResultAnswer({"status": "Rejected"})
+    csms = booted(Role.CSMS, "Pending")
+    assert csms.csms_refusal(V16, "RemoteStartTransaction") is not None
+    assert csms.csms_refusal(V16, "GetConfiguration") is None
+
+
+def test_1_6_extended_trigger_message_asks_for_sign_certificate() -> None:
+    station = booted(Role.CHARGING_STATION, "Pending")
+    station.csms_request(
+        V16, "ExtendedTriggerMessage", {"requestedMessage": "SignChargePointCertificate"}
+    )
+    assert station.station_refusal(V16, "SignCertificate", {}, T0) is None
+    station.csms_request(V16, "TriggerMessage", {"requestedMessage": "StatusNotification"})
+    assert station.station_refusal(V16, "StatusNotification", {}, T0) is None
+    assert station.station_refusal(V16, "StatusNotification", {}, T0) is not None
+
+
+def test_1_6_rejected_station_does_not_answer_at_all() -> None:
+    station = booted(Role.CHARGING_STATION, "Rejected")
+    answer = station.station_answer(V16, "GetConfiguration")
+    assert answer == ErrorAnswer(None, "")  # 1.6, 4.2: "SHALL NOT respond"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ocpp_nodes import schemas
-from ocpp_nodes.rpc import V201
+from ocpp_nodes.rpc import V21, V201
 from ocpp_nodes.schema_cache import DiskCodeCache
 from ocpp_nodes.schemas import Direction, SchemaRegistry
 
@@ -26,8 +26,24 @@ def test_all_64_actions_of_2_0_1_with_both_directions() -> None:
     reg = V201.schemas
     assert len(reg.actions) == 64
     for action in reg.actions:
-        for direction in Direction:
+        for direction in (Direction.REQUEST, Direction.RESPONSE):
             reg.validate(action, direction, {})  # {} may or may not be valid
+    assert reg.unconfirmed_actions == set()
+
+
+def test_the_send_messages_of_2_1_have_their_own_schemas() -> None:
+    reg = V21.schemas
+    assert reg.unconfirmed_actions == {"NotifyPeriodicEventStream"}
+    assert "NotifyPeriodicEventStream" not in reg.actions
+    violation = reg.validate("NotifyPeriodicEventStream", Direction.SEND, {})
+    assert violation is not None and violation.keyword == "required"
+    valid = {
+        "id": 1,
+        "pending": 0,
+        "basetime": "2026-01-01T00:00:00Z",
+        "data": [{"t": 0, "v": "1"}],
+    }
+    assert reg.validate("NotifyPeriodicEventStream", Direction.SEND, valid) is None
 
 
 def test_the_schema_set_is_a_parameter() -> None:

@@ -12,7 +12,8 @@ Theory of operation:
    every message is its link's.
 3. Every input is classified by ``msg.payload.msgType``: 2 (or absent) a
    request to send, 3 a response to a received request, 4 a CALLERROR reply
-   to a received request, 99 a command for the node. ``4`` without a pending
+   to a received request, 6 a SEND (OCPP 2.1: no answer), 99 a command for
+   the node. ``4`` without a pending
    received request for ``msg.ocpp.MessageId`` is a command too (both forms
    exist in flows written for the package we replace).
 4. Every input ends with exactly one ``done``: a request when its answer
@@ -52,11 +53,14 @@ from ..rpc import (
     RequestExpired,
     ResultInvalid,
     ResultReceived,
+    ResultRefused,
     Role,
+    SendReceived,
     UnexpectedAnswer,
 )
 from ..rpc.frames import parse_int
 from ..rpc.registration import Registration, RegistrationStatus
+from ..rpc.versions import V201, OcppVersion, versions_named
 from ..transport import LinkOptions, LocalTransports, StationLink, Transports
 from .offline_store import OfflineStore
 
@@ -75,13 +79,14 @@ __all__ = [
     "STATUS_LABELS",
     "number_setting",
     "registration_state",
+    "versions_setting",
 ]
 
 log = logging.getLogger(__name__)
 
 PORT_COMMON, PORT_LINK, PORT_LOG = 0, 1, 2
 
-MSG_REQUEST, MSG_RESPONSE, MSG_CALLERROR, MSG_COMMAND = 2, 3, 4, 99
+MSG_REQUEST, MSG_RESPONSE, MSG_CALLERROR, MSG_SEND, MSG_COMMAND = 2, 3, 4, 6, 99
 
 
 class NodeHost(Protocol):
@@ -211,6 +216,18 @@ def registration_state(registration: Registration, now: float) -> dict[str, Any]
             datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
         ).replace("+00:00", "Z")
     return state
+
+
+def versions_setting(config: dict[str, Any]) -> tuple[OcppVersion, ...]:
+    """``ocpp_versions``: the OCPP versions of the node, in its order.
+
+    Absent or empty (older exports): 2.0.1 only, as before. Raises
+    ``ValueError`` saying which name is unknown.
+    """
+    value = config.get("ocpp_versions")
+    if value is None or value == "" or value == []:
+        return (V201,)
+    return versions_named(value)
 
 
 def security_profile(config: dict[str, Any]) -> int:
@@ -362,7 +379,18 @@ class OcppNode:
         if msg_type == MSG_REQUEST:
             self._send_request(seq, msg, payload)
             return False
-        raise InputError(f"payload.msgType {msg_type!r} is not 2, 3, 4 or 99")
+        if msg_type == MSG_SEND:
+            action = payload.get("command")
+            if not isinstance(action, str) or not action:
+                raise InputError("a SEND needs payload.command (e.g. NotifyPeriodicEventStream)")
+            message_id = payload.get("MessageId")
+            self._link_for(msg).send_unconfirmed(
+                action,
+                payload.get("data", {}),
+                message_id=None if message_id in (None, "") else message_id,
+            )
+            return True
+        raise InputError(f"payload.msgType {msg_type!r} is not 2, 3, 4, 6 or 99")
 
     def _send_request(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
         action = payload.get("command")
@@ -458,6 +486,31 @@ class OcppNode:
                         "errorDetails": event.error_details,
                     },
                 )
+            elif isinstance(event, SendReceived):
+                self.host.send(
+                    PORT_COMMON,
+                    {
+                        "topic": f"{cb_id}/Send",
+                        "ocpp": self._ocpp_fields(link, event.message_id, event.action),
+                        "payload": self._request_payload(link, event),
+                    },
+                )
+            elif isinstance(event, ResultRefused):
+                # the flow's answer, refused by the peer with a CALLRESULTERROR (2.1)
+                self.host.send(
+                    PORT_COMMON,
+                    {
+                        "topic": f"{cb_id}/Error",
+                        "ocpp": self._ocpp_fields(link, event.message_id, event.action),
+                        "payload": {
+                            "command": event.action,
+                            "msgType": 5,
+                            "errorCode": event.error_code,
+                            "errorDescription": event.error_description,
+                            "errorDetails": event.error_details,
+                        },
+                    },
+                )
             elif isinstance(event, ResultInvalid):
                 self._fail_call(link, event.message_id, f"{cb_id}: {event.description}", "invalid")
             elif isinstance(event, CallTimedOut):
@@ -483,11 +536,14 @@ class OcppNode:
                     f"MessageId {event.message_id}",
                 )
             elif isinstance(event, RequestExpired):
-                self.host.log(
-                    "warn",
-                    f"{cb_id}: {event.action} {event.message_id} "
-                    "was not answered in time; a later answer will be refused",
-                )
+                self._request_expired(link, event)
+
+    def _request_expired(self, link: StationLink, event: RequestExpired) -> None:
+        self.host.log(
+            "warn",
+            f"{link.cb_id}: {event.action} {event.message_id} "
+            "was not answered in time; a later answer will be refused",
+        )
 
     def _ocpp_fields(self, link: StationLink, message_id: str, action: str) -> dict[str, Any]:
         return {
@@ -497,7 +553,9 @@ class OcppNode:
             "cbId": link.cb_id,
         }
 
-    def _request_payload(self, link: StationLink, event: CallReceived) -> dict[str, Any]:
+    def _request_payload(
+        self, link: StationLink, event: CallReceived | SendReceived
+    ) -> dict[str, Any]:
         return {"command": event.action, "data": event.payload, "MessageId": event.message_id}
 
     def _emit_request(self, link: StationLink, event: CallReceived) -> None:

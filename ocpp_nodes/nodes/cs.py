@@ -17,12 +17,15 @@ from collections import deque
 from typing import Any
 
 from ..rpc import (
+    V201,
     VERSIONS,
     CallReceived,
     ConnectionClosed,
     OcppVersion,
     OutgoingError,
+    RequestExpired,
     Role,
+    SendReceived,
     check_request,
 )
 from ..rpc.registration import (
@@ -53,6 +56,7 @@ from .base import (
     OcppNode,
     number_setting,
     registration_state,
+    versions_setting,
 )
 from .offline_store import OfflineStore, StoredRequest
 
@@ -82,8 +86,13 @@ class CsNode(OcppNode):
         super().__init__(spec, host, services)
         config = spec.config
         self.tls = TlsMaterial.from_options(spec.tls)
-        #: offered in this order
-        self.versions: tuple[OcppVersion, ...] = tuple(VERSIONS.values())
+        #: offered in this order (``ocpp_versions``; older exports: 2.0.1)
+        self.versions: tuple[OcppVersion, ...] = (V201,)
+        self.versions_problem: str | None = None
+        try:
+            self.versions = versions_setting(config)
+        except ValueError as exc:
+            self.versions_problem = str(exc)
         # Requests while offline: "transactions" (default: the version's
         # transaction-related actions, kept on disk), "all" (also every other
         # request, in memory), "off".
@@ -108,6 +117,8 @@ class CsNode(OcppNode):
         self._last_boot: tuple[Any, bool, Any] | None = None
         self._booter: asyncio.Task[None] | None = None
         self._link_up = asyncio.Event()
+        #: CSMS requests left unanswered on purpose (a Rejected 1.6 station)
+        self._ignored: set[tuple[StationLink, str]] = set()
         self.cb_id = str(config.get("cbId") or "").strip()
         self.csms_url = str((spec.target or {}).get("url") or config.get("csms_url") or "").strip()
         password = spec.credentials.get("csms_pw") or config.get("csms_pw")
@@ -177,6 +188,8 @@ class CsNode(OcppNode):
         return True
 
     def _config_problem(self) -> str | None:
+        if self.versions_problem:
+            return self.versions_problem
         if not self.cb_id:
             return "cbId is empty"
         if not self.csms_url:
@@ -206,6 +219,7 @@ class CsNode(OcppNode):
     def link_closed(self, link: StationLink, reason: str | None) -> None:
         self.link = None
         self._link_up.clear()
+        self._ignored = {ignored for ignored in self._ignored if ignored[0] is not link}
         if reason is not None:  # None when the node stops: nothing to warn about
             self.host.log("warn", f"{self.cb_id}: disconnected: {reason}")
         self._announce(online=False)
@@ -285,7 +299,9 @@ class CsNode(OcppNode):
     def _send_request(self, seq: int, msg: dict[str, Any], payload: dict[str, Any]) -> None:
         action = payload.get("command")
         version = self._version()
-        if action in version.transaction_actions and self.offline_mode != "off":
+        if version.is_transaction_message(action, payload.get("data")) and (
+            self.offline_mode != "off"
+        ):
             self._queue_transaction(seq, msg, payload, version)
             return
         if self.link is None and self.offline_mode == "all":
@@ -342,8 +358,9 @@ class CsNode(OcppNode):
             )
             self.host.done(seq)
             return
-        if self.link is None and isinstance(data, dict) and "offline" not in data:
-            data = {**data, "offline": True}  # part 2: it happened while offline
+        flag = version.offline_field
+        if self.link is None and flag and isinstance(data, dict) and flag not in data:
+            data = {**data, flag: True}  # 2.x part 2: it happened while offline
         # fixed now: every try sends it with this id (2.1: ids are unique per station)
         message_id = payload.get("MessageId") or str(uuid.uuid4())
         try:
@@ -520,9 +537,17 @@ class CsNode(OcppNode):
                     link.send_error(
                         event.message_id, link.version.code(answer.error), answer.description
                     )
+                else:  # 1.6: not answered at all, on purpose
+                    self._ignored.add((link, event.message_id))
                 return
             self.registration.csms_request(link.version, event.action, event.payload)
         super()._emit_request(link, event)
+
+    def _request_expired(self, link: StationLink, event: RequestExpired) -> None:
+        if (link, event.message_id) in self._ignored:
+            self._ignored.discard((link, event.message_id))
+            return
+        super()._request_expired(link, event)
 
     def _boot_answered(self, answer: Any) -> None:
         if not self.boot_rules:
@@ -586,7 +611,11 @@ class CsNode(OcppNode):
         state = self._registration_state()
         return {
             "topic": f"{self.cb_id}/Registration",
-            "ocpp": {"cbId": self.cb_id, "registration": state["status"]},
+            "ocpp": {
+                "ocppVersion": self._version().name,
+                "cbId": self.cb_id,
+                "registration": state["status"],
+            },
             "payload": state,
         }
 
@@ -610,7 +639,9 @@ class CsNode(OcppNode):
             raise InputError(f"{self.cb_id or 'CS'} is not connected to the CSMS")
         return self.link
 
-    def _request_payload(self, link: StationLink, event: CallReceived) -> dict[str, Any]:
+    def _request_payload(
+        self, link: StationLink, event: CallReceived | SendReceived
+    ) -> dict[str, Any]:
         # The package we replace also put the station's cbId into the payload.
         return {**super()._request_payload(link, event), "cbId": link.cb_id}
 
@@ -668,14 +699,16 @@ class CsNode(OcppNode):
         self.backoff.reset()
 
     def _set_message_attempts(self, settings: dict[str, Any]) -> None:
-        """``MessageAttemptsTransactionEvent`` / ``MessageAttemptIntervalTransactionEvent``
-        (or without ``TransactionEvent``), as a CSMS sets them with SetVariables."""
-        fields = {
-            "messageattemptstransactionevent": "tx_attempts",
-            "messageattempts": "tx_attempts",
-            "messageattemptintervaltransactionevent": "tx_attempt_interval",
-            "messageattemptinterval": "tx_attempt_interval",
-        }
+        """The attempts and the retry interval of transaction-related messages,
+        by any version's name (``MessageAttemptsTransactionEvent`` /
+        ``MessageAttemptIntervalTransactionEvent``, or without
+        ``TransactionEvent``; 1.6's ``TransactionMessageAttempts`` /
+        ``TransactionMessageRetryInterval``), as a CSMS sets them."""
+        fields = {"messageattempts": "tx_attempts", "messageattemptinterval": "tx_attempt_interval"}
+        for version in VERSIONS.values():
+            attempts, interval = version.transaction_retry_settings
+            fields[attempts.lower()] = "tx_attempts"
+            fields[interval.lower()] = "tx_attempt_interval"
         changes = _named_numbers(settings, fields)
         if not changes:
             raise InputError(

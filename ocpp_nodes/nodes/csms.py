@@ -15,9 +15,10 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from ..rpc import VERSIONS, CallReceived, ErrorCode, Role
+from ..rpc import V201, CallReceived, ErrorCode, OcppVersion, Role
 from ..rpc.registration import BOOT_ACTION, Registration, RegistrationStatus
 from ..transport import AuthDecision, ServerOptions, StationLink, StationServer
+from ..transport.csms_server import NO_COMMON_VERSION
 from ..transport.tls import TlsMaterial, server_context
 from .base import (
     PORT_COMMON,
@@ -28,6 +29,7 @@ from .base import (
     OcppNode,
     number_setting,
     registration_state,
+    versions_setting,
 )
 
 __all__ = ["CsmsNode", "parse_auth_list"]
@@ -63,6 +65,8 @@ class RefusalLog:
         409: "already connected",
         503: "over a connection cap",
     }
+    #: not HTTP: closed after the upgrade, as part 4 asks
+    CLOSED = {NO_COMMON_VERSION: "no OCPP version in common; closed with code 1002"}
     PERIOD = 10.0
 
     def __init__(self, host: NodeHost) -> None:
@@ -85,7 +89,9 @@ class RefusalLog:
         if not self.counts:
             return
         parts = ", ".join(
-            f"{n} x HTTP {status} ({self.REASONS.get(status, 'refused')})"
+            f"{n} x {self.CLOSED[status]}"
+            if status in self.CLOSED
+            else f"{n} x HTTP {status} ({self.REASONS.get(status, 'refused')})"
             for status, n in sorted(self.counts.items())
         )
         self.host.log(
@@ -122,7 +128,15 @@ class CsmsNode(OcppNode):
         self.tls = TlsMaterial.from_options(spec.tls)
         # a certificate of the other key type, so that all four suites of part 2 are served
         self.tls2 = TlsMaterial.from_options(spec.tls2)
-        self.versions = tuple(VERSIONS.values())
+        # accepted (``ocpp_versions``; older exports: 2.0.1), and whose order
+        # of preference picks one ("station", the default, or "csms")
+        self.versions: tuple[OcppVersion, ...] = (V201,)
+        self.versions_problem: str | None = None
+        try:
+            self.versions = versions_setting(config)
+        except ValueError as exc:
+            self.versions_problem = str(exc)
+        self.own_order = config.get("version_preference") == "csms"
         self.path = str(config.get("path") or "")
         # Connection caps (0 = none); see docs/security.md.
         self.max_connections = int(number_setting(config.get("max_connections"), 25_000))
@@ -193,6 +207,8 @@ class CsmsNode(OcppNode):
 
     async def _listen(self) -> bool:
         try:
+            if self.versions_problem:
+                raise ValueError(self.versions_problem)
             ssl_context = self._ssl_context()
         except ValueError as exc:
             self.host.status("red", "ring", "config error")
@@ -204,6 +220,7 @@ class CsmsNode(OcppNode):
                 port=self.port,
                 path=self.path,
                 versions=self.versions,
+                own_order=self.own_order,
                 link=self.link_options,
                 ping_interval=self.settings.ping_interval,
                 ssl_context=ssl_context,
@@ -351,7 +368,11 @@ class CsmsNode(OcppNode):
                 PORT_COMMON,
                 {
                     "topic": f"{cb_id}/Registration",
-                    "ocpp": {"cbId": cb_id, "registration": registration.status.value},
+                    "ocpp": {
+                        "ocppVersion": link.version.name,
+                        "cbId": cb_id,
+                        "registration": registration.status.value,
+                    },
                     "payload": self._registration_state(registration),
                 },
             )

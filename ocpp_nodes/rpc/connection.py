@@ -19,7 +19,12 @@ Theory of operation:
 4. CALLRESULT and CALLERROR frames settle our outstanding call
    (:class:`ResultReceived`, :class:`ErrorReceived`); one for no call of ours
    is reported as :class:`UnexpectedAnswer` and never delivered as current.
-   A CALLRESULT whose payload breaks the schema is :class:`ResultInvalid`.
+   A CALLRESULT whose payload breaks the schema is :class:`ResultInvalid`;
+   a version with CALLRESULTERROR (2.1) also tells the peer with one.
+4a. (2.1) A CALLRESULTERROR about one of our CALLRESULTs is
+   :class:`ResultRefused`; a valid SEND is :class:`SendReceived` and is never
+   answered, nor is a bad one. Our SENDs (:meth:`send_unconfirmed`) go out at
+   once, never behind the outstanding CALL.
 5. Our CALLs go through :class:`~ocpp_nodes.rpc.calls.PendingCalls`: one
    outstanding, the rest queued. Payloads we send are validated first;
    :class:`OutgoingError` means nothing went on the wire.
@@ -49,9 +54,11 @@ from .frames import (
     Call,
     CallError,
     CallResult,
+    CallResultError,
     ErrorCode,
     MalformedFrame,
     MessageType,
+    Send,
     parse,
     serialize,
 )
@@ -72,6 +79,8 @@ __all__ = [
     "RequestExpired",
     "ResultInvalid",
     "ResultReceived",
+    "ResultRefused",
+    "SendReceived",
     "UnansweredCall",
     "UnexpectedAnswer",
     "check_request",
@@ -138,6 +147,27 @@ class ResultInvalid:
 
 
 @dataclass(frozen=True)
+class ResultRefused:
+    """(2.1) The peer could not process our CALLRESULT to its CALL
+    ``message_id`` (of ``action``, ``""`` when no longer known): a CALLRESULTERROR."""
+
+    message_id: str
+    action: str
+    error_code: str
+    error_description: str
+    error_details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SendReceived:
+    """(2.1) The peer sent a valid SEND: nothing is owed back."""
+
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CallTimedOut:
     """Our CALL ``message_id`` got no answer within the call timeout; a later
     answer is an :class:`UnexpectedAnswer`."""
@@ -187,12 +217,23 @@ Event = (
     | ResultReceived
     | ErrorReceived
     | ResultInvalid
+    | ResultRefused
+    | SendReceived
     | CallTimedOut
     | CallAborted
     | PeerError
     | UnexpectedAnswer
     | RequestExpired
 )
+
+
+#: Frames that are never answered, even when wrong.
+_NEVER_ANSWERED = frozenset(
+    {MessageType.CALLRESULT, MessageType.CALLERROR, MessageType.CALLRESULTERROR, MessageType.SEND}
+)
+
+#: CALLs answered lately whose action a CALLRESULTERROR can still name (2.1).
+_ANSWERED_KEPT = 256
 
 
 # Seeded once from the OS; a MessageId needs to be unique, not secret.
@@ -275,6 +316,10 @@ class OcppConnection:
         self.received: dict[str, UnansweredCall] = {}
         self._new_message_id = new_message_id
         self._outbox: list[str] = []
+        self._answers_results = MessageType.CALLRESULTERROR in version.message_types
+        self._peer_unconfirmed = version.unconfirmed.get(role.peer, frozenset())
+        #: (2.1) the action of each CALL we answered lately, for a CALLRESULTERROR about it
+        self._answered: dict[str, str] = {}
 
     # -- bytes in, events out -------------------------------------------------
 
@@ -293,11 +338,23 @@ class OcppConnection:
             return [self._receive_call(frame, now)]
         if isinstance(frame, CallResult):
             return self._receive_result(frame, now)
-        return self._receive_error(frame, now)
+        if isinstance(frame, CallError):
+            return self._receive_error(frame, now)
+        if isinstance(frame, Send):
+            return [self._receive_send(frame)]
+        return [
+            ResultRefused(
+                frame.message_id,
+                self._answered.pop(frame.message_id, ""),
+                frame.error_code,
+                frame.error_description,
+                frame.error_details,
+            )
+        ]
 
     def _reject(self, exc: MalformedFrame) -> PeerError:
-        if exc.message_type in (MessageType.CALLRESULT, MessageType.CALLERROR):
-            # Never answer an answer (4.2.3 answers CALLs); just report it.
+        if exc.message_type in _NEVER_ANSWERED and exc.message_type in self.version.message_types:
+            # Never answer an answer (4.2.3 answers CALLs), nor a SEND (4.2.4).
             return PeerError(exc.description, None)
         if (
             exc.error is ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED
@@ -348,6 +405,17 @@ class OcppConnection:
         )
         return CallReceived(frame.message_id, frame.action, frame.payload)
 
+    def _receive_send(self, frame: Send) -> Event:
+        if frame.action not in self._peer_unconfirmed:
+            return PeerError(
+                f"SEND {frame.action} is not a message a {self.role.value} receives; ignored",
+                None,
+            )
+        violation = self._schemas.validate(frame.action, Direction.SEND, frame.payload)
+        if violation is not None:
+            return PeerError(f"SEND {frame.action}: {violation.description}; ignored", None)
+        return SendReceived(frame.message_id, frame.action, frame.payload)
+
     def _receive_result(self, frame: CallResult, now: float) -> list[Event]:
         call, to_send = self.calls.settle(frame.message_id, now)
         if call is None:
@@ -355,6 +423,16 @@ class OcppConnection:
         self._put_on_wire(to_send)
         violation = self._schemas.validate(call.action, Direction.RESPONSE, frame.payload)
         if violation is not None:
+            if self._answers_results:  # 2.1, 4.2.3: tell the peer
+                self._outbox.append(
+                    serialize(
+                        CallResultError(
+                            call.message_id,
+                            violation.error_code,
+                            f"{call.action} response: {violation.description}",
+                        )
+                    )
+                )
             return [
                 ResultInvalid(
                     call.message_id,
@@ -424,6 +502,37 @@ class OcppConnection:
         self._check_payload(request.action, Direction.RESPONSE, payload)
         self._outbox.append(self._serialize(CallResult(message_id, payload)))
         del self.received[message_id]
+        if self._answers_results:
+            self._answered[message_id] = request.action
+            if len(self._answered) > _ANSWERED_KEPT:
+                del self._answered[next(iter(self._answered))]
+
+    def send_unconfirmed(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
+        """(2.1) Send a SEND now: not queued behind the outstanding CALL, never answered.
+
+        Returns:
+            Its message id.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+            OutgoingError: the version has no SEND, ``action`` is not a SEND
+                our role sends, the payload is invalid, or the id is bad.
+        """
+        self._check_open()
+        if action not in self.version.unconfirmed.get(self.role, frozenset()):
+            raise OutgoingError(
+                f"{action!r} is not a SEND message a {self.role.value} sends "
+                f"in OCPP {self.version.name}"
+            )
+        self._check_payload(action, Direction.SEND, payload)
+        if message_id is None:
+            message_id = self._new_message_id()
+        elif not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH:
+            raise OutgoingError(
+                f"MessageId must be a string of 1 to {MAX_MESSAGE_ID_LENGTH} characters"
+            )
+        self._outbox.append(self._serialize(Send(message_id, action, payload)))
+        return message_id
 
     def send_error(
         self,
@@ -520,7 +629,7 @@ class OcppConnection:
                 f"{violation.description}"
             )
 
-    def _serialize(self, frame: Call | CallResult | CallError) -> str:
+    def _serialize(self, frame: Call | CallResult | CallError | Send) -> str:
         try:
             text = serialize(frame)
         except (TypeError, ValueError) as exc:

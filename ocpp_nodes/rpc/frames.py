@@ -30,6 +30,7 @@ __all__ = [
     "Call",
     "CallError",
     "CallResult",
+    "CallResultError",
     "ErrorCode",
     "Frame",
     "MAX_MESSAGE_ID_LENGTH",
@@ -37,6 +38,7 @@ __all__ = [
     "MessageType",
     "OversizedInt",
     "UNREADABLE_ID",
+    "Send",
     "parse",
     "parse_int",
     "serialize",
@@ -53,6 +55,10 @@ class MessageType(IntEnum):
     CALL = 2
     CALLRESULT = 3
     CALLERROR = 4
+    #: (2.1) the answer to a CALLRESULT that could not be processed
+    CALLRESULTERROR = 5
+    #: (2.1) a message that gets no answer
+    SEND = 6
 
 
 class ErrorCode(Enum):
@@ -98,7 +104,26 @@ class CallError:
     error_details: dict[str, Any] = field(default_factory=dict)
 
 
-Frame = Call | CallResult | CallError
+@dataclass(frozen=True)
+class CallResultError:
+    """(2.1) The peer could not process our CALLRESULT ``message_id``."""
+
+    message_id: str
+    error_code: str
+    error_description: str = ""
+    error_details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Send:
+    """(2.1) An unconfirmed message: no answer is owed or sent."""
+
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+Frame = Call | CallResult | CallError | CallResultError | Send
 
 
 class MalformedFrame(Exception):
@@ -201,7 +226,8 @@ def parse(text: str | bytes, message_types: frozenset[MessageType] = PARSED_TYPE
             raises with ``MESSAGE_TYPE_NOT_SUPPORTED``.
 
     Returns:
-        A :class:`Call`, :class:`CallResult` or :class:`CallError`.
+        A :class:`Call`, :class:`CallResult`, :class:`CallError`, or (2.1)
+        :class:`CallResultError` or :class:`Send`.
 
     Raises:
         MalformedFrame: the message is not a well-formed OCPP-J frame.
@@ -227,6 +253,14 @@ def parse(text: str | bytes, message_types: frozenset[MessageType] = PARSED_TYPE
             return _parse_call_result(data, message_id)
         if message_type == MessageType.CALLERROR:
             return _parse_call_error(data, message_id)
+        if message_type == MessageType.CALLRESULTERROR:
+            error = _parse_call_error(data, message_id, MessageType.CALLRESULTERROR)
+            return CallResultError(
+                message_id, error.error_code, error.error_description, error.error_details
+            )
+        if message_type == MessageType.SEND:
+            call = _parse_call(data, message_id, MessageType.SEND)
+            return Send(message_id, call.action, call.payload)
     raise MalformedFrame(
         ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED,
         f"message type {message_type} is not supported",
@@ -254,25 +288,27 @@ def _read_message_id(data: list[Any], message_type: float) -> str:
     return message_id
 
 
-def _parse_call(data: list[Any], message_id: str) -> Call:
+def _parse_call(
+    data: list[Any], message_id: str, message_type: MessageType = MessageType.CALL
+) -> Call:
     if len(data) != 4:
         raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR,
-            f"a CALL has 4 elements, this one has {len(data)}",
+            f"a {message_type.name} has 4 elements, this one has {len(data)}",
             message_id,
-            MessageType.CALL,
+            message_type,
         )
     action, payload = data[2], data[3]
     if not isinstance(action, str) or not action:
         raise MalformedFrame(
-            ErrorCode.RPC_FRAMEWORK_ERROR, "Action is not a string", message_id, MessageType.CALL
+            ErrorCode.RPC_FRAMEWORK_ERROR, "Action is not a string", message_id, message_type
         )
     if not isinstance(payload, dict):
         raise MalformedFrame(
             ErrorCode.FORMAT_VIOLATION,
             "payload is not a JSON object",
             message_id,
-            MessageType.CALL,
+            message_type,
         )
     return Call(message_id, action, payload)
 
@@ -288,7 +324,9 @@ def _parse_call_result(data: list[Any], message_id: str) -> CallResult:
     return CallResult(message_id, data[2])
 
 
-def _parse_call_error(data: list[Any], message_id: str) -> CallError:
+def _parse_call_error(
+    data: list[Any], message_id: str, message_type: MessageType = MessageType.CALLERROR
+) -> CallError:
     if (
         len(data) != 5
         or not isinstance(data[2], str)
@@ -297,9 +335,9 @@ def _parse_call_error(data: list[Any], message_id: str) -> CallError:
     ):
         raise MalformedFrame(
             ErrorCode.RPC_FRAMEWORK_ERROR,
-            "a CALLERROR is [4, id, code, description, {details}]",
+            f"a {message_type.name} is [{message_type.value}, id, code, description, {{details}}]",
             message_id,
-            MessageType.CALLERROR,
+            message_type,
         )
     return CallError(message_id, data[2], data[3], data[4])
 
@@ -313,11 +351,16 @@ def serialize(frame: Frame) -> str:
     body: list[Any]
     if isinstance(frame, Call):
         body = [MessageType.CALL.value, frame.message_id, frame.action, frame.payload]
+    elif isinstance(frame, Send):
+        body = [MessageType.SEND.value, frame.message_id, frame.action, frame.payload]
     elif isinstance(frame, CallResult):
         body = [MessageType.CALLRESULT.value, frame.message_id, frame.payload]
     else:
+        error_type = (
+            MessageType.CALLERROR if isinstance(frame, CallError) else MessageType.CALLRESULTERROR
+        )
         body = [
-            MessageType.CALLERROR.value,
+            error_type.value,
             frame.message_id,
             frame.error_code,
             frame.error_description[:255],

@@ -133,8 +133,8 @@ class Registration:
         if self.status is not RegistrationStatus.PENDING or not isinstance(payload, dict):
             return
         rules = version.boot_rules
-        if rules.trigger is not None and action == rules.trigger[0]:
-            asked = rules.triggered_action(payload.get(rules.trigger[1]))
+        if action in rules.triggers:
+            asked = rules.triggered_action(payload.get(rules.triggers[action]))
             if asked is not None:
                 self._triggered[asked] += 1
         elif action in rules.report_requests:

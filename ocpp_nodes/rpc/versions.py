@@ -41,10 +41,13 @@ __all__ = [
     "OcppVersion",
     "SecurityEvent",
     "UnknownMessageType",
+    "V16",
     "V201",
+    "V21",
     "VERSIONS",
     "select_version",
     "version_named",
+    "versions_named",
 ]
 
 
@@ -85,8 +88,9 @@ class BootRules:
     :mod:`ocpp_nodes.rpc.registration`.
 
     Attributes:
-        trigger: the CSMS request that asks a station for a message, and the
-            field that names the message (``TriggerMessage``, ``requestedMessage``).
+        triggers: the CSMS requests that ask a station for a message, each
+            with the field that names the message (``TriggerMessage``:
+            ``requestedMessage``).
         triggered_actions: a ``requestedMessage`` value -> the action it asks
             for, where the two differ (``SignChargingStationCertificate`` ->
             ``SignCertificate``).
@@ -100,7 +104,7 @@ class BootRules:
         rejected_answer: what a Rejected station does with a CSMS request.
     """
 
-    trigger: tuple[str, str] | None
+    triggers: Mapping[str, str] = field(default_factory=dict)
     triggered_actions: Mapping[str, str] = field(default_factory=dict)
     report_requests: frozenset[str] = field(default_factory=frozenset)
     report_action: str | None = None
@@ -154,7 +158,15 @@ class OcppVersion:
         sends: the actions each role sends; a CALL of an action that the
             receiving role never receives is ``NotSupported``.
         transaction_actions: the transaction-related actions a station keeps
-            while offline and delivers in order.
+            while offline, delivers in order and retries; each with the
+            payload field that makes it one (``None``: always; 1.6's
+            MeterValues is one only with a ``transactionId``).
+        transaction_retry_settings: what the version calls the number of
+            attempts and the retry interval of a transaction-related message
+            (the device-model variable or configuration key).
+        offline_field: the field of a transaction-related message that says
+            it happened while offline (2.x ``offline``; 1.6 has none).
+        unconfirmed: the SEND actions (message type 6) each role sends.
         security_events: how it names each security event (the ``type`` of
             a SecurityEventNotification).
         boot_rules: the facts of its boot rules.
@@ -168,9 +180,12 @@ class OcppVersion:
     error_codes: Mapping[ErrorCode, str]
     unknown_message_type: UnknownMessageType
     sends: Mapping[Role, frozenset[str]]
-    transaction_actions: frozenset[str] = field(default_factory=frozenset)
+    transaction_actions: Mapping[str, str | None] = field(default_factory=dict)
+    transaction_retry_settings: tuple[str, str] = ("", "")
+    offline_field: str | None = None
+    unconfirmed: Mapping[Role, frozenset[str]] = field(default_factory=dict)
     security_events: Mapping[SecurityEvent, str] = field(default_factory=dict)
-    boot_rules: BootRules = BootRules(trigger=None)
+    boot_rules: BootRules = BootRules()
 
     def __repr__(self) -> str:
         return f"OcppVersion({self.name!r})"
@@ -183,6 +198,13 @@ class OcppVersion:
     def error_code_names(self) -> frozenset[str]:
         """Every error code of this version: what a flow's CALLERROR may use."""
         return frozenset(self.error_codes.values())
+
+    def is_transaction_message(self, action: object, payload: object) -> bool:
+        """True when ``action`` with ``payload`` is a transaction-related message."""
+        if not isinstance(action, str) or action not in self.transaction_actions:
+            return False
+        needed = self.transaction_actions[action]
+        return needed is None or (isinstance(payload, dict) and needed in payload)
 
     def receives(self, role: Role) -> frozenset[str]:
         """The actions ``role`` receives: what its peer sends."""
@@ -198,6 +220,7 @@ class OcppVersion:
             self.code(ErrorCode.FORMAT_VIOLATION),
         )
         missing = (self.sends[Role.CHARGING_STATION] | self.sends[Role.CSMS]) - registry.actions
+        missing |= frozenset().union(*self.unconfirmed.values()) - registry.unconfirmed_actions
         if missing:
             raise ValueError(f"OCPP {self.name}: no schemas for {', '.join(sorted(missing))}")
         return registry
@@ -235,12 +258,18 @@ V201 = OcppVersion(
     error_codes={error: error.value for error in ErrorCode},
     unknown_message_type=UnknownMessageType.ANSWER,
     sends={Role.CHARGING_STATION: _V201_SENT_BY_STATION, Role.CSMS: _V201_SENT_BY_CSMS},
-    transaction_actions=frozenset({"TransactionEvent"}),
+    transaction_actions={"TransactionEvent": None},
+    offline_field="offline",
+    # part 2, device model, OCPPCommCtrlr.MessageAttempts[Interval] instance TransactionEvent
+    transaction_retry_settings=(
+        "MessageAttemptsTransactionEvent",
+        "MessageAttemptIntervalTransactionEvent",
+    ),
     # part 2, appendix "Security events", spelled as SecurityEvent's values
     security_events={event: event.value for event in SecurityEvent},
     # part 2, B02 and B03
     boot_rules=BootRules(
-        trigger=("TriggerMessage", "requestedMessage"),
+        triggers={"TriggerMessage": "requestedMessage"},
         triggered_actions={
             "SignChargingStationCertificate": "SignCertificate",
             "SignV2GCertificate": "SignCertificate",
@@ -256,8 +285,118 @@ V201 = OcppVersion(
     ),
 )
 
-#: Every version the engine speaks, by name.
-VERSIONS: Mapping[str, OcppVersion] = {version.name: version for version in (V201,)}
+_V16_SENT_BY_STATION = frozenset(
+    """Authorize BootNotification DataTransfer DiagnosticsStatusNotification
+    FirmwareStatusNotification Heartbeat MeterValues StartTransaction StatusNotification
+    StopTransaction LogStatusNotification SecurityEventNotification SignCertificate
+    SignedFirmwareStatusNotification""".split()
+)
+
+_V16_SENT_BY_CSMS = frozenset(
+    """CancelReservation ChangeAvailability ChangeConfiguration ClearCache ClearChargingProfile
+    DataTransfer GetCompositeSchedule GetConfiguration GetDiagnostics GetLocalListVersion
+    RemoteStartTransaction RemoteStopTransaction ReserveNow Reset SendLocalList
+    SetChargingProfile TriggerMessage UnlockConnector UpdateFirmware CertificateSigned
+    DeleteCertificate ExtendedTriggerMessage GetInstalledCertificateIds GetLog
+    InstallCertificate SignedUpdateFirmware""".split()
+)
+
+#: OCPP 1.6J (OCPP-J 1.6 with its errata; the actions of OCPP 1.6 and of the
+#: security whitepaper, edition 2).
+V16 = OcppVersion(
+    name="1.6",
+    subprotocol="ocpp1.6",
+    schema_package="ocpp.v16",
+    request_schema_suffix="",
+    message_types=frozenset({MessageType.CALL, MessageType.CALLRESULT, MessageType.CALLERROR}),
+    # table 7 of OCPP-J 1.6, typos kept (errata 5.1, 5.2: "do not fix"). It has
+    # no RpcFrameworkError: a frame that is not OCPP-J is a FormationViolation
+    # ("not conform the PDU structure"); no MessageTypeNotSupported: an unknown
+    # type is ignored (4.1.3).
+    error_codes={
+        ErrorCode.NOT_IMPLEMENTED: "NotImplemented",
+        ErrorCode.NOT_SUPPORTED: "NotSupported",
+        ErrorCode.INTERNAL_ERROR: "InternalError",
+        ErrorCode.PROTOCOL_ERROR: "ProtocolError",
+        ErrorCode.SECURITY_ERROR: "SecurityError",
+        ErrorCode.FORMAT_VIOLATION: "FormationViolation",
+        ErrorCode.RPC_FRAMEWORK_ERROR: "FormationViolation",
+        ErrorCode.PROPERTY_CONSTRAINT_VIOLATION: "PropertyConstraintViolation",
+        ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION: "OccurenceConstraintViolation",
+        ErrorCode.TYPE_CONSTRAINT_VIOLATION: "TypeConstraintViolation",
+        ErrorCode.GENERIC_ERROR: "GenericError",
+    },
+    unknown_message_type=UnknownMessageType.IGNORE,
+    sends={Role.CHARGING_STATION: _V16_SENT_BY_STATION, Role.CSMS: _V16_SENT_BY_CSMS},
+    # 1.6, 3.7 "Transaction-related messages": MeterValues only with a transactionId
+    transaction_actions={
+        "StartTransaction": None,
+        "StopTransaction": None,
+        "MeterValues": "transactionId",
+    },
+    # 1.6, 9.1 configuration keys
+    transaction_retry_settings=("TransactionMessageAttempts", "TransactionMessageRetryInterval"),
+    # security whitepaper, edition 2, "Security events"
+    security_events={
+        SecurityEvent.INVALID_CSMS_CERTIFICATE: "InvalidCentralSystemCertificate",
+        SecurityEvent.INVALID_TLS_VERSION: "InvalidTLSVersion",
+        SecurityEvent.INVALID_TLS_CIPHER_SUITE: "InvalidTLSCipherSuite",
+        SecurityEvent.FAILED_TO_AUTHENTICATE_AT_CSMS: "FailedToAuthenticateAtCentralSystem",
+    },
+    # 1.6, 4.2: Pending and Rejected; the whitepaper's ExtendedTriggerMessage
+    boot_rules=BootRules(
+        triggers={
+            "TriggerMessage": "requestedMessage",
+            "ExtendedTriggerMessage": "requestedMessage",
+        },
+        triggered_actions={"SignChargePointCertificate": "SignCertificate"},
+        pending_refusals={
+            "RemoteStartTransaction": {"status": "Rejected"},
+            "RemoteStopTransaction": {"status": "Rejected"},
+        },
+        # "While Rejected, the Charge Point SHALL NOT respond to any Central
+        # System initiated message."
+        rejected_answer=RejectedAnswer.IGNORE,
+    ),
+)
+
+_V21_SENT_BY_STATION = _V201_SENT_BY_STATION | frozenset(
+    """BatterySwap ClosePeriodicEventStream GetCertificateChainStatus NotifyDERAlarm
+    NotifyDERStartStop NotifyPriorityCharging NotifySettlement OpenPeriodicEventStream
+    PullDynamicScheduleUpdate ReportDERControl VatNumberValidation""".split()
+)
+
+_V21_SENT_BY_CSMS = _V201_SENT_BY_CSMS | frozenset(
+    """AFRRSignal AdjustPeriodicEventStream ChangeTransactionTariff ClearDERControl
+    ClearTariffs GetDERControl GetPeriodicEventStream GetTariffs NotifyAllowedEnergyTransfer
+    NotifyWebPaymentStarted RequestBatterySwap SetDERControl SetDefaultTariff
+    UpdateDynamicSchedule UsePriorityCharging""".split()
+)
+
+#: OCPP 2.1 (part 4 edition 1 for OCPP-J, with CALLRESULTERROR and SEND).
+V21 = OcppVersion(
+    name="2.1",
+    subprotocol="ocpp2.1",
+    schema_package="ocpp.v21",
+    request_schema_suffix="Request",
+    message_types=frozenset(MessageType),
+    error_codes={error: error.value for error in ErrorCode},
+    # part 4, 4.1.3: "it SHALL ignore the message payload"
+    unknown_message_type=UnknownMessageType.IGNORE,
+    sends={Role.CHARGING_STATION: _V21_SENT_BY_STATION, Role.CSMS: _V21_SENT_BY_CSMS},
+    unconfirmed={
+        Role.CHARGING_STATION: frozenset({"NotifyPeriodicEventStream"}),
+        Role.CSMS: frozenset(),
+    },
+    transaction_actions=V201.transaction_actions,
+    offline_field=V201.offline_field,
+    transaction_retry_settings=V201.transaction_retry_settings,
+    security_events=V201.security_events,
+    boot_rules=V201.boot_rules,
+)
+
+#: Every version the engine speaks, by name, oldest first.
+VERSIONS: Mapping[str, OcppVersion] = {version.name: version for version in (V16, V201, V21)}
 
 
 def version_named(name: str) -> OcppVersion:
@@ -265,20 +404,58 @@ def version_named(name: str) -> OcppVersion:
     return VERSIONS[name]
 
 
-def select_version(offered: Iterable[str], accepted: Sequence[OcppVersion]) -> OcppVersion | None:
+def select_version(
+    offered: Iterable[str], accepted: Sequence[OcppVersion], *, own_order: bool = False
+) -> OcppVersion | None:
     """The version of a new connection, or ``None`` when there is none in common.
 
     Args:
         offered: the subprotocols the station offered, in its order of preference.
-        accepted: the versions this end accepts.
+        accepted: the versions this end accepts, in its order of preference.
+        own_order: pick by ``accepted``'s order instead of the station's.
 
     Returns:
         The first offered subprotocol that one of ``accepted`` has: the
-        station's order of preference decides (part 4, 3.1.2 and 3.2).
+        station's order of preference decides (part 4 of 2.1, 3.1.2), unless
+        ``own_order``: then the first of ``accepted`` that was offered.
     """
+    wanted = {subprotocol.strip() for subprotocol in offered} if own_order else None
+    if wanted is not None:
+        return next((version for version in accepted if version.subprotocol in wanted), None)
     by_subprotocol = {version.subprotocol: version for version in accepted}
     for subprotocol in offered:
         version = by_subprotocol.get(subprotocol.strip())
         if version is not None:
             return version
     return None
+
+
+def versions_named(names: object) -> tuple[OcppVersion, ...]:
+    """The versions a node setting lists, in its order, each once.
+
+    ``names`` is a list of subprotocols or version names (``"ocpp1.6"`` or
+    ``"1.6"``), or one string of them separated by commas or spaces.
+
+    Raises:
+        ValueError: a name is not one of a version the engine speaks, or
+            none is named.
+    """
+    if isinstance(names, str):
+        names = names.replace(",", " ").split()
+    if not isinstance(names, (list, tuple)):
+        raise ValueError("the OCPP versions must be a list such as ['ocpp1.6', 'ocpp2.0.1']")
+    known = {version.subprotocol: version for version in VERSIONS.values()}
+    known.update({version.name: version for version in VERSIONS.values()})
+    chosen: list[OcppVersion] = []
+    for name in names:
+        version = known.get(str(name).strip())
+        if version is None:
+            raise ValueError(
+                f"OCPP version {name!r} is not one of "
+                + ", ".join(v.subprotocol for v in VERSIONS.values())
+            )
+        if version not in chosen:
+            chosen.append(version)
+    if not chosen:
+        raise ValueError("no OCPP version is chosen")
+    return tuple(chosen)

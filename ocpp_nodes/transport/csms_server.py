@@ -179,14 +179,22 @@ class StationListener(LinkListener, Protocol):
         ``None``) and its client certificate's CN before the upgrade."""
 
     def refused(self, status: int, remote: str) -> None:
-        """An attempt from ``remote`` was refused with HTTP ``status`` before the upgrade."""
+        """An attempt from ``remote`` was refused with HTTP ``status`` before the upgrade,
+        or (``status`` :data:`NO_COMMON_VERSION`) closed after it."""
+
+
+#: What :meth:`StationListener.refused` gets for a station that offered no
+#: version the node accepts: the websocket close code it was closed with
+#: after the upgrade (part 4, 3.2: the upgrade completes without a subprotocol).
+NO_COMMON_VERSION = 1002
 
 
 @dataclass
 class ServerOptions:
     """Where and how to listen.
 
-    ``versions`` are the OCPP versions accepted; ``link`` is how every
+    ``versions`` are the OCPP versions accepted (``own_order``: in this order
+    of preference rather than the station's); ``link`` is how every
     station's link behaves. ``ssl_context`` serves ``wss://`` (profiles 2
     and 3); ``max_connections`` caps open station connections and
     ``handshakes_per_second`` connection attempts (0 = no cap): both answer
@@ -197,6 +205,8 @@ class ServerOptions:
     port: int
     path: str
     versions: Sequence[OcppVersion] = field(default_factory=lambda: tuple(VERSIONS.values()))
+    #: pick a station's version by the order of ``versions``, not the station's
+    own_order: bool = False
     link: LinkOptions = field(default_factory=LinkOptions)
     ping_interval: float = 30.0
     compress: bool = True
@@ -296,7 +306,9 @@ class CsmsServer:
         if decision is AuthDecision.ALREADY_CONNECTED:
             return web.Response(status=409, text="This Charging Station is already connected")
         offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
-        version = select_version(offered.split(","), self.options.versions)
+        version = select_version(
+            offered.split(","), self.options.versions, own_order=self.options.own_order
+        )
         ws = web.WebSocketResponse(
             protocols=() if version is None else (version.subprotocol,),
             max_msg_size=self.options.link.max_frame_size,
@@ -309,7 +321,10 @@ class CsmsServer:
         await ws.prepare(request)
         if version is None or ws.ws_protocol != version.subprotocol:
             accepted = ", ".join(v.subprotocol for v in self.options.versions)
-            await ws.close(code=1002, message=f"subprotocol {accepted} is required".encode())
+            await ws.close(
+                code=NO_COMMON_VERSION, message=f"subprotocol {accepted} is required".encode()
+            )
+            self.listener.refused(NO_COMMON_VERSION, request.remote or "")
             return ws
         self._sockets.add(ws)
         socket = StationSocket(ws, request.transport, self.options.ping_interval)

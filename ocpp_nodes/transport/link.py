@@ -74,6 +74,10 @@ class StationLink(Protocol):
                 link is closed); nothing went on the wire.
         """
 
+    def send_unconfirmed(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
+        """(2.1) Send a SEND at once (not behind the outstanding CALL); returns its
+        message id. Raises ``OutgoingError``."""
+
     def send_result(self, message_id: str, payload: Any) -> None:
         """Answer the received CALL ``message_id``. Raises ``OutgoingError``."""
 

@@ -104,6 +104,11 @@ class OcppSession:
         self._flush()
         return call.message_id
 
+    def send_unconfirmed(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
+        sent = self.connection.send_unconfirmed(action, payload, message_id=message_id)
+        self._flush()
+        return sent
+
     def send_result(self, message_id: str, payload: Any) -> None:
         self.connection.send_result(message_id, payload)
         self._flush()

@@ -1,13 +1,17 @@
 #!/usr/bin/env node
-// A third-party OCPP 2.0.1 peer for interoperability tests, built on ocpp-rpc
+// A third-party OCPP peer for interoperability tests, built on ocpp-rpc
 // (https://github.com/mikuso/ocpp-rpc) in strict mode: every call and answer it
-// sends or receives is validated against ocpp-rpc's own copy of the schemas.
+// sends or receives is validated against ocpp-rpc's own copy of the schemas of
+// its version (it ships ocpp1.6, ocpp2.0.1 and ocpp2.1).
 //
 // Usage:
 //   node ocpp_rpc_peer.js server --port <n|0> --path /ocpp --identity CS1 --password pw \
-//        --responses <file.json>
+//        --responses <file.json> [--protocols ocpp2.0.1]
 //   node ocpp_rpc_peer.js client --endpoint ws://127.0.0.1:<n>/ocpp --identity CS1 \
-//        --password pw --responses <file.json>
+//        --password pw --responses <file.json> [--protocols ocpp1.6,ocpp2.0.1]
+//
+// --protocols: comma-separated subprotocols, in order of preference (default
+// ocpp2.0.1): offered by the client, accepted by the server.
 //
 // --responses: a JSON object {Action: responsePayload}; every incoming call is
 // answered with the entry of its action (a CALLERROR NotImplemented when absent).
@@ -37,7 +41,6 @@ const { RPCServer, RPCClient, createRPCError } = require(
     path.join(__dirname, '..', '..', 'tools', 'node', 'node_modules', 'ocpp-rpc'),
 );
 
-const PROTOCOL = 'ocpp2.0.1';
 
 function emit(event) {
     process.stdout.write(JSON.stringify(event) + '\n');
@@ -148,6 +151,10 @@ async function shutdown(code) {
 
 async function main() {
     const options = parseArgs(process.argv.slice(2));
+    const protocols = String(options.protocols || 'ocpp2.0.1')
+        .split(',')
+        .map((p) => p.trim())
+        .filter(Boolean);
     if (options.responses) {
         responses = JSON.parse(fs.readFileSync(options.responses, 'utf8'));
     }
@@ -169,7 +176,7 @@ async function main() {
 
     if (options.mode === 'server') {
         const wantedPath = (options.path || '/ocpp').replace(/\/+$/, '');
-        server = new RPCServer({ protocols: [PROTOCOL], strictMode: true, pingIntervalMs: 0 });
+        server = new RPCServer({ protocols, strictMode: true, pingIntervalMs: 0 });
         server.auth((accept, reject, handshake) => {
             const endpoint = handshake.endpoint.replace(/\/+$/, '');
             if (endpoint !== wantedPath || handshake.identity !== options.identity) {
@@ -194,7 +201,7 @@ async function main() {
             endpoint: options.endpoint,
             identity: options.identity,
             password: options.password,
-            protocols: [PROTOCOL],
+            protocols,
             strictMode: true,
             reconnect: false,
             pingIntervalMs: 0,

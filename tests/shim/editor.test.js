@@ -1,6 +1,7 @@
 "use strict";
 // The editor definitions in js_shim/nodes/*.html, run as the editor runs them
-// (registerType with a definition object), with the editor's globals stubbed:
+// (the shared js_shim/resources/ocpp-versions.js first, then registerType with
+// a definition object), with the editor's globals stubbed:
 // the OCPP Logging checkbox gives 2 or 3 outputs, the ports are labelled, and
 // the defaults match what older exports need.
 
@@ -26,7 +27,11 @@ function editorDefinition(file, checkboxes) {
     val: () => undefined,
     on: () => undefined,
   });
-  vm.runInNewContext(script, { RED, $ });
+  // The script the dialogs load first (js_shim/resources, served by Node-RED).
+  const shared = fs.readFileSync(path.join(root, "js_shim/resources/ocpp-versions.js"), "utf8");
+  const context = vm.createContext({ RED, $, window: {} });
+  vm.runInContext(shared, context);
+  vm.runInContext(script, context);
   return registered;
 }
 
