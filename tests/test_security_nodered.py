@@ -75,6 +75,14 @@ class Pki:
         self.station_key = directory / "station.key"
         station.private_key_pem.write_to_path(str(self.station_key))
         self.station_cert.write_bytes(b"".join(blob.bytes() for blob in station.cert_chain_pems))
+        # a 1.6 station of profile 3 (security whitepaper: its CN is its identity)
+        station16 = self.ca.issue_cert("TLS3V16", common_name="TLS3V16")
+        self.station16_cert = directory / "station16.pem"
+        self.station16_key = directory / "station16.key"
+        station16.private_key_pem.write_to_path(str(self.station16_key))
+        self.station16_cert.write_bytes(
+            b"".join(blob.bytes() for blob in station16.cert_chain_pems)
+        )
 
 
 def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[str, Any]]:
@@ -85,6 +93,9 @@ def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[
         _tls_config("tls.server3", cert=pki.server_cert, key=pki.server_key, ca=pki.ca_path),
         _tls_config("tls.client2", ca=pki.ca_path),
         _tls_config("tls.client3", cert=pki.station_cert, key=pki.station_key, ca=pki.ca_path),
+        _tls_config(
+            "tls.client3v16", cert=pki.station16_cert, key=pki.station16_key, ca=pki.ca_path
+        ),
         _node(
             "csms2",
             "CSMS",
@@ -94,8 +105,11 @@ def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[
             security_profile=2,
             tls="tls.server2",
             connection_events=True,
+            ocpp_versions=["ocpp2.0.1", "ocpp1.6"],
             outputs=2,
-            credentials={"basic_auths": json.dumps({"TLS2": "pw2", "OUT1": "pw-out"})},
+            credentials={
+                "basic_auths": json.dumps({"TLS2": "pw2", "OUT1": "pw-out", "TLS2V16": "pw16"})
+            },
         ),
         _node(
             "csms3",
@@ -106,6 +120,7 @@ def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[
             security_profile=3,
             tls="tls.server3",
             connection_events=True,
+            ocpp_versions=["ocpp2.0.1", "ocpp1.6"],
             outputs=2,
             credentials={"basic_auths": "{}"},
         ),
@@ -152,12 +167,46 @@ def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[
             ws_rt_repeat=0,
             ws_rt_rnd_range=0,
         ),
+        # the same two profiles in OCPP 1.6J (security whitepaper, edition 2)
+        _node(
+            "cs2v16",
+            "CS",
+            [["rec.cs2v16"], []],
+            cbId="TLS2V16",
+            csms="t2",
+            auto_connect=True,
+            security_profile=2,
+            tls="tls.client2",
+            ocpp_versions=["ocpp1.6"],
+            outputs=2,
+            ws_rt_minimum=0.5,
+            ws_rt_repeat=0,
+            ws_rt_rnd_range=0,
+            credentials={"csms_pw": "pw16"},
+        ),
+        _node(
+            "cs3v16",
+            "CS",
+            [["rec.cs3v16"], []],
+            cbId="TLS3V16",
+            csms="t3",
+            auto_connect=True,
+            security_profile=3,
+            tls="tls.client3v16",
+            ocpp_versions=["ocpp1.6"],
+            outputs=2,
+            ws_rt_minimum=0.5,
+            ws_rt_repeat=0,
+            ws_rt_rnd_range=0,
+        ),
+        recorder("rec.cs2v16", TAB, "cs2v16"),
+        recorder("rec.cs3v16", TAB, "cs3v16"),
         recorder("rec.csms2", TAB, "csms2"),
         recorder("rec.csms3", TAB, "csms3"),
         recorder("rec.cs2", TAB, "cs2"),
         recorder("rec.cs3", TAB, "cs3"),
     ]
-    return nodes + http_api(TAB, {"cs2": "cs2"})
+    return nodes + http_api(TAB, {"cs2": "cs2", "cs2v16": "cs2v16", "cs3v16": "cs3v16"})
 
 
 PORTS: dict[str, int] = {}
@@ -195,6 +244,20 @@ def test_profile_3_cs_node_connects_with_its_certificate_and_no_password(setup) 
     flow.wait("cs3", _online, timeout=20)
     event = flow.wait("csms3", lambda r: r.get("topic") == "TLS3/Connection", timeout=20)
     assert event["ocpp"]["websocket"] == "ONLINE"
+
+
+@pytest.mark.parametrize(
+    ("node_id", "cb_id", "csms"), [("cs2v16", "TLS2V16", "csms2"), ("cs3v16", "TLS3V16", "csms3")]
+)
+def test_profiles_2_and_3_in_ocpp_1_6(setup, node_id: str, cb_id: str, csms: str) -> None:
+    """The 1.6 security whitepaper's profiles: TLS + Basic auth, TLS + client certificate."""
+    runtime, _, _ = setup
+    flow = Flow(runtime)
+    flow.wait(node_id, _online, timeout=20)
+    flow.wait(csms, lambda r: r.get("topic") == f"{cb_id}/Connection", timeout=20)
+    flow.send(node_id, {"payload": {"command": "Heartbeat", "data": {}}})
+    request = flow.wait(csms, lambda r: r.get("topic") == f"{cb_id}/Request")
+    assert request["ocpp"]["ocppVersion"] == "1.6", request
 
 
 async def test_outside_station_needs_the_ca_to_reach_the_wss_csms(setup) -> None:
