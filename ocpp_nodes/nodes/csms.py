@@ -173,6 +173,8 @@ class CsmsNode(OcppNode):
         self.registrations: dict[str, Registration] = {}
         # the BootNotification requests each link waits to have answered
         self._boot_requests: dict[StationLink, set[str]] = {}
+        # (cbId, action) whose SecurityError answer is in the log since the last boot
+        self._refusals_told: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         if self.auth_problem:
@@ -349,9 +351,12 @@ class CsmsNode(OcppNode):
                         link.version.code(ErrorCode.SECURITY_ERROR),
                         refusal,
                     )
-                    self.host.log(
-                        "info", f"{link.cb_id}: answered {event.action} SecurityError: {refusal}"
-                    )
+                    if (link.cb_id, event.action) not in self._refusals_told:  # once per state
+                        self._refusals_told.add((link.cb_id, event.action))
+                        self.host.log(
+                            "info",
+                            f"{link.cb_id}: answered {event.action} SecurityError: {refusal}",
+                        )
                     return
         super()._emit_request(link, event)
 
@@ -363,6 +368,7 @@ class CsmsNode(OcppNode):
         waiting.discard(message_id)
         cb_id = link.cb_id
         registration = self.registrations.setdefault(cb_id, Registration(Role.CSMS))
+        self._refusals_told = {told for told in self._refusals_told if told[0] != cb_id}
         if registration.boot_answered(payload, asyncio.get_running_loop().time()):
             self.host.send(
                 PORT_COMMON,
