@@ -2,9 +2,14 @@
 
 - ``csms_flow(port, ...)``: a CSMS node whose output 1 goes to one function node
   answering BootNotification, Heartbeat, StatusNotification, MeterValues,
-  TransactionEvent and Authorize, wired back into the CSMS node. The same
-  flow for both packages (same node type ``CSMS``, same message shapes); only
-  the CSMS node's properties differ where the packages differ.
+  TransactionEvent and Authorize (and 1.6's StartTransaction and
+  StopTransaction), wired back into the CSMS node. The same flow for both
+  packages (same node type ``CSMS``, same message shapes); only the CSMS
+  node's properties differ where the packages differ. Ours accepts OCPP 1.6,
+  2.0.1 and 2.1 (``ocpp_versions``); the function answers each in the form of
+  the version the station's connection negotiated (``msg.ocpp.ocppVersion``;
+  the old package speaks 2.0.1 only and does not set it). Every answer is
+  checked against each version's schemas by bench/check_payloads.py.
 - ``cs_flow(url, ...)``: a CS node (ours) connected to a CSMS (the null server)
   and a function node that sends the next Heartbeat as soon as the previous
   one is answered, stamping the MessageId with the time in µs since the epoch
@@ -16,8 +21,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+#: The versions the bench CSMS node (ours) accepts: every one the engine speaks.
+OCPP_VERSIONS = ["ocpp2.0.1", "ocpp2.1", "ocpp1.6"]
+
+# BootNotification, Heartbeat, MeterValues and StatusNotification answers have
+# the same shape in 1.6, 2.0.1 and 2.1; Authorize differs (1.6: idTagInfo), and
+# 1.6 has StartTransaction/StopTransaction instead of TransactionEvent.
 ANSWER_FUNC = r"""
 if (!msg.topic || !msg.topic.endsWith('/Request')) return null;
+const v16 = msg.ocpp !== undefined && msg.ocpp.ocppVersion === '1.6';
 let data;
 switch (msg.payload.command) {
     case 'BootNotification':
@@ -27,12 +39,19 @@ switch (msg.payload.command) {
         data = {currentTime: new Date().toISOString()};
         break;
     case 'Authorize':
-        data = {idTokenInfo: {status: 'Accepted'}};
+        data = v16 ? {idTagInfo: {status: 'Accepted'}} : {idTokenInfo: {status: 'Accepted'}};
         break;
     case 'TransactionEvent':
         data = (msg.payload.data && msg.payload.data.idToken)
             ? {idTokenInfo: {status: 'Accepted'}} : {};
         break;
+    case 'StartTransaction': {
+        const id = (context.get('transactionId') || 0) + 1;
+        context.set('transactionId', id);
+        data = {transactionId: id, idTagInfo: {status: 'Accepted'}};
+        break;
+    }
+    case 'StopTransaction':
     case 'StatusNotification':
     case 'MeterValues':
         data = {};
@@ -102,6 +121,8 @@ def csms_flow(
             queue_size=1000,
             ping_interval=30,
             max_frame_size=1048576,
+            ocpp_versions=list(OCPP_VERSIONS),
+            version_preference="station",
             wires=[[func], []],
         )
     else:

@@ -1,10 +1,13 @@
-"""OCPP 2.0.1 load generator: N simulated charging stations against one CSMS.
+"""OCPP load generator: N simulated charging stations against one CSMS.
 
 Each station connects to ``<url>/<cbId>`` with HTTP Basic auth (user = cbId) and
-subprotocol ``ocpp2.0.1``, sends a BootNotification, then keeps exactly one CALL
-outstanding: in ``loop`` mode it sends Heartbeat or MeterValues again as soon as
-the answer arrives, for ``--duration`` seconds; in ``interval`` mode it sends a
-Heartbeat every ``--interval`` seconds (the capacity run).
+one subprotocol (``ocpp2.0.1`` by default; ``--versions 1.6`` or ``2.1`` for the
+other versions, ``--versions 1.6,2.0.1,2.1`` for a mix: the versions assigned to
+the stations round-robin by station number), sends a BootNotification, then
+keeps exactly one CALL outstanding: in ``loop`` mode it sends Heartbeat or
+MeterValues again as soon as the answer arrives, for ``--duration`` seconds; in
+``interval`` mode it sends a Heartbeat every ``--interval`` seconds (the
+capacity run).
 
 Stand-alone on purpose: asyncio + ``websockets`` only, nothing from ocpp_nodes.
 Targets must be loopback addresses; every loop is bounded in time.
@@ -13,7 +16,11 @@ With ``--procs K`` the stations are split over K worker processes (one event
 loop each, so the generator can use more than one core and open more sockets);
 their results are merged. The result is one JSON object on stdout (or
 ``--json-out``): connections made/failed, round trips, round trips per second,
-latency percentiles in milliseconds.
+latency percentiles in milliseconds; with more than one version also the same
+for each version's stations (``by_version``).
+
+The payloads of each version are schema-valid; bench/check_payloads.py checks
+them with the engine's validators (this file imports nothing from ocpp_nodes).
 """
 
 from __future__ import annotations
@@ -42,14 +49,39 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Opcode, apply_mask
 
-SUBPROTOCOL = "ocpp2.0.1"
+#: OCPP version -> its websocket subprotocol
+SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1", "2.1": "ocpp2.1"}
+DEFAULT_VERSION = "2.0.1"
+
+
+def version_list(text: str) -> list[str]:
+    """``"1.6,ocpp2.1"`` -> ``["1.6", "2.1"]`` (names or subprotocols, comma-separated)."""
+    out = []
+    for part in text.replace(" ", ",").split(","):
+        name = part.strip().removeprefix("ocpp")
+        if not name:
+            continue
+        if name not in SUBPROTOCOLS:
+            raise argparse.ArgumentTypeError(
+                f"unknown OCPP version {part!r} (one of {', '.join(SUBPROTOCOLS)})"
+            )
+        out.append(name)
+    if not out:
+        raise argparse.ArgumentTypeError("no OCPP version given")
+    return out
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def boot_payload() -> dict[str, Any]:
+def boot_payload(version: str = DEFAULT_VERSION) -> dict[str, Any]:
+    if version == "1.6":
+        return {
+            "chargePointVendor": "BenchVendor",
+            "chargePointModel": "BenchModel",
+            "firmwareVersion": "1.0.0",
+        }
     return {
         "reason": "PowerUp",
         "chargingStation": {
@@ -60,8 +92,22 @@ def boot_payload() -> dict[str, Any]:
     }
 
 
-def meter_values_payload(timestamp: str | None = None) -> dict[str, Any]:
-    """A realistic periodic sample of a three-phase AC charger, taken now by default."""
+def meter_values_payload(
+    timestamp: str | None = None, version: str = DEFAULT_VERSION
+) -> dict[str, Any]:
+    """A realistic periodic sample of a three-phase AC charger, taken now by default.
+
+    The same eight values in every version: 2.0.1 and 2.1 have the same shape
+    (numbers, ``unitOfMeasure``); 1.6 has ``connectorId``, values as strings
+    and ``unit``.
+    """
+    if version == "1.6":
+        return {
+            "connectorId": 1,
+            "meterValue": [
+                {"timestamp": timestamp or now_iso(), "sampledValue": _sampled_values_16()}
+            ],
+        }
     sampled = [
         {
             "value": 230.4,
@@ -100,7 +146,33 @@ def meter_values_payload(timestamp: str | None = None) -> dict[str, Any]:
     }
 
 
-def payload_text(action: str) -> Callable[[], str]:
+def _sampled_values_16() -> list[dict[str, Any]]:
+    sampled: list[dict[str, Any]] = [
+        {"value": "230.4", "measurand": "Voltage", "phase": p, "unit": "V"}
+        for p in ("L1-N", "L2-N", "L3-N")
+    ]
+    sampled += [
+        {"value": "15.9", "measurand": "Current.Import", "phase": p, "unit": "A"}
+        for p in ("L1", "L2", "L3")
+    ]
+    sampled += [
+        {
+            "value": "10995.0",
+            "measurand": "Power.Active.Import",
+            "unit": "W",
+            "context": "Sample.Periodic",
+        },
+        {
+            "value": "123456.7",
+            "measurand": "Energy.Active.Import.Register",
+            "unit": "Wh",
+            "context": "Sample.Periodic",
+        },
+    ]
+    return sampled
+
+
+def payload_text(action: str, version: str = DEFAULT_VERSION) -> Callable[[], str]:
     """What makes the compact JSON of a loop CALL's payload, fresh for each call.
 
     The payload is encoded once; each call only puts the current time into
@@ -112,7 +184,7 @@ def payload_text(action: str) -> Callable[[], str]:
     if action == "Heartbeat":
         return lambda: "{}"
     mark = "\x01timestamp\x01"
-    head, tail = compact(meter_values_payload(timestamp=mark)).split(compact(mark))
+    head, tail = compact(meter_values_payload(timestamp=mark, version=version)).split(compact(mark))
     return lambda: f"{head}{compact(now_iso())}{tail}"
 
 
@@ -142,7 +214,9 @@ class Stats:
         self.errors = 0  # CALLERROR answers
         self.lost = 0  # stations whose loop ended early (connection lost, timeout)
         self.lost_reasons: dict[str, int] = {}
-        self.latencies_us: list[int] = []
+        #: version -> the latencies of its stations' round trips (µs)
+        self.latencies_us: dict[str, list[int]] = {}
+        self.stations_by_version: dict[str, int] = {}
         self.recording = False
         self.last_connect_at = 0.0
 
@@ -157,10 +231,16 @@ class Stats:
 
 
 class Station:
-    def __init__(self, cb_id: str, args: argparse.Namespace, stats: Stats) -> None:
+    def __init__(
+        self, cb_id: str, args: argparse.Namespace, stats: Stats, version: str = DEFAULT_VERSION
+    ) -> None:
         self.cb_id = cb_id
         self.args = args
         self.stats = stats
+        self.version = version
+        self.subprotocol = SUBPROTOCOLS[version]
+        self.latencies = stats.latencies_us.setdefault(version, [])
+        stats.stations_by_version[version] = stats.stations_by_version.get(version, 0) + 1
         self.seq = 0
         # MessageIds unique across stations and runs, as real stations make
         # them (the old package keys waiting requests by MessageId alone,
@@ -168,6 +248,7 @@ class Station:
         # os.urandom each time
         self.id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self.ws: Any = None
+        self.alive = True  # False once its loop ended early (connection lost, timeout)
 
     async def open(self, deadline: float, sem: asyncio.Semaphore) -> bool:
         token = base64.b64encode(f"{self.cb_id}:{self.args.password}".encode()).decode()
@@ -178,7 +259,7 @@ class Station:
                     self.ws = await asyncio.wait_for(
                         connect(
                             url,
-                            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                            subprotocols=[self.subprotocol],  # type: ignore[list-item]
                             additional_headers={"Authorization": f"Basic {token}"},
                             compression="deflate" if self.args.deflate else None,
                             ping_interval=None,
@@ -187,7 +268,7 @@ class Station:
                         ),
                         timeout=max(0.1, min(20.0, deadline - time.monotonic())),
                     )
-                if self.ws.subprotocol != SUBPROTOCOL:
+                if self.ws.subprotocol != self.subprotocol:
                     self.stats.fail("no subprotocol")
                     await self.ws.close()
                     return False
@@ -236,7 +317,7 @@ class Station:
             self.stats.errors += 1
         if self.stats.recording:
             self.stats.round_trips += 1
-            self.stats.latencies_us.append(dt)
+            self.latencies.append(dt)
         return msg[0] == 3
 
     async def run_loop(self, stop_at: float) -> None:
@@ -247,6 +328,7 @@ class Station:
             driver.start()
             await finished
         except Exception as err:  # noqa: BLE001
+            self.alive = False
             self.stats.lose(err)
         finally:
             driver.stop()
@@ -311,7 +393,7 @@ class LoopProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.mid = ""
         self.answer_head = b""  # how a compact CALLRESULT to the outstanding CALL starts
-        self.payload_text = payload_text(station.args.action)
+        self.payload_text = payload_text(station.args.action, station.version)
         self.t0 = 0
         self.to_flush = False  # the websockets protocol has bytes to write
         self.timer: asyncio.TimerHandle | None = None
@@ -420,7 +502,7 @@ class LoopProtocol(asyncio.Protocol):
         stats = self.station.stats
         if stats.recording:
             stats.round_trips += 1
-            stats.latencies_us.append((time.perf_counter_ns() - self.t0) // 1000)
+            self.station.latencies.append((time.perf_counter_ns() - self.t0) // 1000)
         self.send_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -433,8 +515,12 @@ class LoopProtocol(asyncio.Protocol):
 
 async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
-    ids = [f"{args.id_prefix}{i:05d}" for i in range(args.first, args.first + args.stations)]
-    stations = [Station(cb, args, stats) for cb in ids]
+    # round-robin by station number, so that the workers of --procs agree
+    versions = args.versions
+    stations = [
+        Station(f"{args.id_prefix}{i:05d}", args, stats, versions[i % len(versions)])
+        for i in range(args.first, args.first + args.stations)
+    ]
     sem = asyncio.Semaphore(args.connect_concurrency)
     t_start = time.monotonic()
     deadline = t_start + args.connect_timeout
@@ -444,7 +530,9 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     async def boot(s: Station) -> Station | None:
         try:
-            await asyncio.wait_for(s.call("BootNotification", boot_payload()), args.call_timeout)
+            await asyncio.wait_for(
+                s.call("BootNotification", boot_payload(s.version)), args.call_timeout
+            )
             return s
         except Exception:  # noqa: BLE001
             stats.fail("boot")
@@ -491,19 +579,210 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "round_trips": stats.round_trips,
         "measured_s": measured_s,
         "latencies_us": stats.latencies_us,
+        "stations_by_version": stats.stations_by_version,
         "rec_start": window.get("start"),
         "rec_end": window.get("end"),
     }
 
 
+def rotation_order(groups: int, rounds: int) -> list[list[int]]:
+    """``rounds`` rounds, each group once per round, in the orders of a Williams square.
+
+    Every group takes each place in a round equally often, and follows each other
+    group equally often (for 4 groups: 0 1 3 2, 1 2 0 3, 2 3 1 0, 3 0 2 1, then
+    again; an odd number of groups needs the mirrored rows too), so that neither
+    the place in a round, nor the group before, nor how long a group was idle
+    favours one group.
+    """
+    first = [0]
+    low, high = 1, groups - 1
+    while len(first) < groups:
+        first.append(low)
+        low += 1
+        if len(first) < groups:
+            first.append(high)
+            high -= 1
+    square = [[(g + shift) % groups for g in first] for shift in range(groups)]
+    if groups % 2:  # an odd number needs the mirrored rows as well
+        square += [row[::-1] for row in square]
+    return [square[r % len(square)] for r in range(rounds)]
+
+
+async def run_rotation(args: argparse.Namespace) -> dict[str, Any]:
+    """``--groups``: each group its own ``--stations`` stations, all connected and booted
+    first; then the groups take turns, one at a time, ``--rounds`` rounds of one turn
+    each (``rotation_order``), each turn ``--slice`` seconds of the loop, recorded
+    after ``--settle`` seconds.
+
+    Groups measured in turns seconds apart see the same machine: on a shared machine
+    whose speed drifts over tens of seconds, runs of a minute each one after the other
+    do not. The slices' recording windows (wall clock) let the caller attribute the
+    CPU of the system under test to each slice.
+    """
+    stats = Stats()
+    groups: list[list[str]] = args.groups
+    labels: list[str] = []
+    seen: dict[str, int] = {}
+    for g in groups:  # the same versions again (an A/A check): "2.0.1", "2.0.1#2", ...
+        label = group_label(g)
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    members: list[list[Station]] = []
+    latencies: dict[str, list[int]] = {}
+    for g, versions in enumerate(groups):
+        mine = []
+        for i in range(args.stations):
+            number = args.first + g * args.stations + i
+            station = Station(
+                f"{args.id_prefix}{number:05d}", args, stats, versions[i % len(versions)]
+            )
+            # each group's round trips apart (and, in a mixed group, each version's)
+            station.latencies = latencies.setdefault(f"{labels[g]}|{station.version}", [])
+            mine.append(station)
+        members.append(mine)
+    everyone = [s for mine in members for s in mine]
+    sem = asyncio.Semaphore(args.connect_concurrency)
+    t_start = time.monotonic()
+    deadline = t_start + args.connect_timeout
+    ok = await asyncio.gather(*(s.open(deadline, sem) for s in everyone))
+    live = [s for s, good in zip(everyone, ok, strict=True) if good]
+    connect_s = (stats.last_connect_at - t_start) if live else None
+
+    async def boot(s: Station) -> bool:
+        try:
+            await asyncio.wait_for(
+                s.call("BootNotification", boot_payload(s.version)), args.call_timeout
+            )
+            return True
+        except Exception:  # noqa: BLE001
+            stats.fail("boot")
+            s.alive = False
+            return False
+
+    for s, good in zip(everyone, ok, strict=True):
+        s.alive = good
+    await asyncio.gather(*(boot(s) for s in live))
+    booted = [s for s in live if s.alive]
+    order = rotation_order(len(groups), args.rounds)
+    slices = []
+
+    async def turn(g: int, length: float, record: bool = True, round_: int = -1) -> dict[str, Any]:
+        running = [s for s in members[g] if s.alive]
+        stop_at = time.monotonic() + length
+        before = (stats.round_trips, stats.errors)
+        window: dict[str, float] = {}
+
+        async def recorder() -> None:
+            await asyncio.sleep(min(args.settle, length))
+            stats.recording = record
+            window["start"] = time.time()
+            t0 = time.monotonic()
+            await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+            stats.recording = False
+            window["end"] = time.time()
+            window["measured"] = time.monotonic() - t0
+
+        rec = asyncio.create_task(recorder())
+        tasks = [asyncio.create_task(s.run_loop(stop_at)) for s in running]
+        await asyncio.wait(tasks, timeout=length + args.call_timeout + 5)
+        await rec
+        return {
+            "group": labels[g],
+            "round": round_,
+            "stations": len(running),
+            "round_trips": stats.round_trips - before[0],
+            "callerrors": stats.errors - before[1],
+            "measured_s": window["measured"],
+            "rec_start": window["start"],
+            "rec_end": window["end"],
+        }
+
+    # not recorded: every group once (a system under test that has just started
+    # warms up), so that none is the first to run
+    for g in range(len(groups)):
+        await turn(g, args.warm_turn, record=False)
+    for number, row in enumerate(order):
+        for g in row:
+            slices.append(await turn(g, args.slice, round_=number))
+    still_open = sum(1 for s in booted if s.ws is not None and s.ws.state.name == "OPEN")
+    await asyncio.gather(*(s.ws.close() for s in live), return_exceptions=True)
+    out_groups: dict[str, Any] = {}
+    for g, label in enumerate(labels):
+        mine_slices = [sl for sl in slices if sl["group"] == label]
+        measured = sum(sl["measured_s"] for sl in mine_slices) or 1e-9
+        samples = [x for v in groups[g] for x in latencies.get(f"{label}|{v}", [])]
+        entry: dict[str, Any] = {
+            "versions": groups[g],
+            "stations": args.stations,
+            "slices": len(mine_slices),
+            "round_trips": len(samples),
+            "measured_s": measured,
+            "rps": len(samples) / measured,
+            "latency_ms": percentiles(samples),
+        }
+        if len(set(groups[g])) > 1:
+            entry["by_version"] = {
+                v: {
+                    "stations": sum(1 for s in members[g] if s.version == v),
+                    "round_trips": len(latencies.get(f"{label}|{v}", [])),
+                    "rps": len(latencies.get(f"{label}|{v}", [])) / measured,
+                    "latency_ms": percentiles(latencies.get(f"{label}|{v}", [])),
+                }
+                for v in dict.fromkeys(groups[g])
+            }
+        out_groups[label] = entry
+    return {
+        "stations": len(everyone),
+        "connected": stats.connected,
+        "failed": stats.failed,
+        "fail_reasons": stats.fail_reasons,
+        "retries_503": stats.retries_503,
+        "booted": len(booted),
+        "connect_s": connect_s,
+        "open_at_end": still_open,
+        "lost": stats.lost,
+        "lost_reasons": stats.lost_reasons,
+        "callerrors": stats.errors,
+        "round_trips": stats.round_trips,
+        "rotation": {
+            "slice_s": args.slice,
+            "settle_s": args.settle,
+            "rounds": args.rounds,
+            "order": [[labels[g] for g in row] for row in order],
+        },
+        "slices": slices,
+        "groups": out_groups,
+        "rec_start": slices[0]["rec_start"] if slices else None,
+        "rec_end": slices[-1]["rec_end"] if slices else None,
+    }
+
+
+def group_label(versions: list[str]) -> str:
+    return versions[0] if len(versions) == 1 else "mixed"
+
+
+def group_list(text: str) -> list[list[str]]:
+    """``"2.0.1/1.6/1.6,2.0.1,2.1"`` -> ``[["2.0.1"], ["1.6"], ["1.6", "2.0.1", "2.1"]]``."""
+    groups = [version_list(part) for part in text.split("/") if part.strip()]
+    if len(groups) < 2:
+        raise argparse.ArgumentTypeError("--groups needs at least two groups, '/'-separated")
+    return groups
+
+
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     lat: list[int] = []
+    by_version: dict[str, list[int]] = {}
+    stations_by_version: dict[str, int] = {}
     reasons: dict[str, int] = {}
     lost_reasons: dict[str, int] = {}
     for p in parts:
         for k, v in p.get("lost_reasons", {}).items():
             lost_reasons[k] = lost_reasons.get(k, 0) + v
-        lat.extend(p["latencies_us"])
+        for version, samples in p["latencies_us"].items():
+            lat.extend(samples)
+            by_version.setdefault(version, []).extend(samples)
+        for version, count in p["stations_by_version"].items():
+            stations_by_version[version] = stations_by_version.get(version, 0) + count
         for k, v in p["fail_reasons"].items():
             reasons[k] = reasons.get(k, 0) + v
     measured = max(p["measured_s"] for p in parts) or 1e-9
@@ -531,9 +810,22 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         rps=rt / measured,
         latency_ms=percentiles(lat),
         procs=len(parts),
+        ocpp_versions=sorted(by_version, key=list(SUBPROTOCOLS).index),
         rec_start=min((p["rec_start"] for p in parts if p["rec_start"]), default=None),
         rec_end=max((p["rec_end"] for p in parts if p["rec_end"]), default=None),
     )
+    if len(by_version) > 1:
+        out["by_version"] = {
+            version: {
+                "stations": stations_by_version.get(version, 0),
+                "round_trips": len(samples),
+                "rps": len(samples) / measured,
+                "latency_ms": percentiles(samples),
+            }
+            for version, samples in sorted(
+                by_version.items(), key=lambda kv: list(SUBPROTOCOLS).index(kv[0])
+            )
+        }
     return out
 
 
@@ -560,6 +852,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--password", default="bench-password")
     p.add_argument("--mode", choices=["loop", "interval"], default="loop")
     p.add_argument("--action", choices=["Heartbeat", "MeterValues"], default="Heartbeat")
+    p.add_argument(
+        "--versions",
+        type=version_list,
+        default=[DEFAULT_VERSION],
+        metavar="LIST",
+        help="the stations' OCPP version (1.6, 2.0.1 or 2.1; default 2.0.1), or several "
+        "comma-separated: station i gets the (i mod count)-th (1.6,2.0.1,2.1: a third each)",
+    )
+    p.add_argument(
+        "--groups",
+        type=group_list,
+        metavar="G1/G2/...",
+        help="loop mode in turns: groups of --stations stations each, every group a --versions "
+        "LIST, '/'-separated (2.0.1/1.6/2.1/1.6,2.0.1,2.1), one group at a time, in rounds "
+        "of one turn each (see run_rotation); replaces --duration",
+    )
+    p.add_argument("--rounds", type=int, default=4, help="--groups: rounds of turns")
+    p.add_argument("--slice", type=float, default=3.0, help="--groups: seconds per turn")
+    p.add_argument(
+        "--settle", type=float, default=0.5, help="--groups: unrecorded seconds of each turn"
+    )
+    p.add_argument(
+        "--warm-turn",
+        type=float,
+        default=3.0,
+        help="--groups: seconds of each group's unrecorded turn before the first round",
+    )
     p.add_argument("--interval", type=float, default=10.0, help="interval mode: seconds")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
@@ -587,7 +906,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_loopback(args.url)
     raise_nofile(args.stations // max(1, args.procs) + 256)
-    if args.procs <= 1:
+    if args.groups:
+        if args.procs > 1 or args.mode != "loop":
+            raise SystemExit("loadgen: --groups runs in one process, in loop mode")
+        raise_nofile(args.stations * len(args.groups) + 256)
+        result = run_loop(run_rotation(args))
+    elif args.procs <= 1:
         result = merge([run_loop(run_worker(args))])
     else:
         per = -(-args.stations // args.procs)

@@ -1,5 +1,6 @@
-"""A do-nothing OCPP 2.0.1 CSMS: answers every CALL at once (the load generator's ceiling).
+"""A do-nothing OCPP CSMS: answers every CALL at once (the load generator's ceiling).
 
+Subprotocol ocpp2.0.1, ocpp2.1 or ocpp1.6 (the answers suit each).
 No validation, no auth check (a Basic header is accepted and ignored), no flow:
 each CALL ``[2, id, action, payload]`` gets ``[3, id, {...}]`` right away, with
 the minimal valid answer for BootNotification and Heartbeat and ``{}`` for
@@ -28,7 +29,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-SUBPROTOCOL = "ocpp2.0.1"
+# the answers below are valid in each (bench/loadgen.py --versions)
+SUBPROTOCOLS = ("ocpp2.0.1", "ocpp2.1", "ocpp1.6")
 HOP_SAMPLES_MAX = 2_000_000
 
 
@@ -45,7 +47,7 @@ class NullCsms:
         self.hop_us = []
 
     async def ws_handler(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), compress=False, max_msg_size=2**22)
+        ws = web.WebSocketResponse(protocols=SUBPROTOCOLS, compress=False, max_msg_size=2**22)
         await ws.prepare(request)
         self.connections += 1
         try:

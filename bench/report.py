@@ -7,6 +7,7 @@ bench/notes.md and are copied in verbatim, so a new run keeps them.
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,204 @@ def cpu_per_rt(r: dict[str, Any]) -> float | None:
     return total / 100 / r["rps"] * 1e6
 
 
+# -- versions ----------------------------------------------------------------------
+
+VERSION_BASE = "2.0.1"
+VERSION_LABELS = {
+    "2.0.1": "2.0.1",
+    "1.6": "1.6",
+    "2.1": "2.1",
+    "mixed": "mixed (a third each)",
+    "2.0.1#2": "2.0.1 again (control)",
+}
+
+
+def cpu_us_per_rt_turns(r: dict[str, Any], label: str, names: tuple[str, ...]) -> float | None:
+    """CPU µs of the processes ``names`` per round trip over every turn of group ``label``."""
+    turns = [t for t in r.get("slices", []) if t["group"] == label]
+    cpu = [(t.get("cpu_s") or {}).get(n) for t in turns for n in names]
+    trips = sum(t["round_trips"] for t in turns)
+    if not trips or not cpu or any(c is None for c in cpu):
+        return None
+    return sum(c for c in cpu if c is not None) / trips * 1e6
+
+
+def turn_ratios(r: dict[str, Any], label: str, base: str = VERSION_BASE) -> list[float]:
+    """Round trips/s of each turn of ``label`` over those of the ``base`` turn of the same
+    round (loadgen's rotation: each group once per round, rounds a few turns long)."""
+    by_round: dict[int, dict[str, float]] = {}
+    for t in r.get("slices", []):
+        if t["measured_s"]:
+            by_round.setdefault(t["round"], {})[t["group"]] = t["round_trips"] / t["measured_s"]
+    return [
+        turns[label] / turns[base]
+        for turns in by_round.values()
+        if turns.get(label) and turns.get(base)
+    ]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float] | None:
+    if not values:
+        return None
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[1], q[2]
+
+
+def version_ratio(r: dict[str, Any], label: str) -> float | None:
+    """The median of ``turn_ratios``: the headline ratio of round trips/s to 2.0.1."""
+    q = quartiles(turn_ratios(r, label))
+    return None if q is None else q[1]
+
+
+def _within(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    return "yes" if ratio >= 0.9 else "no"
+
+
+def versions_table(block: dict[str, Any]) -> list[str]:
+    out = [
+        "| action | stations' version | round trips/s (all its turns) "
+        "| vs 2.0.1: round trips/s, median of the rounds [quartiles] | within 10 %? "
+        "| p50 ms | p99 ms | vs 2.0.1: p99 | daemon CPU µs per round trip | vs 2.0.1: daemon CPU "
+        "| Node-RED + daemon CPU µs per round trip |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in block["runs"]:
+        groups = r["groups"]
+        base = groups.get(VERSION_BASE) or {}
+        base_cpu = cpu_us_per_rt_turns(r, VERSION_BASE, ("daemon",))
+        for label, g in groups.items():
+            lat = g["latency_ms"]
+            daemon = cpu_us_per_rt_turns(r, label, ("daemon",))
+            server = cpu_us_per_rt_turns(r, label, ("node-red", "daemon"))
+            if label == VERSION_BASE:
+                ratio, within, p99, cpu = "1 (the baseline)", "-", "-", "-"
+            else:
+                q = quartiles(turn_ratios(r, label))
+                ratio = "-" if q is None else f"{q[1]:.2f}x [{q[0]:.2f}-{q[2]:.2f}]"
+                # the control: how far two identical groups come apart (the run's noise)
+                control = label.startswith(VERSION_BASE + "#")
+                within = "(noise)" if control else _within(None if q is None else q[1])
+                p99 = _ratio(lat.get("p99"), (base.get("latency_ms") or {}).get("p99"))
+                cpu = _ratio(daemon, base_cpu)
+            out.append(
+                f"| {r['action']} | {VERSION_LABELS.get(label, label)} | {g['rps']:.0f} "
+                f"| {ratio} | {within} | {_fmt(lat['p50'], 2)} | {_fmt(lat['p99'], 2)} | {p99} "
+                f"| {_fmt(daemon, 1)} | {cpu} | {_fmt(server, 1)} |"
+            )
+    return out
+
+
+def mixed_table(block: dict[str, Any]) -> list[str]:
+    """The mixed group's stations, each version apart."""
+    rows = []
+    for r in block["runs"]:
+        mixed = r["groups"].get("mixed") or {}
+        for version, v in (mixed.get("by_version") or {}).items():
+            per_station = v["rps"] / v["stations"] if v["stations"] else None
+            rows.append(
+                f"| {r['action']} | {version} | {v['stations']} | {_fmt(per_station, 1)} "
+                f"| {_fmt(v['latency_ms']['p50'], 2)} | {_fmt(v['latency_ms']['p99'], 2)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "| action | version | stations | round trips/s per station | p50 ms | p99 ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
+
+
+def versions_section(results: dict[str, Any]) -> list[str]:
+    block = results.get("versions")
+    if not block or not block.get("runs"):
+        return ["Not run."]
+    vplan = block["plan"]
+    accepted = ", ".join(f"`{v}`" for v in vplan["accepted"])
+    r0 = block["runs"][0]
+    order = [
+        ["control" if g.startswith(VERSION_BASE + "#") else g for g in row]
+        for row in r0["rotation"]["order"]
+    ]
+    shown = ", ".join(" ".join(row) for row in order[:2]) + (", ..." if len(order) > 2 else "")
+    groups = len(r0["groups"])
+    what = (
+        f"Our node alone (the other systems stopped), its CSMS node accepting {accepted}. "
+        f"Groups of N={vplan['n']} stations: every station on OCPP 2.0.1, on 1.6, on 2.1 "
+        "(subprotocols `ocpp2.0.1`, `ocpp1.6`, `ocpp2.1`; each version's own "
+        "BootNotification, Heartbeat and MeterValues, the same eight sampled values in "
+        "MeterValues), a mixed group (station i on the (i mod 3)-th version: a third each), "
+        "and a control group on 2.0.1 again. `bench/check_payloads.py` first validates every "
+        "request and the flow's answers with the engine's own schemas."
+    )
+    method = (
+        f"**Method:** for each action one generator connects and boots all {groups} groups "
+        f"({groups * vplan['n']} connections), then the groups take turns, one group at a "
+        f"time, {_fmt(vplan['slice_s'])} s each (the first {_fmt(vplan['settle_s'])} s not "
+        f"recorded), in {len(order)} rounds of one turn per group whose orders form "
+        f"Williams squares ({shown}: each group in each place of a round and after each "
+        "other group equally often). A ratio is a group's round trips/s over the 2.0.1 "
+        "group's in the same round, seconds apart, so that the shared machine's drift (its "
+        "speed moved by a factor of two to five within minutes during these runs) falls on "
+        "both; the table gives the median over the rounds and the quartiles. The control's "
+        "ratio shows how far two identical groups come apart in the same run. Latencies and "
+        "CPU (the daemon's and Node-RED's CPU time in the turns' windows, sampled every "
+        "0.1 s) are pooled over a group's turns. bench/notes.md (*OCPP versions*, below) "
+        "has three runs side by side and why 2.1's MeterValues cost more."
+    )
+    lines = [
+        textwrap.fill(what, 88),
+        "",
+        textwrap.fill(method, 88),
+        "",
+        f"This run: `{block['command']}`, started {block['date']}, took "
+        f"{_fmt(block.get('elapsed_s'))} s; load average at start "
+        f"{block.get('loadavg_start')}, at end {block.get('loadavg_end')}.",
+    ]
+    if block.get("note"):
+        lines += ["", f"**{block['note']}**"]
+    lines += ["", *versions_table(block)]
+    problems = [
+        f"{r['action']}: connected {r['connected']} of {r['stations']}, failed {r['failed']}, "
+        f"lost {r['lost']}, CALLERRORs {r['callerrors']}"
+        for r in block["runs"]
+        if r["connected"] < r["stations"] or r["failed"] or r["lost"] or r["callerrors"]
+    ]
+    lines += [""]
+    if problems:
+        lines += ["Not clean: " + "; ".join(problems) + "."]
+    else:
+        lines += ["Every station connected and booted; none was lost; no CALLERROR."]
+    mixed = mixed_table(block)
+    if mixed:
+        lines += [
+            "",
+            "The mixed group's stations by version (one CALL outstanding each, so each",
+            "station's rate is 1 / its latency):",
+            "",
+            *mixed,
+        ]
+    return lines
+
+
+def version_targets(results: dict[str, Any]) -> list[str]:
+    block = results.get("versions") or {}
+    out = []
+    for action in ("Heartbeat", "MeterValues"):
+        run = _find(block.get("runs") or [], action=action)
+        for label in ("1.6", "2.1"):
+            name = f"round trips/s of {label} within 10 % of 2.0.1's, {action}, N=100"
+            ratio = version_ratio(run, label) if run else None
+            if ratio is None:
+                out.append(f"| {name} | not run | - |")
+                continue
+            out.append(f"| {name} | {ratio:.2f}x (see Versions) | {_within(ratio)} |")
+    return out
+
+
 def ratio_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     runs = results["scenarios"]
     out = [
@@ -312,7 +511,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         )
     else:
         out.append("| hop shim -> frame leaving the daemon, p50 < 100 µs | not run | - |")
-    return out
+    return out + version_targets(results)
 
 
 def plot(results: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
@@ -398,6 +597,7 @@ def write(results: dict[str, Any]) -> None:
         "```sh",
         "make bench                       # full run (see the time below)",
         "make bench BENCH_ARGS=--quick    # ~5 s per scenario, N up to 100, capacity 1000",
+        "make bench BENCH_ARGS=--versions-only   # only the OCPP versions scenario (~10 min)",
         ".venv/bin/python bench/run.py --help",
         "```",
         "",
@@ -461,6 +661,8 @@ def write(results: dict[str, Any]) -> None:
     if state:
         lines += ["", "## The machine during each run at N=100", ""]
         lines += state
+    lines += ["", "## Versions", ""]
+    lines += versions_section(results)
     lines += ["", "## Capacity", ""]
     if results["capacity"]:
         c0 = results["capacity"][0]

@@ -14,7 +14,11 @@ bounded in time. Steps:
 3. Capacity: 10,000 stations, one Heartbeat each every 10 s for 2 minutes.
 4. CS side: a flow sends Heartbeats through our CS node to the null server as
    fast as the answers come; the null server measures flow -> wire delay.
-5. Results go to bench/results/last-run.json; docs/benchmarks.md and
+5. Versions (ours only): Heartbeat and MeterValues at N=100 with every station
+   on OCPP 1.6, 2.0.1 or 2.1, and a mix (a third on each), the groups in short
+   turns (see `versions_scenario`); `--versions-only` runs just this and keeps
+   the other results of bench/results/last-run.json.
+6. Results go to bench/results/last-run.json; docs/benchmarks.md and
    docs/benchmarks.png are written from them (`--report-only` rewrites the
    docs from the saved JSON).
 """
@@ -48,6 +52,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(BENCH))
 
+import check_payloads  # noqa: E402
 import deploy_flow  # noqa: E402
 import prepare_userdir  # noqa: E402
 import report  # noqa: E402
@@ -329,6 +334,20 @@ class Sampler:
         self._thread.join()
         self._sample()
 
+    def cpu_seconds(self, name: str, start: float, end: float) -> float | None:
+        """CPU seconds of tree ``name`` in [start, end]: its cumulative CPU time
+        interpolated linearly between the samples on either side of each edge."""
+        points = [(t, row[name][0]) for t, row in self.samples if name in row]
+
+        def at(when: float) -> float | None:
+            for (t0, c0), (t1, c1) in zip(points, points[1:], strict=False):
+                if t0 <= when <= t1:
+                    return c0 + (c1 - c0) * (when - t0) / max(1e-9, t1 - t0)
+            return None
+
+        a, b = at(start), at(end)
+        return None if a is None or b is None else round(b - a, 6)
+
     def window(self, start: float | None, end: float | None) -> dict[str, dict[str, float]]:
         """CPU and run-queue wait (% of one core) and RSS (MiB: max, at end) of each
         tree in [start, end]."""
@@ -389,7 +408,11 @@ def wakeup_probe() -> dict[str, float]:
 
 
 def run_loadgen(
-    system: Any, args: list[str], timeout: float, profile: Path | None = None
+    system: Any,
+    args: list[str],
+    timeout: float,
+    profile: Path | None = None,
+    every: float = 0.25,
 ) -> dict[str, Any]:
     out = WORK / "loadgen-out.json"
     out.unlink(missing_ok=True)
@@ -405,7 +428,7 @@ def run_loadgen(
         *args,
     ]
     pids = system.pids()
-    with Sampler(dict(pids)) as sampler:
+    with Sampler(dict(pids), every=every) as sampler:
         gen = subprocess.Popen(cmd)
         sampler.add_tree("loadgen", gen.pid)
         spy = None
@@ -425,6 +448,11 @@ def run_loadgen(
                 spy.kill()
     result: dict[str, Any] = json.loads(out.read_text())
     result["resources"] = sampler.window(result.get("rec_start"), result.get("rec_end"))
+    for turn in result.get("slices", []):  # loadgen --groups: each turn's CPU seconds
+        turn["cpu_s"] = {
+            name: sampler.cpu_seconds(name, turn["rec_start"], turn["rec_end"])
+            for name in sampler.pids
+        }
     return result
 
 
@@ -557,6 +585,105 @@ def load_run(
         f"res {r['resources']}"
     )
     save(results)
+    time.sleep(1)
+
+
+#: the versions scenario's groups of stations: label -> their versions (the first
+#: group is the baseline; "mixed": station i on the (i mod 3)-th version; the
+#: control is the baseline again, loadgen calls it "2.0.1#2": its ratio to the
+#: baseline shows how far two identical groups come apart in the same run)
+VERSION_GROUPS = {
+    "2.0.1": ["2.0.1"],
+    "1.6": ["1.6"],
+    "2.1": ["2.1"],
+    "mixed": ["1.6", "2.0.1", "2.1"],
+    "2.0.1#2": ["2.0.1"],
+}
+
+
+def versions_scenario(
+    systems: dict[str, Any], plan: dict[str, Any], results: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """Our node with N stations of each version, N mixed and N on 2.0.1 again, in turns.
+
+    For each action one generator (bench/loadgen.py ``--groups``) connects and
+    boots the N stations of every group, then lets the groups run in turns of a
+    few seconds, one group at a time, in rounds of one turn per group whose
+    orders form Williams squares (``loadgen.rotation_order``); the fifth group,
+    2.0.1 again, is the control. Separate runs of 20 s each, 2.0.1 before and
+    after each other version, did not do on this shared machine: its speed
+    moved by a factor of two to five within minutes, so that two 2.0.1 runs a
+    minute apart differed more than the versions. Each turn's CPU is read from
+    the Sampler's samples (every 0.1 s, interpolated at the turn's edges).
+
+    Runs alone (the other systems stopped). The payloads of every version are
+    checked against the engine's schemas first (bench/check_payloads.py). Each
+    group's first turn is not recorded (warm-up).
+    """
+    vplan = plan["versions"]
+    problems = check_payloads.check()
+    if problems:
+        raise RuntimeError("bench payloads not schema-valid: " + "; ".join(problems))
+    ours = systems["ours"]
+    block: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+        "plan": vplan,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "runs": [],
+    }
+    results["versions"] = block
+    started = time.time()
+    with others_paused(systems, keep="ours"):
+        for action in vplan["actions"]:
+            versions_run(ours, action, vplan, block)
+            save(results)
+    block["elapsed_s"] = round(time.time() - started)
+    block["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    save(results)
+
+
+def versions_run(system: Any, action: str, vplan: dict[str, Any], block: dict[str, Any]) -> None:
+    n = vplan["n"]
+    args = [
+        "--stations",
+        str(n),
+        "--action",
+        action,
+        "--groups",
+        "/".join(",".join(versions) for versions in VERSION_GROUPS.values()),
+        "--rounds",
+        str(vplan["rounds"]),
+        "--slice",
+        str(vplan["slice_s"]),
+        "--settle",
+        str(vplan["settle_s"]),
+        "--warm-turn",
+        str(vplan["warm_turn_s"]),
+        "--connect-timeout",
+        "90",
+    ]
+    turns = vplan["rounds"] * len(VERSION_GROUPS)
+    log(
+        f"versions: {action}, {len(VERSION_GROUPS)} groups of N={n} "
+        f"({', '.join(VERSION_GROUPS)}), {turns} turns of {vplan['slice_s']} s"
+    )
+    before = wakeup_probe()
+    timeout = (turns + len(VERSION_GROUPS)) * (vplan["slice_s"] + 35) + 300
+    r = run_loadgen(system, args, timeout=timeout, every=0.1)
+    r.update(action=action, n=n, system="ours", wakeup_before=before, wakeup_after=wakeup_probe())
+    block["runs"].append(r)
+    for label, group in r["groups"].items():
+        lat = group["latency_ms"]
+        daemon = report.cpu_us_per_rt_turns(r, label, ("daemon",))
+        log(
+            f"  -> {label}: {group['rps']:.0f} rt/s over {group['slices']} turns, p50 "
+            f"{lat['p50']} p99 {lat['p99']} ms, daemon {daemon and round(daemon, 1)} µs CPU per rt"
+        )
+    log(
+        f"  connected {r['connected']}/{r['stations']}, failed {r['failed']}, lost {r['lost']}, "
+        f"callerrors {r['callerrors']}"
+    )
     time.sleep(1)
 
 
@@ -728,6 +855,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-capacity", action="store_true")
     p.add_argument("--no-cs", action="store_true")
+    p.add_argument(
+        "--no-versions", action="store_true", help="skip the OCPP versions scenario (ours only)"
+    )
+    p.add_argument(
+        "--versions-only",
+        action="store_true",
+        help="run only the versions scenario; the other results of "
+        "bench/results/last-run.json are kept",
+    )
+    p.add_argument(
+        "--versions-rounds",
+        type=int,
+        help="versions scenario: rounds of one turn per group (2.0.1, 1.6, 2.1, mixed, "
+        "2.0.1 again) per action (default 20; quick 5)",
+    )
+    p.add_argument(
+        "--versions-turn",
+        type=float,
+        help="versions scenario: seconds per turn, the first 0.5 not recorded "
+        "(default 2.5; quick 2)",
+    )
     p.add_argument("--capacity-stations", type=int)
     p.add_argument("--capacity-duration", type=float)
     p.add_argument(
@@ -760,6 +908,25 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat or (1 if quick else 3),
         "others_paused": True,  # see others_paused()
     }
+    plan["versions"] = {
+        "actions": plan["actions"],
+        "n": 100,
+        "groups": VERSION_GROUPS,
+        # 5 groups: a Williams square of 10 rounds (5 in quick: places balanced only)
+        "rounds": args.versions_rounds or (5 if quick else 20),
+        "slice_s": args.versions_turn or (2.0 if quick else 2.5),
+        "settle_s": 0.5,
+        # each group's unrecorded turn first (after --versions-only the system has just
+        # started); not a separate warm-up run: stations that had been connected before
+        # (the same cbIds) made 6-9 % more round trips/s than new ones (an A/A check,
+        # bench/notes.md), so every group's stations are new or none are
+        "warm_turn_s": 3.0 if quick else 5.0,
+        "accepted": flows.OCPP_VERSIONS,
+    }
+    if args.versions_only:
+        args.systems = "ours"
+        args.no_load = args.no_capacity = args.no_cs = True
+        args.no_versions = False
     nofile = raise_nofile()
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -774,14 +941,32 @@ def main(argv: list[str] | None = None) -> int:
         "capacity": [],
         "cs_side": None,
     }
+    # what the versions block keeps of this run (the rest may be an earlier run's)
+    meta = {k: results[k] for k in ("command", "note", "machine")}
+    if args.versions_only and RESULTS.is_file():
+        # only the versions block is new: the rest of the last run stays as it was
+        kept = json.loads(RESULTS.read_text())
+        kept.pop("versions", None)
+        results = kept
     wanted = args.systems.split(",")
+    run_versions = not args.no_versions and "ours" in wanted
+    if not args.no_versions and not run_versions:
+        log("versions scenario skipped: it measures ours, which is not among --systems")
+    if run_versions:
+        results["plan"]["versions"] = plan["versions"]
     systems: dict[str, Any] = {}
     try:
         for name in wanted:
             log(f"starting {name}")
             sysobj: Any = NullSystem() if name == "null" else NodeRedSystem(name, WORK / name)
             sysobj.start()
-            sysobj.deploy_csms(max(plan["capacity_stations"], max(plan["stations"])))
+            sysobj.deploy_csms(
+                max(
+                    plan["capacity_stations"],
+                    max(plan["stations"]),
+                    len(VERSION_GROUPS) * plan["versions"]["n"],  # loadgen --groups
+                )
+            )
             systems[name] = sysobj
         if not args.no_load:
             load_scenarios(systems, plan, results, args.profile)
@@ -790,14 +975,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_cs and "null" in systems:
             with others_paused(systems, keep="null"):
                 cs_side(systems["null"], plan, results)
+        if run_versions:
+            versions_scenario(systems, plan, results, meta)
     finally:
         for s in systems.values():
             s.stop()
-    results["elapsed_s"] = round(time.time() - started)
-    results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if not args.versions_only:
+        results["elapsed_s"] = round(time.time() - started)
+        results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     save(results)
     report.write(results)
-    log(f"done in {results['elapsed_s']} s: {RESULTS.relative_to(REPO)}, docs/benchmarks.md")
+    took = round(time.time() - started)
+    log(f"done in {took} s: {RESULTS.relative_to(REPO)}, docs/benchmarks.md")
     return 0
 
 
