@@ -150,7 +150,9 @@ validate: pack
 
 # Benchmark (not part of `make test`): ocpp-nodes vs the old npm package vs a
 # do-nothing server; writes docs/benchmarks.md and docs/benchmarks.png. A full
-# run takes about 18 minutes; `make bench BENCH_ARGS=--quick` about 4.
+# run took 55 minutes here (its last run: bench/results/last-run.json,
+# elapsed_s), of which about 9 were the OCPP versions scenario;
+# `make bench BENCH_ARGS=--versions-only` runs just that one.
 BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.ocpp-nodes-bench-installed
 
