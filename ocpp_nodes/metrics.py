@@ -9,11 +9,15 @@ lists every metric). Theory of operation:
    engine's own event loop: a scrape reads the nodes' tables on the thread
    that changes them, so it needs no lock and sees no half-made change.
 2. What is counted as it happens (messages, CALLERRORs, round trips,
-   handshakes, disconnects, hop times) is counted in the session and node
-   layers through a :class:`NodeMeter` per node and a :class:`LinkMeter` per
-   connection; both cache the child metrics of their labels, so a message
-   costs a dict lookup and an ``inc`` or ``observe``, never a ``labels()``
-   call. The OCPP core (``ocpp_nodes.rpc``) knows nothing of this.
+   handshakes, disconnects) is counted in the session and node layers
+   through a :class:`NodeMeter` per node and a :class:`LinkMeter` per
+   connection, into plain dicts of ints and :class:`Tally` histograms that
+   :class:`_TallyCollector` turns into Prometheus families at scrape time. A
+   message costs a dict update or a bisect (about 1.5 µs a round trip, where
+   prometheus_client's ``Counter``/``Histogram`` children, with their locks,
+   cost about 5 µs: docs/benchmarks.md). The OCPP core (``ocpp_nodes.rpc``)
+   knows nothing of this. Rare events (hop-time samples, the loop's lag) use
+   prometheus_client's own metrics.
 3. What is a state (stations connected, calls outstanding and queued, the
    offline queue, whether each node is up) is read from the nodes at scrape
    time by :class:`_StateCollector`: nothing on the hot path.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +52,13 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .rpc import (
     CallReceived,
@@ -132,48 +142,79 @@ def handshake_outcome(status: int | str) -> str:
     return _STATUS_OUTCOMES.get(status, "other")
 
 
+class Tally:
+    """A histogram kept as plain numbers; exported at scrape time.
+
+    ``observe`` is a bisect and two additions: a prometheus_client
+    ``Histogram`` takes a lock and walks its buckets per observation, which
+    cost several per cent of the engine's CPU per round trip (docs/benchmarks.md).
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: over every bound
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, ``+Inf`` last."""
+        out = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((floatToGoString(bound), float(running)))
+        return out
+
+
 class LinkMeter:
     """Counts what crosses one connection (a session holds one).
 
-    The session calls it; every method is on the hot path and does only
-    cached lookups.
+    The session calls it; every method is on the hot path and only adds to
+    plain dicts of its node and version (:class:`VersionTally`).
     """
 
-    __slots__ = ("_node", "_version", "_codes", "_station_in", "_station_out")
+    __slots__ = ("_tally", "_codes", "_station")
 
     def __init__(self, node: NodeMeter, version: OcppVersion, cb_id: str) -> None:
-        self._node = node
-        self._version = node.version_meter(version)
+        self._tally = node.version_tally(version)
         self._codes = version.error_code_names
-        station = node.station_counters(cb_id) if node.metrics.station_labels else None
-        self._station_in, self._station_out = station if station else (None, None)
+        #: [in, out] of this station (``stationLabels`` only)
+        self._station = node.station_tally(cb_id) if node.metrics.station_labels else None
 
     # -- out -------------------------------------------------------------------
 
     def call_sent(self, action: str) -> None:
         """Our CALL was handed to the connection (sent now, or queued behind another)."""
-        self._version.out("CALL", action).inc()
-        if self._station_out is not None:
-            self._station_out.inc()
+        self._count(("out", "CALL", action))
+        if self._station is not None:
+            self._station[1] += 1
 
     def send_sent(self, action: str) -> None:
-        self._version.out("SEND", action).inc()
-        if self._station_out is not None:
-            self._station_out.inc()
+        self._count(("out", "SEND", action))
+        if self._station is not None:
+            self._station[1] += 1
 
     def answered(self, request: UnansweredCall, waited: float, code: str | None) -> None:
         """The flow answered a received CALL after ``waited`` s: a CALLRESULT, or
         a CALLERROR of ``code``."""
-        version = self._version
+        tally = self._tally
         action = request.action
         if code is None:
-            version.out("CALLRESULT", action).inc()
+            self._count(("out", "CALLRESULT", action))
         else:
-            version.out("CALLERROR", action).inc()
-            version.error("out", code if code in self._codes else "other").inc()
-        version.answer_time(action).observe(waited)
-        if self._station_out is not None:
-            self._station_out.inc()
+            self._count(("out", "CALLERROR", action))
+            self._error(("out", code if code in self._codes else "other"))
+        answers = tally.answers.get(action)
+        if answers is None:
+            answers = tally.answers[action] = Tally(ROUND_TRIP_BUCKETS)
+        answers.observe(waited)
+        if self._station is not None:
+            self._station[1] += 1
 
     # -- in ----------------------------------------------------------------------
 
@@ -182,139 +223,116 @@ class LinkMeter:
     ) -> None:
         """What one received message meant; ``outstanding`` was our CALL on the
         wire before it came (sent at ``sent_at``), whose answer it may be."""
-        version = self._version
-        if self._station_in is not None:
-            self._station_in.inc()
+        if self._station is not None:
+            self._station[0] += 1
         for event in events:
             kind = type(event)
             if kind is CallReceived:
-                version.incoming("CALL", event.action).inc()  # type: ignore[union-attr]
-            elif kind is ResultReceived or kind is ResultInvalid:
-                version.incoming("CALLRESULT", event.action).inc()  # type: ignore[union-attr]
-                self._round_trip(event, outstanding, sent_at, now)  # type: ignore[arg-type]
-            elif kind is ErrorReceived:
-                assert isinstance(event, ErrorReceived)
-                version.incoming("CALLERROR", event.action).inc()
-                version.error("in", self._code(event.error_code)).inc()
-                self._round_trip(event, outstanding, sent_at, now)
+                self._count(("in", "CALL", event.action))  # type: ignore[union-attr]
+            elif kind is ResultReceived or kind is ResultInvalid or kind is ErrorReceived:
+                action = event.action  # type: ignore[union-attr]
+                if kind is ErrorReceived:
+                    self._count(("in", "CALLERROR", action))
+                    self._error(("in", self._code(event.error_code)))  # type: ignore[union-attr]
+                else:
+                    self._count(("in", "CALLRESULT", action))
+                if outstanding is not None and outstanding.message_id == event.message_id:  # type: ignore[union-attr]
+                    trips = self._tally.round_trips.get(action)
+                    if trips is None:
+                        trips = self._tally.round_trips[action] = Tally(ROUND_TRIP_BUCKETS)
+                    trips.observe(now - sent_at)
             elif kind is SendReceived:
-                version.incoming("SEND", event.action).inc()  # type: ignore[union-attr]
+                self._count(("in", "SEND", event.action))  # type: ignore[union-attr]
             elif kind is ResultRefused:
                 assert isinstance(event, ResultRefused)
-                version.incoming("CALLRESULTERROR", event.action or "unknown").inc()
-                version.error("in", self._code(event.error_code)).inc()
+                self._count(("in", "CALLRESULTERROR", event.action or "unknown"))
+                self._error(("in", self._code(event.error_code)))
             elif kind is PeerError:
                 assert isinstance(event, PeerError)
-                version.incoming("invalid", "unknown").inc()
+                self._count(("in", "invalid", "unknown"))
                 if event.answer is not None:  # the core answered it with a CALLERROR
-                    version.out("CALLERROR", "unknown").inc()
-                    version.error("out", self._code(event.answer.error_code)).inc()
+                    self._count(("out", "CALLERROR", "unknown"))
+                    self._error(("out", self._code(event.answer.error_code)))
             elif kind is UnexpectedAnswer:
                 assert isinstance(event, UnexpectedAnswer)
-                version.incoming(_TYPE_NAMES.get(event.message_type, "other"), "unknown").inc()
+                self._count(("in", _TYPE_NAMES.get(event.message_type, "other"), "unknown"))
             else:
                 self.expired(event)
 
     def expired(self, event: Event) -> None:
         """A deadline passed: our CALL got no answer, or the flow gave none."""
         if isinstance(event, CallTimedOut):
-            self._version.timeouts(event.action).inc()
+            _add(self._tally.timeouts, event.action)
         elif isinstance(event, RequestExpired):
-            self._version.expired(event.action).inc()
+            _add(self._tally.expired, event.action)
+
+    def closed(self, by_peer: bool) -> None:
+        """The connection ended; ``by_peer``: not because our node stopped."""
+        if by_peer:
+            self._tally.disconnects += 1
+
+    def _count(self, key: tuple[str, str, str]) -> None:
+        messages = self._tally.messages
+        messages[key] = messages.get(key, 0) + 1
+
+    def _error(self, key: tuple[str, str]) -> None:
+        errors = self._tally.errors
+        errors[key] = errors.get(key, 0) + 1
 
     def _code(self, code: str) -> str:
         return code if code in self._codes else "other"
 
-    def _round_trip(
-        self,
-        event: ResultReceived | ResultInvalid | ErrorReceived,
-        outstanding: OutgoingCall | None,
-        sent_at: float,
-        now: float,
-    ) -> None:
-        if outstanding is not None and outstanding.message_id == event.message_id:
-            self._version.round_trip(event.action).observe(now - sent_at)
 
-    def closed(self, by_peer: bool) -> None:
-        """The connection ended; ``by_peer``: not because our node stopped or closed it."""
-        if by_peer:
-            self._version.disconnects.inc()
+def _add(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
-class _VersionMeter:
-    """The child metrics of one node and one OCPP version, made on first use."""
+class VersionTally:
+    """What the links of one node and one OCPP version counted, as plain numbers."""
 
-    def __init__(self, metrics: EngineMetrics, node_id: str, version: str) -> None:
-        self._metrics = metrics
-        self._labels = (node_id, version)
-        self._in: dict[tuple[str, str], Any] = {}
-        self._out: dict[tuple[str, str], Any] = {}
-        self._errors: dict[tuple[str, str], Any] = {}
-        self._round_trips: dict[str, Any] = {}
-        self._answers: dict[str, Any] = {}
-        self._timeouts: dict[str, Any] = {}
-        self._expired: dict[str, Any] = {}
-        self.disconnects = metrics.disconnects.labels(node_id, version)
+    __slots__ = (
+        "messages",
+        "errors",
+        "round_trips",
+        "answers",
+        "timeouts",
+        "expired",
+        "disconnects",
+    )
 
-    def incoming(self, kind: str, action: str) -> Any:
-        child = self._in.get((kind, action))
-        if child is None:
-            child = self._in[kind, action] = self._metrics.messages.labels(
-                *self._labels, "in", kind, action
-            )
-        return child
-
-    def out(self, kind: str, action: str) -> Any:
-        child = self._out.get((kind, action))
-        if child is None:
-            child = self._out[kind, action] = self._metrics.messages.labels(
-                *self._labels, "out", kind, action
-            )
-        return child
-
-    def error(self, direction: str, code: str) -> Any:
-        child = self._errors.get((direction, code))
-        if child is None:
-            child = self._errors[direction, code] = self._metrics.callerrors.labels(
-                *self._labels, direction, code
-            )
-        return child
-
-    def round_trip(self, action: str) -> Any:
-        return self._child(self._round_trips, self._metrics.round_trips, action)
-
-    def answer_time(self, action: str) -> Any:
-        return self._child(self._answers, self._metrics.answer_times, action)
-
-    def timeouts(self, action: str) -> Any:
-        return self._child(self._timeouts, self._metrics.timeouts, action)
-
-    def expired(self, action: str) -> Any:
-        return self._child(self._expired, self._metrics.expired, action)
-
-    def _child(self, cache: dict[str, Any], metric: Any, action: str) -> Any:
-        child = cache.get(action)
-        if child is None:
-            child = cache[action] = metric.labels(*self._labels, action)
-        return child
+    def __init__(self) -> None:
+        #: (direction, message type, action) -> messages
+        self.messages: dict[tuple[str, str, str], int] = {}
+        #: (direction, code) -> CALLERRORs
+        self.errors: dict[tuple[str, str], int] = {}
+        #: action -> round trips of our CALLs
+        self.round_trips: dict[str, Tally] = {}
+        #: action -> the flow's answer times
+        self.answers: dict[str, Tally] = {}
+        self.timeouts: dict[str, int] = {}
+        self.expired: dict[str, int] = {}
+        self.disconnects = 0
 
 
 class NodeMeter:
-    """The metrics of one node: what its links and its handshakes count."""
+    """The counts of one node: its links' (per version), its handshakes'."""
 
     def __init__(self, metrics: EngineMetrics, node_id: str) -> None:
         self.metrics = metrics
         self.node_id = node_id
-        self._versions: dict[str, _VersionMeter] = {}
-        self._handshakes: dict[str, Any] = {}
+        self.versions: dict[str, VersionTally] = {}
+        self.handshakes: dict[str, int] = {}
+        #: cbId -> [messages in, messages out] (``stationLabels`` only)
+        self.stations: dict[str, list[int]] = {}
 
-    def version_meter(self, version: OcppVersion) -> _VersionMeter:
-        meter = self._versions.get(version.name)
-        if meter is None:
-            meter = self._versions[version.name] = _VersionMeter(
-                self.metrics, self.node_id, version.name
-            )
-        return meter
+    def version_tally(self, version: OcppVersion) -> VersionTally:
+        tally = self.versions.get(version.name)
+        if tally is None:
+            tally = self.versions[version.name] = VersionTally()
+        return tally
+
+    def station_tally(self, cb_id: str) -> list[int]:
+        return self.stations.setdefault(cb_id, [0, 0])
 
     def link(self, version: OcppVersion, cb_id: str) -> LinkMeter:
         """The meter of a new connection of this node."""
@@ -324,16 +342,7 @@ class NodeMeter:
         """One connection attempt to a CSMS node ended so: "accepted", an HTTP
         status or close code (``StationListener.refused``), or a drop reason
         (``StationListener.dropped``: "rate_limited", "upgrade_timeout", "tls_failed")."""
-        label = handshake_outcome(outcome)
-        child = self._handshakes.get(label)
-        if child is None:
-            child = self._handshakes[label] = self.metrics.handshakes.labels(self.node_id, label)
-        child.inc()
-
-    def station_counters(self, cb_id: str) -> tuple[Any, Any]:
-        """(in, out) message counters of one station (``stationLabels`` only)."""
-        counter = self.metrics.station_messages
-        return counter.labels(self.node_id, cb_id, "in"), counter.labels(self.node_id, cb_id, "out")
+        _add(self.handshakes, handshake_outcome(outcome))
 
 
 class EngineMetrics:
@@ -349,57 +358,6 @@ class EngineMetrics:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.server: DaemonServer | None = None
         ProcessCollector(registry=registry)
-        by_version = ["node", "version"]
-        self.messages = Counter(
-            "ocpp_nodes_messages",
-            "OCPP-J messages received (direction=in) and sent (out), by message type and action",
-            [*by_version, "direction", "type", "action"],
-            registry=registry,
-        )
-        self.callerrors = Counter(
-            "ocpp_nodes_callerrors",
-            "CALLERRORs (and 2.1 CALLRESULTERRORs) received (in) and sent (out), by error code",
-            [*by_version, "direction", "code"],
-            registry=registry,
-        )
-        self.round_trips = Histogram(
-            "ocpp_nodes_call_duration_seconds",
-            "Round trip of our CALLs: sent on the wire until their answer came",
-            [*by_version, "action"],
-            buckets=ROUND_TRIP_BUCKETS,
-            registry=registry,
-        )
-        self.answer_times = Histogram(
-            "ocpp_nodes_answer_duration_seconds",
-            "How long the flow took to answer a received CALL (received until answer sent)",
-            [*by_version, "action"],
-            buckets=ROUND_TRIP_BUCKETS,
-            registry=registry,
-        )
-        self.timeouts = Counter(
-            "ocpp_nodes_call_timeouts",
-            "Our CALLs that got no answer within the message timeout",
-            [*by_version, "action"],
-            registry=registry,
-        )
-        self.expired = Counter(
-            "ocpp_nodes_answers_expired",
-            "Received CALLs the flow did not answer within the message timeout",
-            [*by_version, "action"],
-            registry=registry,
-        )
-        self.disconnects = Counter(
-            "ocpp_nodes_disconnects",
-            "Connections that ended other than by our node stopping (peer closed, lost, ping)",
-            by_version,
-            registry=registry,
-        )
-        self.handshakes = Counter(
-            "ocpp_nodes_handshakes",
-            "Connection attempts to CSMS nodes by outcome",
-            ["node", "outcome"],
-            registry=registry,
-        )
         self.hop = Histogram(
             "ocpp_nodes_shim_hop_seconds",
             "A sample of messages: entered the node in Node-RED until the engine handled it",
@@ -423,23 +381,19 @@ class EngineMetrics:
             "When this engine process started (Unix time)",
             registry=registry,
         ).set(time.time())
-        self.station_messages = Counter(
-            "ocpp_nodes_station_messages",
-            "OCPP-J messages per station (only with stationLabels: true)",
-            ["node", "station", "direction"],
-            registry=registry,
-        )
+        registry.register(_TallyCollector(self))
         registry.register(_StateCollector(self))
         self.last_lag = 0.0
         self._runner: web.AppRunner | None = None
         self._lag_task: asyncio.Task[None] | None = None
-        self._meters: dict[str, NodeMeter] = {}
+        self.meters: dict[str, NodeMeter] = {}
 
     def node(self, node_id: str) -> NodeMeter:
-        """The meter of a node (the same one for a node re-created with its id)."""
-        meter = self._meters.get(node_id)
+        """The meter of a node (the same one for a node re-created with its id, so
+        that its counters go on across redeploys)."""
+        meter = self.meters.get(node_id)
         if meter is None:
-            meter = self._meters[node_id] = NodeMeter(self, node_id)
+            meter = self.meters[node_id] = NodeMeter(self, node_id)
         return meter
 
     def hop_time(self, t0_ns: int) -> None:
@@ -543,6 +497,87 @@ def node_problem(node: OcppNode, status: tuple[str | None, str | None]) -> str |
     if node.type_name == "CS" and getattr(node, "client", None) is not None:
         return None
     return text or "down"
+
+
+class _TallyCollector(Collector):
+    """The counts of every node's meter (:class:`NodeMeter`), as Prometheus families."""
+
+    def __init__(self, metrics: EngineMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        by_version = ["node", "version"]
+        messages = CounterMetricFamily(
+            "ocpp_nodes_messages",
+            "OCPP-J messages received (direction=in) and sent (out), by message type and action",
+            labels=[*by_version, "direction", "type", "action"],
+        )
+        errors = CounterMetricFamily(
+            "ocpp_nodes_callerrors",
+            "CALLERRORs (and 2.1 CALLRESULTERRORs) received (in) and sent (out), by error code",
+            labels=[*by_version, "direction", "code"],
+        )
+        round_trips = HistogramMetricFamily(
+            "ocpp_nodes_call_duration_seconds",
+            "Round trip of our CALLs: sent on the wire until their answer came",
+            labels=[*by_version, "action"],
+        )
+        answers = HistogramMetricFamily(
+            "ocpp_nodes_answer_duration_seconds",
+            "How long the flow took to answer a received CALL (received until answer sent)",
+            labels=[*by_version, "action"],
+        )
+        timeouts = CounterMetricFamily(
+            "ocpp_nodes_call_timeouts",
+            "Our CALLs that got no answer within the message timeout",
+            labels=[*by_version, "action"],
+        )
+        expired = CounterMetricFamily(
+            "ocpp_nodes_answers_expired",
+            "Received CALLs the flow did not answer within the message timeout",
+            labels=[*by_version, "action"],
+        )
+        disconnects = CounterMetricFamily(
+            "ocpp_nodes_disconnects",
+            "Connections that ended other than by our node stopping (peer closed, lost, ping)",
+            labels=by_version,
+        )
+        handshakes = CounterMetricFamily(
+            "ocpp_nodes_handshakes",
+            "Connection attempts to CSMS nodes by outcome",
+            labels=["node", "outcome"],
+        )
+        stations = CounterMetricFamily(
+            "ocpp_nodes_station_messages",
+            "OCPP-J messages per station (only with stationLabels: true)",
+            labels=["node", "station", "direction"],
+        )
+        for node_id, meter in list(self.metrics.meters.items()):
+            for outcome, count in list(meter.handshakes.items()):
+                handshakes.add_metric([node_id, outcome], count)
+            for cb_id, (sent_in, sent_out) in list(meter.stations.items()):
+                stations.add_metric([node_id, cb_id, "in"], sent_in)
+                stations.add_metric([node_id, cb_id, "out"], sent_out)
+            for version, tally in list(meter.versions.items()):
+                labels = [node_id, version]
+                for key, count in list(tally.messages.items()):
+                    messages.add_metric([*labels, *key], count)
+                for code_key, count in list(tally.errors.items()):
+                    errors.add_metric([*labels, *code_key], count)
+                for family, tallies in ((round_trips, tally.round_trips), (answers, tally.answers)):
+                    for action, times in list(tallies.items()):
+                        family.add_metric([*labels, action], times.buckets(), times.total)
+                for family, counts in ((timeouts, tally.timeouts), (expired, tally.expired)):
+                    for action, count in list(counts.items()):
+                        family.add_metric([*labels, action], count)
+                disconnects.add_metric(labels, tally.disconnects)
+        yield from (messages, errors, round_trips, answers, timeouts, expired, disconnects)
+        yield handshakes
+        if self.metrics.station_labels:
+            yield stations
 
 
 class _StateCollector(Collector):
