@@ -37,7 +37,7 @@ pytestmark = pytest.mark.nodered
 TAB = "metrics"
 CSMS = "csms.m"
 PASSWORD = "metrics-secret-pw"
-STATIONS = ("MST201", "MST16", "MSTBAD")
+STATIONS = ("MST201", "MST16", "MSTBAD", "MSTCS")
 BOOT = {"reason": "PowerUp", "charging_station": {"model": "M", "vendor_name": "Tests"}}
 
 ANSWERS = """
@@ -55,7 +55,25 @@ _node = partial(node, tab=TAB)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def _cs(node_id: str, cb_id: str, target: str, **extra: Any) -> dict[str, Any]:
+    return _node(
+        node_id,
+        "CS",
+        [[], []],
+        cbId=cb_id,
+        csms=target,
+        auto_connect=True,
+        outputs=2,
+        ws_rt_minimum=1,
+        ws_rt_repeat=0,
+        ws_rt_rnd_range=0,
+        credentials={"csms_pw": PASSWORD},
+        **extra,
+    )
+
+
 def metrics_flow(csms_port: int, csms_extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    dead_port = free_port()  # nothing listens there: cs.off stays offline
     return [
         {"id": TAB, "type": "tab", "label": "metrics"},
         _node(
@@ -80,6 +98,19 @@ def metrics_flow(csms_port: int, csms_extra: dict[str, Any] | None = None) -> li
             func="const body = msg.payload; msg.payload = 'sent';\nreturn [{payload: body}, msg];",
         ),
         _node("http.out", "http response"),
+        _node("t.here", "target-csms", url=f"ws://127.0.0.1:{csms_port}/ocpp", name="here"),
+        _node("t.dead", "target-csms", url=f"ws://127.0.0.1:{dead_port}/ocpp", name="dead"),
+        # a CS node connected to csms.m, and one whose CSMS is down, keeping requests
+        _cs("cs.m", "MSTCS", "t.here"),
+        _cs("cs.off", "MSTOFF", "t.dead", offline_queue="all"),
+        _node("in.offline", "http in", [["fn.offline"]], url="/t/offline", method="post"),
+        _node(
+            "fn.offline",
+            "function",
+            [["cs.off"], ["http.out"]],
+            outputs=2,
+            func="const body = msg.payload; msg.payload = 'sent';\nreturn [{payload: body}, msg];",
+        ),
     ]
 
 
@@ -145,10 +176,19 @@ def node_red(tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> Ite
 
 
 @pytest.fixture(scope="module")
-def csms_port(node_red: NodeRed) -> int:
+def csms_port(node_red: NodeRed, metrics_port: int) -> int:
     port = free_port()
     node_red.deploy(metrics_flow(port))
-    node_red.wait_for_endpoint("POST", "/t/send", {})
+    node_red.wait_for_endpoint("POST", "/t/send", {})  # routed (the empty request fails)
+    scraper = Scraper(metrics_port)
+    wait_until(
+        lambda: (
+            scraper.get("/metrics")[0] == 200
+            and value(scraper.samples(), "ocpp_nodes_stations_connected", node="cs.m") == 1
+        ),
+        30,
+        what="cs.m to be connected to csms.m",
+    )
     return port
 
 
@@ -239,7 +279,7 @@ async def test_heartbeat_round_trip_moves_the_counters(
     )
     assert moved("ocpp_nodes_answer_duration_seconds_sum", **ours, action="Heartbeat") > 0
     assert value(after, "ocpp_nodes_handshakes_total", node=CSMS, outcome="accepted") >= 1
-    assert value(after, "ocpp_nodes_stations_connected", **ours) == 1
+    assert value(after, "ocpp_nodes_stations_connected", **ours) == 2  # MST201 and cs.m
     assert moved("ocpp_nodes_shim_hop_seconds_count") >= 1
     await until(  # measured every 0.5 s from the engine's start
         lambda: value(scraper.samples(), "ocpp_nodes_event_loop_lag_seconds_count") > 0,
@@ -378,10 +418,29 @@ async def test_callerrors_sent_count_by_code(scraper: Scraper, csms_port: int) -
     )
 
 
+async def test_cs_nodes_connection_and_offline_queue(node_red: NodeRed, scraper: Scraper) -> None:
+    samples = scraper.samples()
+    assert value(samples, "ocpp_nodes_stations_connected", node="cs.m", version="2.0.1") == 1
+    assert value(samples, "ocpp_nodes_stations_connected", node="cs.off") == 0
+    before = value(samples, "ocpp_nodes_offline_queue", node="cs.off")
+    status, _ = await asyncio.to_thread(
+        node_red.http, "POST", "/t/offline", {"command": "Heartbeat", "data": {}}
+    )
+    assert status == 200
+    await until(
+        lambda: value(scraper.samples(), "ocpp_nodes_offline_queue", node="cs.off") == before + 1,
+        "the kept request to be counted",
+    )
+    # a CS node that cannot reach its CSMS is not "down": the engine is healthy
+    samples = scraper.samples()
+    assert value(samples, "ocpp_nodes_node_up", node="cs.off", type="CS") == 1
+    assert scraper.health()[0] == 200
+
+
 def test_no_secret_and_no_station_in_any_label(scraper: Scraper) -> None:
     text = scraper.text()
     assert PASSWORD not in text
-    for cb_id in STATIONS:
+    for cb_id in (*STATIONS, "MSTOFF"):
         assert cb_id not in text  # stationLabels is off
     assert "ocpp_nodes_station_connected" not in text
 
