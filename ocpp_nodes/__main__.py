@@ -19,13 +19,15 @@ import ssl
 import stat
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import IPC_PROTOCOL, __version__, hop_trace, schemas
 from .ipc.server import DaemonServer
-from .metrics import EngineMetrics, parse_address
 from .rpc import VERSIONS
 from .schema_cache import DiskCodeCache, default_directory
+
+if TYPE_CHECKING:
+    from .metrics import EngineMetrics
 
 TOKEN_VARIABLE = "OCPP_NODES_TOKEN"
 
@@ -182,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics_at = None
     metrics = None
     if args.metrics:
+        # imported only when asked for: prometheus_client adds to every start
+        from .metrics import EngineMetrics, parse_address
+
         try:
             metrics_at = parse_address(args.metrics)
         except ValueError:
