@@ -139,6 +139,7 @@ class OcppSession:
 
     def _answered(self, request: UnansweredCall, error_code: str | None) -> None:
         assert self._meter is not None
+        # the core set the deadline when the CALL came: received + answer timeout
         received_at = request.deadline - self.connection.answer_timeout
         self._meter.answered(request, self._loop.time() - received_at, error_code)
 
@@ -194,6 +195,7 @@ class OcppSession:
                 else:
                     calls = self.connection.calls
                     outstanding = calls.outstanding  # what this message may answer
+                    # its deadline was set when it went on the wire: sent + call timeout
                     sent_at = (outstanding.deadline or 0.0) - calls.timeout if outstanding else 0.0
                     events = self.connection.receive_text(text, now)
                     self._meter.received(events, outstanding, sent_at, now)
