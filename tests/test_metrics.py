@@ -18,11 +18,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from ocpp_nodes.metrics import handshake_outcome
+from ocpp_nodes.metrics import MAX_HEALTHY_LAG_S, EngineMetrics, handshake_outcome
+from ocpp_nodes.rpc import V201, OcppConnection, Role
 from tests.common import answer_requests, auth_header, start_csms
 from tests.shim_double import ShimDouble, free_port
+from tests.test_metrics_nodered import value
 from tests.test_security_socket import LoggedDaemon
 
 PASSWORD = "station-secret-9"
@@ -149,3 +153,39 @@ def test_handshake_outcomes_are_bounded() -> None:
     assert handshake_outcome(418) == "other"
     assert handshake_outcome("tls_failed") == "tls_failed"
     assert handshake_outcome("anything a peer says") == "other"
+
+
+def test_labels_stay_bounded_whatever_a_peer_sends() -> None:
+    """Codes a version does not have become "other"; an unknown action never becomes a label."""
+    metrics = EngineMetrics()
+    meter = metrics.node("n").link(V201, "CP1")
+    connection = OcppConnection(V201, Role.CSMS)
+    call = connection.send_call("Reset", {"type": "Immediate"}, 0.0)
+    events = connection.receive_text(
+        json.dumps([4, call.message_id, "Bogus<script>", "x", {}]), 0.25
+    )
+    meter.received(events, call, 0.0, 0.25)
+    unknown = connection.receive_text(json.dumps([2, "u1", "NoSuchAction", {}]), 0.3)
+    meter.received(unknown, None, 0.0, 0.3)
+    text = generate_latest(metrics.registry).decode()
+    assert "Bogus" not in text and "NoSuchAction" not in text
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    ours = {"node": "n", "version": "2.0.1"}
+    assert value(samples, "ocpp_nodes_callerrors_total", **ours, direction="in", code="other") == 1
+    assert (
+        value(samples, "ocpp_nodes_callerrors_total", direction="out", code="NotImplemented") == 1
+    )
+    assert value(samples, "ocpp_nodes_call_duration_seconds_bucket", action="Reset", le="0.25") == 1
+    assert value(samples, "ocpp_nodes_call_duration_seconds_bucket", action="Reset", le="0.1") == 0
+    assert value(samples, "ocpp_nodes_messages_total", type="invalid", action="unknown") == 1
+
+
+def test_health_names_a_late_event_loop() -> None:
+    metrics = EngineMetrics()
+    assert metrics.health_problems() == ["no Node-RED shim is connected"]
+    metrics.last_lag = MAX_HEALTHY_LAG_S + 0.5
+    assert any("event loop 1.50 s late" in problem for problem in metrics.health_problems())
