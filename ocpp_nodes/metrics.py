@@ -83,7 +83,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HOST",
-    "DEFAULT_PORT",
     "EngineMetrics",
     "HANDSHAKE_OUTCOMES",
     "LinkMeter",
@@ -95,7 +94,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9464
 #: /health says 503 when the event loop was this late (seconds) at its last check.
 MAX_HEALTHY_LAG_S = 1.0
 #: how often the event loop's lag is measured (seconds)
@@ -226,35 +224,31 @@ class LinkMeter:
         if self._station is not None:
             self._station[0] += 1
         for event in events:
-            kind = type(event)
-            if kind is CallReceived:
-                self._count(("in", "CALL", event.action))  # type: ignore[union-attr]
-            elif kind is ResultReceived or kind is ResultInvalid or kind is ErrorReceived:
-                action = event.action  # type: ignore[union-attr]
-                if kind is ErrorReceived:
+            if isinstance(event, CallReceived):
+                self._count(("in", "CALL", event.action))
+            elif isinstance(event, (ResultReceived, ResultInvalid, ErrorReceived)):
+                action = event.action
+                if isinstance(event, ErrorReceived):
                     self._count(("in", "CALLERROR", action))
-                    self._error(("in", self._code(event.error_code)))  # type: ignore[union-attr]
+                    self._error(("in", self._code(event.error_code)))
                 else:
                     self._count(("in", "CALLRESULT", action))
-                if outstanding is not None and outstanding.message_id == event.message_id:  # type: ignore[union-attr]
+                if outstanding is not None and outstanding.message_id == event.message_id:
                     trips = self._tally.round_trips.get(action)
                     if trips is None:
                         trips = self._tally.round_trips[action] = Tally(ROUND_TRIP_BUCKETS)
                     trips.observe(now - sent_at)
-            elif kind is SendReceived:
-                self._count(("in", "SEND", event.action))  # type: ignore[union-attr]
-            elif kind is ResultRefused:
-                assert isinstance(event, ResultRefused)
+            elif isinstance(event, SendReceived):
+                self._count(("in", "SEND", event.action))
+            elif isinstance(event, ResultRefused):
                 self._count(("in", "CALLRESULTERROR", event.action or "unknown"))
                 self._error(("in", self._code(event.error_code)))
-            elif kind is PeerError:
-                assert isinstance(event, PeerError)
+            elif isinstance(event, PeerError):
                 self._count(("in", "invalid", "unknown"))
                 if event.answer is not None:  # the core answered it with a CALLERROR
                     self._count(("out", "CALLERROR", "unknown"))
                     self._error(("out", self._code(event.answer.error_code)))
-            elif kind is UnexpectedAnswer:
-                assert isinstance(event, UnexpectedAnswer)
+            elif isinstance(event, UnexpectedAnswer):
                 self._count(("in", _TYPE_NAMES.get(event.message_type, "other"), "unknown"))
             else:
                 self.expired(event)
