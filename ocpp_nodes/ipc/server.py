@@ -31,13 +31,16 @@ import sqlite3
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import IPC_PROTOCOL, __version__
 from ..nodes import NODE_TYPES, NodeServices, NodeSpec, OcppNode
 from ..nodes.offline_store import OfflineStore
 from ..transport import LocalTransports, Transports
 from .framing import FrameDecoder, IpcFrameError, encode
+
+if TYPE_CHECKING:
+    from ..metrics import EngineMetrics
 
 __all__ = ["DaemonServer", "FrameHost", "ShimConnection"]
 
@@ -60,6 +63,7 @@ class FrameHost:
     def status(
         self, fill: str | None = None, shape: str | None = None, text: str | None = None
     ) -> None:
+        self.connection.statuses[self.node_id] = (fill, text)  # for /health
         frame: dict[str, Any] = {"t": "status", "node": self.node_id}
         for key, value in (("fill", fill), ("shape", shape), ("text", text)):
             if value is not None:
@@ -102,13 +106,18 @@ class ShimConnection(asyncio.Protocol):
         token: str,
         transports: Transports | None = None,
         on_lost: Callable[[ShimConnection], None] | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.token = token
+        self.metrics = metrics
         self.services = NodeServices(
             transports=transports if transports is not None else LocalTransports(),
             offline_store=self._store,
+            metrics=metrics,
         )
         self.nodes: dict[str, OcppNode] = {}
+        #: each node's last status (fill, text), for /health
+        self.statuses: dict[str, tuple[str | None, str | None]] = {}
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder()
@@ -127,6 +136,11 @@ class ShimConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._winding_down: asyncio.Task[None] | None = None
+
+    @property
+    def greeted(self) -> bool:
+        """True once the shim's hello was accepted."""
+        return self._greeted and not self._ended
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -313,6 +327,10 @@ class ShimConnection(asyncio.Protocol):
         return False
 
     def _input(self, frame: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            stamp = frame.get("hop_t0")  # the shim stamps a sample of inputs
+            if type(stamp) is int:
+                self.metrics.hop_time(stamp)
         node_id = str(frame.get("node"))
         seq = frame.get("seq")
         if not isinstance(seq, int):
@@ -367,6 +385,7 @@ class ShimConnection(asyncio.Protocol):
 
     async def _close(self, node_id: str, answer: bool = True) -> None:
         node = self.nodes.pop(node_id, None)
+        self.statuses.pop(node_id, None)
         try:
             if node is not None:
                 await node.stop()
@@ -423,6 +442,7 @@ class DaemonServer:
         transports: what the nodes of every shim get their servers and clients from.
         connection_class: the protocol of one shim's connection (a subclass
             observes inputs for the benchmark).
+        metrics: the engine's metrics, handed to every node; ``None``: off.
     """
 
     def __init__(
@@ -430,10 +450,12 @@ class DaemonServer:
         token: str,
         transports: Transports | None = None,
         connection_class: type[ShimConnection] = ShimConnection,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.token = token
         self.transports = transports if transports is not None else LocalTransports()
         self.connection_class = connection_class
+        self.metrics = metrics
         self.connections: set[ShimConnection] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -459,7 +481,7 @@ class DaemonServer:
 
     def _accept(self) -> ShimConnection:
         connection = self.connection_class(
-            self.token, self.transports, on_lost=self.connections.discard
+            self.token, self.transports, on_lost=self.connections.discard, metrics=self.metrics
         )
         self.connections.add(connection)
         return connection

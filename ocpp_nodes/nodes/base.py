@@ -135,10 +135,13 @@ class NodeServices:
         transports: where the node gets its server or client.
         offline_store: the store of requests kept while offline for a user
             directory (``None``: one in memory).
+        metrics: the engine's metrics (``ocpp_nodes.metrics.EngineMetrics``),
+            ``None`` when they are off.
     """
 
     transports: Transports = field(default_factory=LocalTransports)
     offline_store: Callable[[str | None], OfflineStore | None] = lambda user_dir: None
+    metrics: Any = None
 
 
 class InputError(Exception):
@@ -271,13 +274,14 @@ class ConnectionSettings:
             or default.max_frame_size,
         )
 
-    def link_options(self, log_frames: bool) -> LinkOptions:
+    def link_options(self, log_frames: bool, meter: Any = None) -> LinkOptions:
         return LinkOptions(
             call_timeout=self.message_timeout,
             answer_timeout=self.message_timeout,
             max_queued=self.queue_size,
             max_frame_size=self.max_frame_size,
             log_frames=log_frames,
+            meter=meter,
         )
 
 
@@ -309,7 +313,9 @@ class OcppNode:
         self.transports = services.transports
         self.logging_enabled = bool(spec.config.get("ocpp_logging"))
         self.settings = ConnectionSettings.from_config(spec.config)
-        self.link_options = self.settings.link_options(log_frames=self.logging_enabled)
+        #: counts this node's messages and handshakes (ocpp_nodes.metrics.NodeMeter), or None
+        self.meter = None if services.metrics is None else services.metrics.node(spec.node_id)
+        self.link_options = self.settings.link_options(self.logging_enabled, self.meter)
         self.security_profile = security_profile(spec.config)
         self.tasks = BackgroundTasks()
         # what each request of ours needs back with its answer, by link and message id

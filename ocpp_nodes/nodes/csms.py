@@ -266,6 +266,8 @@ class CsmsNode(OcppNode):
 
     def refused(self, status: int, remote: str) -> None:
         self._refusals.count(status, remote)
+        if self.meter is not None:
+            self.meter.handshake(status)
 
     def authenticate(
         self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
@@ -300,6 +302,8 @@ class CsmsNode(OcppNode):
             await previous.close(1000, "replaced by a newer connection")
         self.stations[cb_id] = link
         self.connected_since[cb_id] = datetime.now(timezone.utc).isoformat()
+        if self.meter is not None:
+            self.meter.handshake("accepted")
         self._show_connection_count()
         self._announce(cb_id, "ONLINE", link.remote)
 

@@ -32,6 +32,8 @@ class LinkOptions:
         max_queued: our CALLs that may wait behind the outstanding one.
         max_frame_size: largest frame (UTF-8 bytes) sent or accepted.
         log_frames: whether the listener's ``link_frame`` hears every frame.
+        meter: what counts the link's messages (``ocpp_nodes.metrics.NodeMeter``);
+            ``None`` when metrics are off.
     """
 
     call_timeout: float = 30.0
@@ -39,6 +41,7 @@ class LinkOptions:
     max_queued: int = 1000
     max_frame_size: int = 1024 * 1024
     log_frames: bool = False
+    meter: Any = None
 
 
 class PendingCall(NamedTuple):

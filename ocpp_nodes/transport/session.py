@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
-from ..rpc import Event, OcppConnection, OcppVersion, Role
+from ..rpc import Event, OcppConnection, OcppVersion, Role, UnansweredCall
 from .link import LinkListener, LinkOptions, PendingCall
 
 __all__ = ["OcppSession", "TextSocket", "SocketClosed"]
@@ -92,6 +92,8 @@ class OcppSession:
         self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # counts what crosses the link (ocpp_nodes.metrics.LinkMeter); None: metrics off
+        self._meter = None if options.meter is None else options.meter.link(version, cb_id)
 
     # -- the StationLink --------------------------------------------------------
 
@@ -102,22 +104,44 @@ class OcppSession:
     def send_call(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
         call = self.connection.send_call(action, payload, self._loop.time(), message_id=message_id)
         self._flush()
+        if self._meter is not None:
+            self._meter.call_sent(action)
         return call.message_id
 
     def send_unconfirmed(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
         sent = self.connection.send_unconfirmed(action, payload, message_id=message_id)
         self._flush()
+        if self._meter is not None:
+            self._meter.send_sent(action)
         return sent
 
     def send_result(self, message_id: str, payload: Any) -> None:
+        request = self._request(message_id)
         self.connection.send_result(message_id, payload)
         self._flush()
+        if request is not None:
+            self._answered(request, None)
 
     def send_error(
         self, message_id: str, error_code: str, description: str = "", details: Any = None
     ) -> None:
+        request = self._request(message_id)
         self.connection.send_error(message_id, error_code, description, details)
         self._flush()
+        if request is not None:
+            self._answered(request, error_code)
+
+    def _request(self, message_id: Any) -> UnansweredCall | None:
+        """The received CALL an answer is for, when metrics count it (else None)."""
+        if self._meter is None or not isinstance(message_id, str):
+            return None
+        return self.connection.received.get(message_id)
+
+    def _answered(self, request: UnansweredCall, error_code: str | None) -> None:
+        assert self._meter is not None
+        # the core set the deadline when the CALL came: received + answer timeout
+        received_at = request.deadline - self.connection.answer_timeout
+        self._meter.answered(request, self._loop.time() - received_at, error_code)
 
     def awaits_answer(self, message_id: Any) -> bool:
         return self.connection.awaits_answer(message_id)
@@ -149,6 +173,8 @@ class OcppSession:
         try:
             reason = await self._read()
         finally:
+            if self._meter is not None:
+                self._meter.closed(reason is not None)
             self.listener.link_closed(self, reason)
         return reason
 
@@ -163,7 +189,16 @@ class OcppSession:
                     break
                 if self._log_frames:
                     self._log_frame(text if isinstance(text, str) else repr(text), True)
-                events = self.connection.receive_text(text, self._loop.time())
+                now = self._loop.time()
+                if self._meter is None:
+                    events = self.connection.receive_text(text, now)
+                else:
+                    calls = self.connection.calls
+                    outstanding = calls.outstanding  # what this message may answer
+                    # its deadline was set when it went on the wire: sent + call timeout
+                    sent_at = (outstanding.deadline or 0.0) - calls.timeout if outstanding else 0.0
+                    events = self.connection.receive_text(text, now)
+                    self._meter.received(events, outstanding, sent_at, now)
                 self._flush()
                 self._deliver(events)
         finally:
@@ -259,6 +294,9 @@ class OcppSession:
         self._timer_at = None
         events = self.connection.expire(self._loop.time())
         self._flush()
+        if self._meter is not None:
+            for event in events:
+                self._meter.expired(event)
         self._deliver(events)
 
     def _log_frame(self, text: str, from_peer: bool) -> None:

@@ -571,3 +571,54 @@ test("input frames carry hop_t0 only when OCPP_NODES_HOP_TRACE is set", () => {
   env.OCPP_NODES_HOP_TRACE = path.join(root, "no-such-dir", "hops");
   assert.equal(execFileSync(process.execPath, ["-e", script], { env, encoding: "utf8" }), "number");
 });
+
+test("with ocppNodes.metrics one input in 64 carries hop_t0, and each engine knows the restarts before it", () => {
+  const RED = {
+    log: { debug() {}, info() {}, warn() {}, error() {} },
+    settings: { ocppNodes: { metrics: { port: 9464 } } },
+  };
+  const made = [];
+  const clock = fakeClock();
+  const client = new DaemonClient(RED, {
+    makeEngine(red, handlers) {
+      made.push(handlers.restarts);
+      const engine = new FakeEngine(red, handlers);
+      made.engine = engine;
+      return engine;
+    },
+    now: clock.now,
+    setTimer: clock.setTimer,
+    clearTimer: clock.clearTimer,
+  });
+  const node = register(client, "m");
+  made.engine.welcome();
+  const ended = [];
+  for (let i = 0; i < 128; i++) {
+    inputTo(client, node, `i${i}`, ended);
+  }
+  const stamped = made.engine.written.filter((frame) => frame.t === "input" && frame.hop_t0 !== undefined);
+  assert.equal(stamped.length, 2);
+  assert.ok(stamped.every((frame) => Number.isInteger(frame.hop_t0) && frame.hop_t0 > 0));
+  made.engine.lose();
+  clock.advance(1000);
+  made.engine.welcome();
+  made.engine.lose();
+  clock.advance(2000);
+  assert.deepEqual(made.slice(0, 3), [0, 1, 2]);
+});
+
+test("metricsSettings: absent is off; a bad port or host is an error and off; host defaults to loopback", () => {
+  const { metricsSettings } = require(path.join(root, "js_shim/lib/engine"));
+  const errors = [];
+  const red = (metrics) => ({ log: { error: (text) => errors.push(text) }, settings: { ocppNodes: { metrics } } });
+  assert.equal(metricsSettings({ log: {}, settings: {} }), null);
+  assert.equal(metricsSettings(red(undefined)), null);
+  assert.deepEqual(metricsSettings(red({ port: "9464" })), { host: "127.0.0.1", port: 9464, stationLabels: false });
+  assert.deepEqual(metricsSettings(red({ port: 9, host: "0.0.0.0", stationLabels: true })),
+    { host: "0.0.0.0", port: 9, stationLabels: true });
+  assert.equal(errors.length, 0);
+  assert.equal(metricsSettings(red({ port: 70000 })), null);
+  assert.equal(metricsSettings(red({ port: 9464, host: "a b; rm -rf" })), null);
+  assert.equal(errors.length, 2);
+  assert.match(errors[0], /not a TCP port number/);
+});
