@@ -163,8 +163,13 @@ class DaemonClient {
     }
   }
 
-  /** Stop a node; done() once the engine released its ports (or after a timeout). */
-  deregister(node, done) {
+  /**
+   * Stop a node; done() once the engine released its ports (or after a timeout).
+   * With `removed` false (Node-RED closes the node for a redeploy), the engine
+   * keeps its server or connection a while for the node created next with the
+   * same id (docs/reliability.md, "Redeploys"); absent means removed.
+   */
+  deregister(node, done, removed = true) {
     const finished = () => {
       this.failPendingOf(node.id, "node closed");
       done();
@@ -198,7 +203,7 @@ class DaemonClient {
     const waiters = this.closeWaiters.get(node.id) || [];
     waiters.push(finishOnce);
     this.closeWaiters.set(node.id, waiters);
-    this.write({ t: "close", node: node.id });
+    this.write({ t: "close", node: node.id, removed: removed !== false });
   }
 
   /** Forward an input message; `done` is called when the engine answers with `done`. */

@@ -397,6 +397,22 @@ test("deregister while ready sends close and finishes at closed, or after 5 s", 
   assert.match(b.warnings[0], /did not confirm close within 5 s/);
 });
 
+test("deregister tells the engine whether the node was removed or is being redeployed", () => {
+  const { client, engine } = setup();
+  const a = register(client, "a");
+  const b = register(client, "b");
+  const c = register(client, "c");
+  engine().welcome();
+  client.deregister(a, () => {}, false);
+  client.deregister(b, () => {}, true);
+  client.deregister(c, () => {});
+  const closes = engine().written.filter((frame) => frame.t === "close");
+  assert.deepEqual(
+    closes.map((frame) => [frame.node, frame.removed]),
+    [["a", false], ["b", true], ["c", true]],
+  );
+});
+
 test("an engine lost while a node waits for closed finishes that close", () => {
   const { client, engine } = setup();
   const a = register(client, "a");
