@@ -264,6 +264,9 @@ async def test_1000_stations_stay_connected_across_20_full_redeploys(runtime: No
     def answered() -> int:
         return sum(station.answered for station in stations)
 
+    async def answered_reach(target: int) -> None:
+        await until(lambda: answered() >= target, 30, f"{target} Heartbeats answered")
+
     async with beating(stations, HEARTBEAT_PERIOD) as beats:
         for n in range(1, REDEPLOYS + 1):
             begun = time.monotonic()
@@ -272,15 +275,11 @@ async def test_1000_stations_stay_connected_across_20_full_redeploys(runtime: No
             done = [task for task in beats if task.done()]
             assert not done, [s.closed for s in stations if s.closed][:5]
             # some Heartbeats between two deploys (and some in flight across each)
-            await until(
-                lambda target=answered() + BEATS_BETWEEN_DEPLOYS: answered() >= target,  # type: ignore[misc]
-                30,
-                "Heartbeats between deploys",
-            )
+            await answered_reach(answered() + BEATS_BETWEEN_DEPLOYS)
         # every station's Heartbeat answered once more after the last deploy
         before = [station.answered for station in stations]
         await until(
-            lambda: all(s.answered > n for s, n in zip(stations, before)),
+            lambda: all(s.answered > n for s, n in zip(stations, before, strict=True)),
             3 * HEARTBEAT_PERIOD + 30,
             "a Heartbeat of every station after the last deploy",
         )
@@ -330,12 +329,12 @@ async def test_a_redeploy_closes_only_the_stations_its_settings_no_longer_admit(
         assert await stations[name].wait_closed() == 1008, name
     for name in ("KEEP1", "KEEP2"):
         assert await stations[name].heartbeat(), stations[name].closed
-    log = await asyncio.to_thread(
-        wait_until,
-        lambda: (text := log_since(runtime, mark)) and "kept connected" in text and text,
-        10,
-        what="the redeploy's summary in the log",
-    )
+
+    def summary() -> str | None:
+        text = log_since(runtime, mark)
+        return text if "kept connected" in text else None
+
+    log = await asyncio.to_thread(wait_until, summary, 10, what="the redeploy's summary")
     closed_line = re.search(r"redeploy: closed 3 station\(s\)[^\n]*", log)
     assert closed_line, log
     assert "GONE (no longer in the CS Auth list)" in closed_line.group(0)
