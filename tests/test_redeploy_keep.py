@@ -25,12 +25,15 @@ import json
 import random
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import websockets
 from websockets.exceptions import ConnectionClosed
 
@@ -406,3 +409,52 @@ async def test_a_cs_node_stays_connected_unless_its_connection_settings_change(
     )
     log = log_since(runtime, mark)
     assert "KCS: redeploy: reconnecting, its CSMS URL changed" in log
+
+
+async def test_new_tls_files_serve_new_handshakes_and_connected_stations_stay(
+    runtime: NodeRed, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    files: dict[str, tuple[Path, Path]] = {}
+    for name in ("first", "second"):
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key))
+        files[name] = (cert, key)
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+    port = free_port()
+    url = f"wss://127.0.0.1:{port}/ocpp"
+
+    def tls_flow(name: str, version: int) -> list[dict[str, Any]]:
+        cert, key = files[name]
+        nodes = csms_flow(port, {"TLS1": PASSWORD, "TLS2": PASSWORD}, version=version)
+        csms = next(n for n in nodes if n["id"] == "k.csms")
+        csms.update(security_profile=2, tls="k.tls")
+        tls = {"id": "k.tls", "type": "tls-config", "cert": str(cert), "key": str(key)}
+        return [*nodes, {**tls, "ca": "", "verifyservercert": True}]
+
+    async def served(cb_id: str) -> tuple[Station, bytes]:
+        station = Station(cb_id)
+        station.ws = await websockets.connect(
+            f"{url}/{cb_id}",
+            ssl=trust,
+            subprotocols=[station.subprotocol],  # type: ignore[list-item]
+            additional_headers=auth_header(cb_id, PASSWORD),
+            ping_interval=None,
+        )
+        der: bytes = station.ws.transport.get_extra_info("ssl_object").getpeercert(True)
+        return station, der
+
+    await deploy(runtime, tls_flow("first", 0))
+    await asyncio.to_thread(wait_port, port)
+    connected, first_der = await served("TLS1")
+    await deploy(runtime, tls_flow("second", 1))
+    fresh, second_der = await served("TLS2")
+    assert first_der != second_der
+    assert ssl.DER_cert_to_PEM_cert(second_der).strip() in files["second"][0].read_text()
+    # the station connected before keeps its TLS session and its connection
+    assert await connected.heartbeat(), connected.closed
+    assert await fresh.heartbeat()
+    await close_all([connected, fresh])

@@ -368,7 +368,8 @@ class ShimConnection(asyncio.Protocol):
         try:
             for other_id, (other, _) in list(self._parked.items()):
                 if redeploy.conflicts(other, node):  # its port is wanted: free it now
-                    await self._stop_parked(self._unpark(other_id))
+                    reason = f"node {node_id} takes its port"
+                    await self._stop_parked(self._unpark(other_id), reason=reason)
             if parked is not None and type(parked) is not node_type:
                 await self._stop_parked(parked)
                 parked = None
@@ -411,10 +412,12 @@ class ShimConnection(asyncio.Protocol):
         if node is not None and node_id not in self._stopping:
             self._stopping[node_id] = asyncio.create_task(self._stop_parked(node, node_id))
 
-    async def _stop_parked(self, node: OcppNode | None, node_id: str | None = None) -> None:
+    async def _stop_parked(
+        self, node: OcppNode | None, node_id: str | None = None, reason: str | None = None
+    ) -> None:
         try:
             if node is not None:
-                await redeploy.stop(node)
+                await redeploy.stop(node, reason)
         except Exception:
             log.exception("a parked node failed to stop cleanly")
         finally:

@@ -144,13 +144,17 @@ async def park(node: OcppNode) -> None:
         node.end_inputs("the node was redeployed")
 
 
-async def stop(node: OcppNode) -> None:
-    """Stop a parked node as a close stops any (rule 3)."""
+async def stop(node: OcppNode, reason: str | None = None) -> None:
+    """Stop a parked node as a close stops any (rule 3); ``reason`` goes in the
+    log when that disconnects stations."""
     held = node.host
     if isinstance(held, HeldHost):
         node.host = held.real
         if isinstance(node, CsmsNode):
             node._refusals.host = held.real
+    count = len(_links(node))
+    if reason is not None and count:
+        node.host.log("warn", f"redeploy: {count} station(s) disconnected: {reason}")
     await node.stop()
 
 

@@ -293,12 +293,9 @@ class CsmsServer:
         handshakes from now on (a connected station keeps its TLS session),
         with the client certificate rule of the one the server started with.
         """
-        first_context = self.options.ssl_context
         if options.handshakes_per_second != self.options.handshakes_per_second:
             self._handshakes = RateLimit(options.handshakes_per_second)
         self.options = options
-        if first_context is not None and options.ssl_context is None:
-            self.options.ssl_context = first_context
         self.listener = listener
         for session, admission in self._admitted.items():
             session.listener = listener
