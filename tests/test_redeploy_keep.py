@@ -49,6 +49,8 @@ STATIONS = 1000
 REDEPLOYS = 20
 #: each station's Heartbeat period (s): 1,000 stations make about 250 a second
 HEARTBEAT_PERIOD = 4.0
+#: what the log says when a CSMS node took over its predecessor's stations
+KEPT = rf"redeploy: {STATIONS} station\(s\) kept connected"
 #: Heartbeats answered between two deploys (about 0.4 s at 250 a second)
 BEATS_BETWEEN_DEPLOYS = 100
 #: at most this many connection attempts at once
@@ -223,6 +225,17 @@ def log_since(runtime: NodeRed, mark: int) -> str:
     return runtime.log()[mark:]
 
 
+async def logged(runtime: NodeRed, mark: int, text: str, timeout: float = 20.0) -> str:
+    """The log since ``mark`` once it has ``text`` (a deploy's admin API call returns
+    when the old flows have stopped, before the new ones start)."""
+
+    def probe() -> str | None:
+        since = log_since(runtime, mark)
+        return since if text in since else None
+
+    return await asyncio.to_thread(wait_until, probe, timeout, what=f"{text!r} in the log")
+
+
 def port_free(port: int) -> bool:
     """True when a listener could bind the port now (as the CSMS node does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -274,6 +287,13 @@ async def test_1000_stations_stay_connected_across_20_full_redeploys(runtime: No
         for n in range(1, REDEPLOYS + 1):
             begun = time.monotonic()
             await deploy(runtime, version(n))
+            await asyncio.to_thread(
+                wait_until,
+                lambda n=n: len(re.findall(KEPT, log_since(runtime, mark))) >= n,  # type: ignore[misc]
+                30,
+                0.02,
+                what=f"redeploy {n} taken over",
+            )
             deploy_times.append(time.monotonic() - begun)
             done = [task for task in beats if task.done()]
             assert not done, [s.closed for s in stations if s.closed][:5]
@@ -302,7 +322,7 @@ async def test_1000_stations_stay_connected_across_20_full_redeploys(runtime: No
     assert closed == []
     assert sent == answers and sent >= STATIONS * 2
     assert handed > 0, "no Heartbeat was waiting across a redeploy: the test proves little"
-    kept = re.findall(rf"redeploy: {STATIONS} station\(s\) kept connected", log)
+    kept = re.findall(KEPT, log)
     assert len(kept) == REDEPLOYS, log[-3000:]
     assert " disconnected: " not in log
 
@@ -333,11 +353,7 @@ async def test_a_redeploy_closes_only_the_stations_its_settings_no_longer_admit(
     for name in ("KEEP1", "KEEP2"):
         assert await stations[name].heartbeat(), stations[name].closed
 
-    def summary() -> str | None:
-        text = log_since(runtime, mark)
-        return text if "kept connected" in text else None
-
-    log = await asyncio.to_thread(wait_until, summary, 10, what="the redeploy's summary")
+    log = await logged(runtime, mark, "kept connected")
     closed_line = re.search(r"redeploy: closed 3 station\(s\)[^\n]*", log)
     assert closed_line, log
     assert "GONE (no longer in the CS Auth list)" in closed_line.group(0)
@@ -450,7 +466,10 @@ async def test_new_tls_files_serve_new_handshakes_and_connected_stations_stay(
     await deploy(runtime, tls_flow("first", 0))
     await asyncio.to_thread(wait_port, port)
     connected, first_der = await served("TLS1")
+    mark = len(runtime.log())
     await deploy(runtime, tls_flow("second", 1))
+    # the admin API answers once the old flows stopped, before the new ones start
+    await logged(runtime, mark, "kept connected")
     fresh, second_der = await served("TLS2")
     assert first_der != second_der
     assert ssl.DER_cert_to_PEM_cert(second_der).strip() in files["second"][0].read_text()

@@ -93,7 +93,7 @@ function fakeClock() {
 
 // An event a state has no transition for is logged as a bug: that fails the
 // test, unless the test is about it.
-function setup({ bugsFail = true } = {}) {
+function setup({ bugsFail = true, events } = {}) {
   const clock = fakeClock();
   const engines = [];
   const logs = [];
@@ -104,6 +104,9 @@ function setup({ bugsFail = true } = {}) {
     }
   };
   const RED = { log: { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") } };
+  if (events) {
+    RED.events = events;
+  }
   const client = new DaemonClient(RED, {
     makeEngine(red, handlers) {
       const engine = new FakeEngine(red, handlers);
@@ -411,6 +414,24 @@ test("deregister tells the engine whether the node was removed or is being redep
     closes.map((frame) => [frame.node, frame.removed]),
     [["a", false], ["b", true], ["c", true]],
   );
+});
+
+test("a close while the flows just stop (not a redeploy) removes the node", () => {
+  const EventEmitter = require("node:events");
+  const events = new EventEmitter();
+  const { client, engine } = setup({ events });
+  const a = register(client, "a");
+  const b = register(client, "b");
+  engine().welcome();
+  const running = { flows: [], rev: "1" };
+  events.emit("flows:started", { config: running });
+  events.emit("flows:stopping", { config: running }); // stopped, the same flows
+  client.deregister(a, () => {}, false);
+  events.emit("flows:started", { config: running });
+  events.emit("flows:stopping", { config: { flows: [], rev: "1" } }); // a deploy swaps it
+  client.deregister(b, () => {}, false);
+  const closes = engine().written.filter((frame) => frame.t === "close");
+  assert.deepEqual(closes.map((frame) => [frame.node, frame.removed]), [["a", true], ["b", false]]);
 });
 
 test("an engine lost while a node waits for closed finishes that close", () => {
