@@ -231,8 +231,6 @@ class Admission(NamedTuple):
 
     credentials: tuple[str, str] | None
     client_cn: str | None
-    #: over TLS (``wss://``)
-    secure: bool
     socket: StationSocket
 
 
@@ -388,10 +386,7 @@ class CsmsServer:
             self.options.link,
             request.remote or "",
         )
-        secure = request.transport is not None and (
-            request.transport.get_extra_info("sslcontext") is not None
-        )
-        self._admitted[session] = Admission(credentials, client_cn, secure, socket)
+        self._admitted[session] = Admission(credentials, client_cn, socket)
         try:
             await session.run()
         except asyncio.CancelledError:
