@@ -248,3 +248,114 @@ async def test_a_removed_node_stops_at_once(engine: Engine, fields: dict[str, An
     await engine.wait(lambda: engine.of("c", "closed"))
     assert port_free(port)
     assert await closed_code(ws) == 1001
+
+
+async def test_registrations_carry_over(engine: Engine) -> None:
+    port = free_port()
+    config = {"port": str(port), "path": "/ocpp", "boot_rules": True}
+
+    def create() -> None:
+        engine.write(
+            {
+                "t": "create",
+                "node": "c",
+                "type": "CSMS",
+                "config": config,
+                "credentials": {"basic_auths": json.dumps({"S1": PASSWORD})},
+            }
+        )
+
+    create()
+    await engine.listening("c")
+    ws = await station(port, "S1")
+    boot = {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
+    await ws.send(json.dumps([2, "boot-1", "BootNotification", boot]))
+    request = await engine.wait(
+        lambda: [m["msg"] for m in engine.of("c", "send") if m["msg"].get("topic") == "S1/Request"]
+    )
+    answer = {"currentTime": "2026-01-01T00:00:00Z", "interval": 300, "status": "Pending"}
+    engine.input("c", {"ocpp": request[0]["ocpp"], "payload": {"msgType": 3, "data": answer}})
+    assert json.loads(await ws.recv())[:2] == [3, "boot-1"]
+    engine.close("c", removed=False)
+    create()
+    await engine.wait(
+        lambda: "1 connected, 1 pending" in [f.get("text") for f in engine.of("c", "status")]
+    )
+    seq = engine.input(
+        "c", {"payload": {"msgType": 99, "command": "registration", "data": {"cbId": "S1"}}}
+    )
+    reply = await engine.wait(
+        lambda: [
+            m["msg"]
+            for m in engine.of("c", "send")
+            if "registration" in m["msg"].get("payload", {})
+        ]
+    )
+    assert reply[0]["payload"]["registration"]["status"] == "Pending"
+    assert next(f for f in engine.of("c", "done") if f["seq"] == seq).get("error") is None
+    await ws.close()
+
+
+def transaction_event() -> dict[str, Any]:
+    return {
+        "eventType": "Updated",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "triggerReason": "MeterValuePeriodic",
+        "seqNo": 1,
+        "transactionInfo": {"transactionId": "T-1"},
+    }
+
+
+async def test_a_transaction_message_in_flight_goes_again_after_a_redeploy(engine: Engine) -> None:
+    """Its first answer comes to no node (dropped); the new node sends it again, with
+    its id, and that answer reaches the flow; nothing is dropped as a failure."""
+    received: list[list[Any]] = []
+    arrived = asyncio.Event()
+    connections: list[Any] = []
+
+    def connected_shown() -> int:
+        return sum(f.get("text") == "connected" for f in engine.of("s", "status"))
+
+    async def frames(count: int) -> None:
+        while len(received) < count:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 10)
+
+    async def csms(ws: Any) -> None:
+        connections.append(ws)
+        async for text in ws:
+            received.append(json.loads(text))
+            arrived.set()
+
+    async with websockets.serve(csms, "127.0.0.1", 0, subprotocols=["ocpp2.0.1"]) as server:  # type: ignore[list-item]
+        port = server.sockets[0].getsockname()[1]
+        spec = {
+            "t": "create",
+            "node": "s",
+            "type": "CS",
+            "config": {"cbId": "TX1", "auto_connect": True, "csms_url": f"ws://127.0.0.1:{port}"},
+            "credentials": {"csms_pw": PASSWORD},
+        }
+        engine.write(spec)
+        await engine.wait(lambda: connected_shown() >= 1)
+        engine.input("s", {"payload": {"command": "TransactionEvent", "data": transaction_event()}})
+        await frames(1)
+        first = received[0]
+        engine.close("s", removed=False)
+        await engine.wait(lambda: engine.of("s", "closed"))
+        engine.write(spec)
+        # taken over: the new node shows the connection it took
+        await engine.wait(lambda: connected_shown() >= 2)
+        await connections[0].send(json.dumps([3, first[1], {}]))  # to no node now
+        await frames(2)
+        assert received[1][:3] == first[:3]  # the same message, the same id
+        await connections[0].send(json.dumps([3, first[1], {}]))
+        response = await engine.wait(
+            lambda: [
+                m["msg"] for m in engine.of("s", "send") if m["msg"].get("topic") == "TX1/Response"
+            ]
+        )
+        assert response[0]["ocpp"]["MessageId"] == first[1]
+        assert len(connections) == 1  # one connection all along
+        logs = [f["text"] for f in engine.of("s", "log")]
+        assert not [text for text in logs if "dropped" in text], logs

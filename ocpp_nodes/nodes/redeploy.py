@@ -333,6 +333,7 @@ async def _take_over_cs(new: CsNode, old: CsNode) -> bool:
     new._online = old._online
     new._ignored = old._ignored
     new._orphans = old._orphans
+    new.store = old.store  # the same file for a user dir; in memory, the old node's
     client.backoff = new.backoff
     client.update(new.link_options, new)
     new._link_up.set()
