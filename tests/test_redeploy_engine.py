@@ -33,6 +33,7 @@ from ocpp_nodes import IPC_PROTOCOL
 from ocpp_nodes.ipc.framing import FrameDecoder, encode
 from ocpp_nodes.ipc.server import ShimConnection
 from ocpp_nodes.nodes import redeploy
+from ocpp_nodes.transport.csms_server import Admission
 from tests.common import auth_header
 from tests.shim_double import free_port
 
@@ -359,3 +360,8 @@ async def test_a_transaction_message_in_flight_goes_again_after_a_redeploy(engin
         assert len(connections) == 1  # one connection all along
         logs = [f["text"] for f in engine.of("s", "log")]
         assert not [text for text in logs if "dropped" in text], logs
+
+
+def test_what_a_station_was_admitted_with_never_shows_its_password() -> None:
+    admission = Admission(("S1", "s3cret-pw"), None, None)  # type: ignore[arg-type]
+    assert "s3cret-pw" not in repr(admission) and "s3cret-pw" not in str(admission)

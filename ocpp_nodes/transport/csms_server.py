@@ -233,6 +233,11 @@ class Admission(NamedTuple):
     client_cn: str | None
     socket: StationSocket
 
+    def __repr__(self) -> str:  # keep the password out of any log line
+        return (
+            f"Admission(credentials={self.credentials is not None}, client_cn={self.client_cn!r})"
+        )
+
 
 class CsmsServer:
     """Listens for stations; runs an :class:`OcppSession` for each one accepted.
