@@ -409,8 +409,9 @@ class ShimConnection(asyncio.Protocol):
 
     def _park_expired(self, node_id: str) -> None:
         node = self._unpark(node_id)
-        if node is not None and node_id not in self._stopping:
-            self._stopping[node_id] = asyncio.create_task(self._stop_parked(node, node_id))
+        if node is not None:  # a create of its id waits for this stop
+            task = asyncio.create_task(self._stop_parked(node, node_id))
+            self._stopping.setdefault(node_id, task)
 
     async def _stop_parked(
         self, node: OcppNode | None, node_id: str | None = None, reason: str | None = None
@@ -421,8 +422,8 @@ class ShimConnection(asyncio.Protocol):
         except Exception:
             log.exception("a parked node failed to stop cleanly")
         finally:
-            if node_id is not None:
-                self._stopping.pop(node_id, None)
+            if node_id is not None and self._stopping.get(node_id) is asyncio.current_task():
+                del self._stopping[node_id]
             self._collect_soon()
 
     def _collect_soon(self) -> None:
