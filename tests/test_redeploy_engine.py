@@ -15,6 +15,11 @@ tests/test_redeploy_keep.py.
   port is free.
 - Another node that wants a parked node's port gets it.
 - ``removed`` (or a close from an older shim, without it) stops at once.
+- The old flow's request still queued is taken back (done(err), never sent).
+- Registrations (boot rules) carry over to the new node.
+- A CS node's transaction message in flight goes again, with its id, once
+  its first answer came to no node.
+- What a station was admitted with never shows its password.
 """
 
 from __future__ import annotations
@@ -365,3 +370,27 @@ async def test_a_transaction_message_in_flight_goes_again_after_a_redeploy(engin
 def test_what_a_station_was_admitted_with_never_shows_its_password() -> None:
     admission = Admission(("S1", "s3cret-pw"), None, None)  # type: ignore[arg-type]
     assert "s3cret-pw" not in repr(admission) and "s3cret-pw" not in str(admission)
+
+
+async def test_the_old_flows_queued_request_is_taken_back(engine: Engine) -> None:
+    port = free_port()
+    engine.create_csms("c", port, {"S1": PASSWORD})
+    await engine.listening("c")
+    ws = await station(port, "S1")
+    await engine.wait(lambda: any(f["text"] == "1 connected" for f in engine.of("c", "status")))
+    reset = {"command": "Reset", "cbId": "S1", "data": {"type": "Immediate"}}
+    sent = engine.input("c", {"payload": reset})
+    queued = engine.input("c", {"payload": reset})
+    call = json.loads(await ws.recv())
+    engine.close("c", removed=False)
+    await engine.wait(lambda: engine.of("c", "closed"))
+    errors = {f["seq"]: f.get("error", "") for f in engine.of("c", "done")}
+    assert "a later answer is dropped" in errors[sent]
+    assert "not sent: the node was redeployed" in errors[queued]
+    engine.create_csms("c", port, {"S1": PASSWORD})
+    await engine.wait(lambda: [f for f in engine.of("c", "log") if "kept connected" in f["text"]])
+    await ws.send(json.dumps([3, call[1], {"status": "Accepted"}]))
+    # a request of the new flow goes next: the queued one never went
+    engine.input("c", {"payload": {"command": "Reset", "cbId": "S1", "data": {"type": "OnIdle"}}})
+    assert json.loads(await ws.recv())[3] == {"type": "OnIdle"}
+    await ws.close()
