@@ -413,7 +413,9 @@ async def test_a_cs_node_stays_connected_unless_its_connection_settings_change(
     await flow.asend("cs", {"payload": {"command": "Heartbeat", "data": {}}})
     await flow.await_("cs", lambda r: r.get("topic") == "KCS/Response")
     assert len(await connection_events(flow)) == seen, await connection_events(flow)
-    assert "KCS disconnected" not in log_since(runtime, mark)
+    log = log_since(runtime, mark)
+    assert "KCS disconnected" not in log
+    assert log.count("KCS: redeploy: connection kept") == 2, log
 
     # another URL (the same CSMS by another name): the CS node reconnects
     other_url = f"ws://localhost:{port}/ocpp"

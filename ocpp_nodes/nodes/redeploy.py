@@ -347,5 +347,9 @@ async def _take_over_cs(new: CsNode, old: CsNode) -> bool:
         RegistrationStatus.REJECTED,
     ):
         new._booter = new.tasks.start(new._boot_again())
-    _hand_over_requests(new)
+    handed = _hand_over_requests(new)
+    new.host.log(
+        "info",
+        f"{new.cb_id}: redeploy: connection kept, {handed} request(s) handed to the new flow",
+    )
     return True
