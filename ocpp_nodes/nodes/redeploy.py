@@ -2,8 +2,8 @@
 
 Theory of operation:
 
-1. Node-RED closes a node it redeploys with ``removed`` false. The engine
-   then parks it (:func:`park`) instead of stopping it: its server (CSMS) or
+1. The shim closes a node Node-RED redeploys with ``removed`` false (a
+   close because the flows stop is ``removed`` true). The engine then parks it (:func:`park`) instead of stopping it: its server (CSMS) or
    client (CS) and every station link stay open. The parked node still
    decides on new connections with its old settings and keeps its stations'
    state, but what it would tell the flow is held (:class:`HeldHost`, at
@@ -16,14 +16,14 @@ Theory of operation:
    change (CSMS: port, path, TLS on or off, client certificates or not; CS:
    URL, cbId, password, TLS, versions, security profile), the new node takes
    over the server or client, the links and the stations' state
-   (registrations, connection times, the log port's last state), applies its
+   (registrations, connection times; CS: its offline store), applies its
    own settings to them, closes the stations its settings no longer admit,
    then hears the held messages and, from every link, the requests still
    unanswered (the old flow can no longer answer them). Otherwise the parked
    node stops, the log says how many stations that disconnected and why, and
    the new node starts as a new one does.
 3. The engine stops a parked node nobody took within :data:`PARK_SECONDS`
-   (the flow was stopped), one whose port another node wants
+   (a deploy whose new node never came), one whose port another node wants
    (:func:`conflicts`), and every node when its shim goes.
 """
 
