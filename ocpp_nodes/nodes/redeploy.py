@@ -3,14 +3,15 @@
 Theory of operation:
 
 1. The shim closes a node Node-RED redeploys with ``removed`` false (a
-   close because the flows stop is ``removed`` true). The engine then parks it (:func:`park`) instead of stopping it: its server (CSMS) or
-   client (CS) and every station link stay open. The parked node still
-   decides on new connections with its old settings and keeps its stations'
-   state, but what it would tell the flow is held (:class:`HeldHost`, at
-   most :data:`MAX_HELD` messages, in order), and the requests it receives
-   wait in their links. The inputs that waited on it end now with
-   ``done(err)``; its requests still on the wire become orphans, whose late
-   answers are dropped without a word; those not sent yet are taken back.
+   close because the flows stop is ``removed`` true). The engine then parks
+   it (:func:`park`) instead of stopping it: its server (CSMS) or client
+   (CS) and every station link stay open. The parked node still decides on
+   new connections with its old settings and keeps its stations' state, but
+   what it would tell the flow is held (:class:`HeldHost`, at most
+   :data:`MAX_HELD` messages, in order), and the requests it receives wait
+   in their links. The inputs that waited on it end now with ``done(err)``;
+   its requests still on the wire become orphans, whose late answers are
+   dropped without a word; those not sent yet are taken back.
 2. A ``create`` of the same id hands the parked node to the new one
    (:func:`start_after`). When what the open connections depend on did not
    change (CSMS: port, path, TLS on or off, client certificates or not; CS:
