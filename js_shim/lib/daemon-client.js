@@ -142,6 +142,21 @@ class DaemonClient {
     this.hopSampled = 0; // inputs counted for the hop-time sample
     // Stamp a sample of inputs for the engine's hop-time metric.
     this.sampleHops = !HOP_TRACE && Boolean(metricsSettings(RED)) && !remoteDaemon(RED);
+    // A close with removed false is a redeploy only when the flows stopping
+    // are not those that started: for a deploy, Node-RED swaps in the new
+    // config before it stops the old flows; a plain stop (flows stopped from
+    // the editor, the runtime stopping) keeps it. Only a redeploy lets the
+    // engine keep a node's stations for the node that replaces it.
+    this.startedConfig = undefined;
+    this.redeploying = true;
+    if (RED.events && typeof RED.events.on === "function") {
+      RED.events.on("flows:started", (event) => {
+        this.startedConfig = event && event.config;
+      });
+      RED.events.on("flows:stopping", (event) => {
+        this.redeploying = !event || event.config !== this.startedConfig;
+      });
+    }
     // Made once: the engine calls it for every frame.
     this.onFrame = (frame) => this.dispatch(frame);
     this.onRestartDue = () => {
@@ -171,8 +186,13 @@ class DaemonClient {
     }
   }
 
-  /** Stop a node; done() once the engine released its ports (or after a timeout). */
-  deregister(node, done) {
+  /**
+   * Stop a node; done() once the engine released its ports (or after a timeout).
+   * With `removed` false during a redeploy (not when the flows just stop), the
+   * engine keeps its server or connection a while for the node created next
+   * with the same id (docs/reliability.md, "Redeploys"); absent means removed.
+   */
+  deregister(node, done, removed = true) {
     const finished = () => {
       this.failPendingOf(node.id, "node closed");
       done();
@@ -206,7 +226,7 @@ class DaemonClient {
     const waiters = this.closeWaiters.get(node.id) || [];
     waiters.push(finishOnce);
     this.closeWaiters.set(node.id, waiters);
-    this.write({ t: "close", node: node.id });
+    this.write({ t: "close", node: node.id, removed: removed !== false || !this.redeploying });
   }
 
   /** Forward an input message; `done` is called when the engine answers with `done`. */

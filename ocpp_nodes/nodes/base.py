@@ -320,6 +320,11 @@ class OcppNode:
         self.tasks = BackgroundTasks()
         # what each request of ours needs back with its answer, by link and message id
         self._calls: dict[tuple[StationLink, str], CallContext] = {}
+        # Redeploys (redeploy.py): while parked, received requests wait in their
+        # links for the next node; requests of a node closed since, whose late
+        # answers are dropped without a word.
+        self.parked = False
+        self._orphans: set[tuple[StationLink, str]] = set()
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -565,6 +570,8 @@ class OcppNode:
         return {"command": event.action, "data": event.payload, "MessageId": event.message_id}
 
     def _emit_request(self, link: StationLink, event: CallReceived) -> None:
+        if self.parked:  # handed to the node that takes over (redeploy.py)
+            return
         self.host.send(
             PORT_COMMON,
             {
@@ -620,6 +627,9 @@ class OcppNode:
 
     def _context_of(self, link: StationLink, message_id: str) -> CallContext | None:
         context = self._calls.pop((link, message_id), None)
+        if context is None and (link, message_id) in self._orphans:
+            self._orphans.discard((link, message_id))  # its node was redeployed since
+            return None
         if context is None:  # every call goes through _call: a bug, but not one to stop on
             log.error("%s: no context for the answer to %s", self.node_id, message_id)
         return context

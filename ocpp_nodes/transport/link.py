@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from ..rpc import Event, OcppVersion
+from ..rpc import CallReceived, Event, OcppVersion
 
 __all__ = ["LinkListener", "LinkOptions", "PendingCall", "StationLink"]
 
@@ -97,6 +97,20 @@ class StationLink(Protocol):
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection; the listener's ``link_closed`` follows."""
+
+    # A redeployed node takes over the links of the one it replaces
+    # (ocpp_nodes/nodes/redeploy.py):
+
+    listener: LinkListener
+
+    def update_options(self, options: LinkOptions) -> None:
+        """Behave as ``options`` say from now on."""
+
+    def unanswered(self) -> list[CallReceived]:
+        """The received CALLs that still wait for our answer, in the order they came."""
+
+    def withdraw_queued(self) -> list[PendingCall]:
+        """Take back our CALLs not yet sent (they will not be)."""
 
 
 class LinkListener(Protocol):

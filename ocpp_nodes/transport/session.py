@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
-from ..rpc import Event, OcppConnection, OcppVersion, Role, UnansweredCall
+from ..rpc import CallReceived, Event, OcppConnection, OcppVersion, Role, UnansweredCall
 from .link import LinkListener, LinkOptions, PendingCall
 
 __all__ = ["OcppSession", "TextSocket", "SocketClosed"]
@@ -150,6 +150,34 @@ class OcppSession:
         return [
             PendingCall(call.message_id, call.action, call.sent)
             for call in self.connection.calls.all()
+        ]
+
+    def update_options(self, options: LinkOptions) -> None:
+        """Behave as ``options`` say from now on (a redeployed node's settings).
+
+        Timeouts count from now for what is sent or received from now; the
+        size limit applies to what is sent (what is received keeps the limit
+        the socket was opened with).
+        """
+        connection = self.connection
+        connection.calls.timeout = options.call_timeout
+        connection.calls.max_queued = options.max_queued
+        connection.answer_timeout = options.answer_timeout
+        connection.max_frame_size = options.max_frame_size
+        self._log_frames = options.log_frames
+
+    def unanswered(self) -> list[CallReceived]:
+        """The received CALLs that still wait for our answer, in the order they came."""
+        return [
+            CallReceived(request.message_id, request.action, request.payload)
+            for request in self.connection.received.values()
+        ]
+
+    def withdraw_queued(self) -> list[PendingCall]:
+        """Take back our CALLs that wait behind the outstanding one (never sent)."""
+        return [
+            PendingCall(call.message_id, call.action, False)
+            for call in self.connection.calls.withdraw_queued()
         ]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:

@@ -93,7 +93,7 @@ function fakeClock() {
 
 // An event a state has no transition for is logged as a bug: that fails the
 // test, unless the test is about it.
-function setup({ bugsFail = true } = {}) {
+function setup({ bugsFail = true, events } = {}) {
   const clock = fakeClock();
   const engines = [];
   const logs = [];
@@ -104,6 +104,9 @@ function setup({ bugsFail = true } = {}) {
     }
   };
   const RED = { log: { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") } };
+  if (events) {
+    RED.events = events;
+  }
   const client = new DaemonClient(RED, {
     makeEngine(red, handlers) {
       const engine = new FakeEngine(red, handlers);
@@ -395,6 +398,40 @@ test("deregister while ready sends close and finishes at closed, or after 5 s", 
   clock.advance(1);
   assert.ok(bClosed);
   assert.match(b.warnings[0], /did not confirm close within 5 s/);
+});
+
+test("deregister tells the engine whether the node was removed or is being redeployed", () => {
+  const { client, engine } = setup();
+  const a = register(client, "a");
+  const b = register(client, "b");
+  const c = register(client, "c");
+  engine().welcome();
+  client.deregister(a, () => {}, false);
+  client.deregister(b, () => {}, true);
+  client.deregister(c, () => {});
+  const closes = engine().written.filter((frame) => frame.t === "close");
+  assert.deepEqual(
+    closes.map((frame) => [frame.node, frame.removed]),
+    [["a", false], ["b", true], ["c", true]],
+  );
+});
+
+test("a close while the flows just stop (not a redeploy) removes the node", () => {
+  const EventEmitter = require("node:events");
+  const events = new EventEmitter();
+  const { client, engine } = setup({ events });
+  const a = register(client, "a");
+  const b = register(client, "b");
+  engine().welcome();
+  const running = { flows: [], rev: "1" };
+  events.emit("flows:started", { config: running });
+  events.emit("flows:stopping", { config: running }); // stopped, the same flows
+  client.deregister(a, () => {}, false);
+  events.emit("flows:started", { config: running });
+  events.emit("flows:stopping", { config: { flows: [], rev: "1" } }); // a deploy swaps it
+  client.deregister(b, () => {}, false);
+  const closes = engine().written.filter((frame) => frame.t === "close");
+  assert.deepEqual(closes.map((frame) => [frame.node, frame.removed]), [["a", true], ["b", false]]);
 });
 
 test("an engine lost while a node waits for closed finishes that close", () => {
