@@ -1,0 +1,135 @@
+"use strict";
+// The live view (flows/csms-live-view.json) as an operator uses it, in
+// headless Chromium (playwright-core from tools/node, Debian's
+// /usr/bin/chromium): the dashboard page lists every station with its OCPP
+// version and boot status, the chart gets data, and a station selected in the
+// table gets a Reset from the button and its answer is shown.
+//
+// Needs a running Node-RED with the flow deployed and stations connected:
+// tests/browser/test_live_view.py starts them and runs this file with
+//   OCPP_DASHBOARD_URL  the dashboard's URL (http://127.0.0.1:<port>/dashboard)
+//   OCPP_STATIONS       how many stations are connected
+//   OCPP_VERSIONS       the OCPP versions among them, comma-separated
+//   OCPP_RESET_STATION  the cbId of the station that answers Reset
+//   OCPP_SCREENSHOTS    where screenshots go (default .local/screenshots)
+// Without OCPP_DASHBOARD_URL the test is skipped.
+
+const test = require("node:test");
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const path = require("node:path");
+
+const root = path.resolve(__dirname, "..", "..");
+const URL = process.env.OCPP_DASHBOARD_URL;
+const STATIONS = Number(process.env.OCPP_STATIONS || 0);
+const VERSIONS = (process.env.OCPP_VERSIONS || "").split(",").filter(Boolean);
+const RESET_STATION = process.env.OCPP_RESET_STATION;
+const SHOT_POINTS = 10; // seconds of the chart on the screenshot
+const SHOTS = process.env.OCPP_SCREENSHOTS || path.join(root, ".local", "screenshots");
+const CHROMIUM = process.env.OCPP_CHROMIUM || "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+
+function playwright() {
+  return require(require.resolve("playwright-core", { paths: [path.join(root, "tools", "node")] }));
+}
+
+const skip = !URL ? "OCPP_DASHBOARD_URL is unset: run tests/browser/test_live_view.py (pytest)" :
+  !fs.existsSync(CHROMIUM) ? `${CHROMIUM} is missing: run make setup` : false;
+
+// A widget of the flow by its node id (the dashboard gives each one this element id).
+const widget = (nodeId) => `[id="nrdb-ui-widget-${nodeId}"]`;
+
+test("the live view: stations, versions, chart, Reset", { skip, timeout: 120000 }, async (t) => {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  const { chromium } = playwright();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  page.setDefaultTimeout(30000);
+  const errors = [];
+  page.on("pageerror", (err) => errors.push(String(err)));
+
+  // What the dashboard's socket.io connection brings to the chart widget:
+  // frames `42["msg-input:lv.chart", {...payload...}]`.
+  const chartPoints = [];
+  const waiting = []; // [count, resolve]: resolved once that many points came
+  const chartPointsCame = (count) => new Promise((resolve) => {
+    waiting.push([count, resolve]);
+    settle();
+  });
+  function settle() {
+    for (const [count, resolve] of waiting) {
+      if (chartPoints.filter((p) => p > 0).length >= count) {
+        resolve();
+      }
+    }
+  }
+  page.on("websocket", (ws) => {
+    ws.on("framereceived", ({ payload }) => {
+      const text = String(payload);
+      if (text.startsWith("42[\"msg-input:lv.chart\"")) {
+        chartPoints.push(JSON.parse(text.slice(2))[1].payload);
+        settle();
+      }
+    });
+  });
+
+  await page.goto(URL);
+  const summary = page.locator(`${widget("lv.summary")} .nrdb-ui-text-value`);
+  const table = page.locator(widget("lv.table"));
+  const cells = (key) => table.locator(`tbody td[data-column-key="${key}"]`);
+
+  await t.test(`the table lists the ${STATIONS} stations with their versions`, async () => {
+    await page.waitForFunction(
+      ({ sel, n }) => (document.querySelector(sel)?.textContent || "").startsWith(`${n} of ${n} connected`),
+      { sel: `${widget("lv.summary")} .nrdb-ui-text-value`, n: STATIONS }, { timeout: 60000 });
+    const text = await summary.textContent();
+    for (const version of VERSIONS) {
+      assert.match(text, new RegExp(`OCPP ${version.replaceAll(".", "\\.")}: \\d+`), text);
+    }
+    await table.locator(".v-data-table-footer__info").filter({ hasText: `of ${STATIONS}` }).waitFor();
+    // the first page: every version and Accepted boots, from the stations' own messages
+    await cells("boot").first().filter({ hasText: "Accepted" }).waitFor();
+    const versions = new Set(await cells("version").allTextContents());
+    assert.deepEqual([...versions].sort(), [...VERSIONS].sort());
+    const states = new Set(await cells("state").allTextContents());
+    assert.deepEqual([...states], ["connected"]);
+    assert.ok((await cells("last").allTextContents()).every((last) => last.length > 0));
+  });
+
+  await t.test("the chart gets the messages per second", async () => {
+    await chartPointsCame(1);
+    assert.ok(chartPoints.some((p) => p >= 50), `messages per second: ${chartPoints}`);
+    await page.locator(`${widget("lv.chart")} canvas`).first().waitFor();
+  });
+
+  await t.test("a station selected in the table gets a Reset from the button", async () => {
+    const search = table.locator("input").first();
+    await search.fill(RESET_STATION);
+    const row = table.locator("tbody tr").filter({
+      has: page.locator(`td[data-column-key="cbId"]`, { hasText: RESET_STATION }),
+    });
+    await row.click();
+    const selected = page.locator(`${widget("lv.selected")} .nrdb-ui-text-value`);
+    await selected.filter({ hasText: `${RESET_STATION} (OCPP 2.0.1, connected)` }).waitFor();
+    await page.locator(`${widget("lv.button")} button`).click();
+    const answer = page.locator(`${widget("lv.resetText")} .nrdb-ui-text-value`);
+    await answer.filter({ hasText: `${RESET_STATION} answered Reset: Accepted` }).waitFor();
+    // the table, the station's last message: the answer to the Reset
+    await cells("last").filter({ hasText: "Reset response" }).waitFor();
+  });
+
+  await t.test("the screenshot for the docs", async () => {
+    const search = table.locator("input").first();
+    await search.fill("");
+    await search.blur();
+    await table.locator(".v-data-table-footer__info").filter({ hasText: `of ${STATIONS}` }).waitFor();
+    await chartPointsCame(SHOT_POINTS); // a chart with some history
+    await page.screenshot({ path: path.join(SHOTS, "live-view.png"), fullPage: true });
+  });
+
+  assert.deepEqual(errors, [], "no errors in the page");
+});
