@@ -22,27 +22,16 @@ const fs = require("node:fs");
 const path = require("node:path");
 const readline = require("node:readline");
 
-const root = path.resolve(__dirname, "..", "..");
+const { SHOTS, chromiumMissing, launchChromium } = require("./chromium");
+
 const BASE = process.env.OCPP_EDITOR_URL;
 const FLOW = process.env.OCPP_GUIDE_FLOW;
-const SHOTS = process.env.OCPP_SCREENSHOTS || path.join(root, ".local", "screenshots");
-const CHROMIUM = process.env.OCPP_CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
-
-function playwright() {
-  return require(require.resolve("playwright-core", { paths: [path.join(root, "tools", "node")] }));
-}
 
 const skip = !BASE || !FLOW ? "OCPP_EDITOR_URL / OCPP_GUIDE_FLOW unset: run tests/browser/test_editor.py" :
-  !fs.existsSync(CHROMIUM) ? `${CHROMIUM} is missing: run make setup` : false;
+  chromiumMissing();
 
 test("getting started, in the editor", { skip, timeout: 120000 }, async (t) => {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  const { chromium } = playwright();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   t.after(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
   page.setDefaultTimeout(10000);

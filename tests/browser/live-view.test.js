@@ -16,36 +16,23 @@
 
 const test = require("node:test");
 const assert = require("node:assert/strict");
-const fs = require("node:fs");
 const path = require("node:path");
+const { SHOTS, chromiumMissing, launchChromium } = require("./chromium");
 
-const root = path.resolve(__dirname, "..", "..");
 const URL = process.env.OCPP_DASHBOARD_URL;
 const STATIONS = Number(process.env.OCPP_STATIONS || 0);
 const VERSIONS = (process.env.OCPP_VERSIONS || "").split(",").filter(Boolean);
 const RESET_STATION = process.env.OCPP_RESET_STATION;
 const SHOT_POINTS = 10; // seconds of the chart on the screenshot
-const SHOTS = process.env.OCPP_SCREENSHOTS || path.join(root, ".local", "screenshots");
-const CHROMIUM = process.env.OCPP_CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
-
-function playwright() {
-  return require(require.resolve("playwright-core", { paths: [path.join(root, "tools", "node")] }));
-}
 
 const skip = !URL ? "OCPP_DASHBOARD_URL is unset: run tests/browser/test_live_view.py (pytest)" :
-  !fs.existsSync(CHROMIUM) ? `${CHROMIUM} is missing: run make setup` : false;
+  chromiumMissing();
 
 // A widget of the flow by its node id (the dashboard gives each one this element id).
 const widget = (nodeId) => `[id="nrdb-ui-widget-${nodeId}"]`;
 
 test("the live view: stations, versions, chart, Reset", { skip, timeout: 120000 }, async (t) => {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  const { chromium } = playwright();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   t.after(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.setDefaultTimeout(30000);
@@ -106,17 +93,29 @@ test("the live view: stations, versions, chart, Reset", { skip, timeout: 120000 
     await page.locator(`${widget("lv.chart")} canvas`).first().waitFor();
   });
 
-  await t.test("a station selected in the table gets a Reset from the button", async () => {
-    const search = table.locator("input").first();
-    await search.fill(RESET_STATION);
+  const answer = page.locator(`${widget("lv.resetText")} .nrdb-ui-text-value`);
+
+  // Find `cbId` with the table's search field, click its row, press the button.
+  async function selectAndReset(cbId, version) {
+    await table.locator("input").first().fill(cbId);
     const row = table.locator("tbody tr").filter({
-      has: page.locator(`td[data-column-key="cbId"]`, { hasText: RESET_STATION }),
+      has: page.locator(`td[data-column-key="cbId"]`, { hasText: cbId }),
     });
     await row.click();
     const selected = page.locator(`${widget("lv.selected")} .nrdb-ui-text-value`);
-    await selected.filter({ hasText: `${RESET_STATION} (OCPP 2.0.1, connected)` }).waitFor();
+    await selected.filter({ hasText: `${cbId} (OCPP ${version}, connected)` }).waitFor();
     await page.locator(`${widget("lv.button")} button`).click();
-    const answer = page.locator(`${widget("lv.resetText")} .nrdb-ui-text-value`);
+  }
+
+  await t.test("a Reset to a generator's station shows why it failed", async (st) => {
+    // the generator answers every CSMS request with {}: no valid ResetResponse
+    await selectAndReset("bench00001", "2.0.1");
+    await answer.filter({ hasText: "Reset to bench00001 failed:" }).waitFor();
+    st.diagnostic(await answer.textContent());
+  });
+
+  await t.test("a station selected in the table gets a Reset from the button", async () => {
+    await selectAndReset(RESET_STATION, "2.0.1");
     await answer.filter({ hasText: `${RESET_STATION} answered Reset: Accepted` }).waitFor();
     // the table, the station's last message: the answer to the Reset
     await cells("last").filter({ hasText: "Reset response" }).waitFor();

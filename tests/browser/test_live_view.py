@@ -140,7 +140,7 @@ def test_live_view_in_headless_chromium(tmp_path: Path) -> None:
             )
             assert bench.poll() is None, (tmp_path / "loadgen.err").read_text()
             assert returncode == 0, output + runtime.log_tail(40)
-            assert "pass 5" in output and "fail 0" in output, output
+            assert "pass 6" in output and "fail 0" in output, output
             # the station got the Reset the button sent (2.0.1: type Immediate)
             said.wait_for("reset Immediate", timeout=10)
     assert (SCREENSHOTS / "live-view.png").is_file()

@@ -27,12 +27,12 @@ from ocpp.v201 import ChargePoint, call, call_result
 __all__ = ["ResetStation", "main"]
 
 
-class ResetStation(ChargePoint):  # type: ignore[misc]
+class ResetStation(ChargePoint):
     """Answers Reset Accepted and says so on stdout."""
 
-    @on("Reset")  # type: ignore[untyped-decorator]
-    def on_reset(self, type: str, **_: Any) -> call_result.Reset:  # noqa: A002 (the OCPP field)
-        print(f"reset {type}", flush=True)
+    @on("Reset")
+    def on_reset(self, **fields: Any) -> call_result.Reset:
+        print(f"reset {fields['type']}", flush=True)
         return call_result.Reset(status="Accepted")
 
 
@@ -40,7 +40,7 @@ async def run(args: argparse.Namespace) -> None:
     auth = base64.b64encode(f"{args.cb_id}:{args.password}".encode()).decode()
     async with websockets.connect(
         f"{args.url.rstrip('/')}/{args.cb_id}",
-        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+        subprotocols=["ocpp2.0.1"],
         additional_headers={"Authorization": f"Basic {auth}"},
         open_timeout=20,
     ) as ws:
