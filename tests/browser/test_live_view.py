@@ -119,6 +119,7 @@ def test_live_view_in_headless_chromium(tmp_path: Path) -> None:
         f"--url={url}",
         f"--cb-id={RESET_STATION}",
         f"--password={RESET_PASSWORD}",
+        "--heartbeat=600",  # one at boot only: its last message stays the Reset's answer
     ]
     with running_node_red(tmp_path / "node-red", "test_live_view_in_headless_chromium") as runtime:
         runtime.deploy(live_view_flow(port, auth))
