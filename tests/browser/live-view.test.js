@@ -139,6 +139,9 @@ test("the live view: stations, versions, chart, Reset", { skip, timeout: 120000 
     await search.blur();
     await table.locator(".v-data-table-footer__info").filter({ hasText: `of ${STATIONS}` }).waitFor();
     await chartPointsCame(SHOT_POINTS); // a chart with some history
+    // one page: the flow turns the dashboard's navigation drawer off (kept off screen)
+    await page.waitForFunction(() => [...document.querySelectorAll(".v-navigation-drawer")]
+      .every((drawer) => drawer.getBoundingClientRect().right <= 0));
     await page.screenshot({ path: path.join(SHOTS, "live-view.png"), fullPage: true });
   });
 
