@@ -74,6 +74,13 @@ test("getting started, in the editor", { skip, timeout: 120000 }, async (t) => {
   // the tips box under the sidebar would cover part of the screenshots
   await page.evaluate(() => RED.settings.set("editor.view.view-show-tips", false)).catch(() => {});
   await page.locator("#red-ui-palette-container-OCPP").waitFor({ state: "attached", timeout: 30000 });
+  // the deployed flow reaches the editor after the palette (later with more
+  // node types installed, such as the dashboard's)
+  await page.waitForFunction(() => {
+    let found = false;
+    RED.nodes.eachNode((node) => { found = found || node.type === "CSMS"; });
+    return found;
+  }, null, { timeout: 30000 });
 
   await t.test("step 2: the demo flow, CSMS 1 connected, CS001 connected", async () => {
     const csms = await idOf("CSMS :9220");
