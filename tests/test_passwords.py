@@ -128,12 +128,13 @@ def test_the_prefix_rule(value: str, is_hash: bool) -> None:
 GOOD_SALT = "aM15713r3Xsvxbi31lqr1Q"
 GOOD_DIGEST = "nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E"
 AB64_DIGEST = GOOD_DIGEST.replace("+", ".")
+BCRYPT = "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW"
 
 
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", "unsupported hash scheme $2b$"),
+        (BCRYPT, "unsupported hash scheme $2b$"),
         ("$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA", "unsupported hash scheme $argon2id$"),
         (f"$scrypt$ln=16,r=8,p=1${GOOD_SALT}", "three fields"),
         (f"$scrypt$ln=16,r=8${GOOD_SALT}${GOOD_DIGEST}", "ln=<n>,r=<n>,p=<n>"),
@@ -292,7 +293,7 @@ def test_a_bad_hash_names_the_cb_id_not_the_material() -> None:
         AuthList.parse({"CS7": f"$scrypt$ln=16,r=8,p=1${salt}$short"})
     assert "'CS7'" in str(info.value) and salt not in str(info.value)
     with pytest.raises(ValueError, match="unsupported hash scheme"):
-        AuthList.parse({"CS8": "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW"})
+        AuthList.parse({"CS8": BCRYPT})
 
 
 # -- the command ----------------------------------------------------------------------
