@@ -18,8 +18,10 @@ import threading
 import time
 
 import pytest
+import websockets
 
-from ocpp_nodes.transport import passwords
+from ocpp_nodes.nodes import CsmsNode, NodeServices, NodeSpec
+from ocpp_nodes.transport import auth_list, passwords
 from ocpp_nodes.transport.auth_list import AuthList, Verifier, VerifierBusy
 from ocpp_nodes.transport.passwords import (
     HashFormatError,
@@ -29,6 +31,8 @@ from ocpp_nodes.transport.passwords import (
     parse_hash,
     verify,
 )
+from tests.common import OCPP201, RecordingHost, auth_header
+from tests.shim_double import free_port
 
 # passlib 1.7's documentation, each made from the password "password"
 PASSLIB_SCRYPT = [
@@ -375,3 +379,78 @@ def test_cli_prompts_twice_without_echo(again: str) -> None:
         assert verify("Typed-secret-81", parse_hash(line))
     else:
         assert os.waitstatus_to_exitcode(status) == 1 and "differ" in text
+
+
+# -- the CSMS node and its server, in this process ---------------------------------------
+
+
+async def test_csms_node_answers_503_while_checks_pile_up() -> None:
+    """Busy: a login that needs a new check gets 503 + Retry-After; a known one gets in."""
+    port = free_port()
+    host = RecordingHost()
+    node = CsmsNode(
+        NodeSpec(
+            "csms",
+            {"port": str(port), "path": "/ocpp"},
+            {"basic_auths": f'{{"K": "{FAST}", "N": "{FAST}"}}'},
+        ),
+        host,
+        NodeServices(),
+    )
+    await node.start()
+    url = f"ws://127.0.0.1:{port}/ocpp"
+    try:
+        async with websockets.connect(
+            f"{url}/K", subprotocols=OCPP201, additional_headers=auth_header("K", "hashed-pw")
+        ):
+            pass
+        original = auth_list.VERIFIER.busy
+        auth_list.VERIFIER.busy = lambda: True  # type: ignore[method-assign]
+        try:
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(
+                    f"{url}/N",
+                    subprotocols=OCPP201,
+                    additional_headers=auth_header("N", "hashed-pw"),
+                )
+            assert info.value.response.status_code == 503
+            assert info.value.response.headers["Retry-After"] == "1"
+            async with websockets.connect(
+                f"{url}/K", subprotocols=OCPP201, additional_headers=auth_header("K", "hashed-pw")
+            ):
+                pass
+        finally:
+            auth_list.VERIFIER.busy = original  # type: ignore[method-assign]
+    finally:
+        await node.stop()
+    node._refusals.report()
+    warnings = [text for level, text in host.logs if level == "warn"]
+    assert any("1 x HTTP 503" in text for text in warnings), host.logs
+
+
+async def test_hash_password_command() -> None:
+    host = RecordingHost()
+    node = CsmsNode(NodeSpec("csms", {"port": "1", "path": "/ocpp"}), host, NodeServices())
+    msg = {
+        "payload": {
+            "msgType": 99,
+            "command": "hash_password",
+            "data": {"password": "Pw-77", "scheme": "pbkdf2-sha256"},
+        },
+        "customData": "c",
+    }
+    node.input(1, msg)
+    await host.wait_for(lambda: host.dones)
+    assert host.dones == [(1, None)]
+    answer = host.sent[-1][1]
+    assert answer["customData"] == "c" and answer["payload"]["data"] == {"scheme": "pbkdf2-sha256"}
+    made = answer["payload"]["hash"]
+    assert made.startswith("$pbkdf2-sha256$600000$") and verify("Pw-77", parse_hash(made))
+    assert "Pw-77" not in repr(host.sent) + repr(host.logs)
+    for seq, data, says in (
+        (2, {}, "needs data.password"),
+        (3, {"password": "x", "scheme": "md5"}, "data.scheme must be one of"),
+    ):
+        node.input(seq, {"payload": {"msgType": 99, "command": "hash_password", "data": data}})
+        await host.wait_for(lambda s=seq: any(d[0] == s for d in host.dones))
+        assert says in str(dict(host.dones)[seq])

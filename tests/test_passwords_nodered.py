@@ -26,8 +26,7 @@ import pytest
 import websockets
 from ocpp.v201 import ChargePoint, call
 
-from tests.common import OCPP201, auth_header
-from tests.flowkit import Flow, http_api, recorder, wait_port
+from tests.flowkit import Flow, connect_station, http_api, node, recorder, wait_port
 from tests.nodered import NodeRed, free_port, running_node_red, wait_until
 
 pytestmark = pytest.mark.nodered
@@ -75,48 +74,20 @@ def flow_nodes(port: int) -> list[dict[str, Any]]:
     rec = "pw.rec."
     nodes: list[dict[str, Any]] = [
         {"id": TAB, "type": "tab", "label": "passwords"},
-        {
-            "id": "csms",
-            "type": "CSMS",
-            "z": TAB,
-            "port": str(port),
-            "path": "/ocpp",
-            "ocpp_logging": True,
-            "outputs": 3,
-            "connection_events": True,
-            "x": 300,
-            "y": 100,
-            "wires": [[rec + "csms1", "responder"], [rec + "csms2"], [rec + "csmslog"]],
-        },
-        {
-            "id": "responder",
-            "type": "function",
-            "z": TAB,
-            "func": RESPONDER_JS,
-            "outputs": 1,
-            "x": 500,
-            "y": 100,
-            "wires": [["csms"]],
-        },
-        {
-            "id": "status",
-            "type": "status",
-            "z": TAB,
-            "scope": None,
-            "x": 100,
-            "y": 600,
-            "wires": [[rec + "status"]],
-        },
-        {
-            "id": "catch",
-            "type": "catch",
-            "z": TAB,
-            "scope": None,
-            "uncaught": False,
-            "x": 100,
-            "y": 700,
-            "wires": [[rec + "catch"]],
-        },
+        node(
+            "csms",
+            "CSMS",
+            [[rec + "csms1", "responder"], [rec + "csms2"], [rec + "csmslog"]],
+            tab=TAB,
+            port=str(port),
+            path="/ocpp",
+            ocpp_logging=True,
+            outputs=3,
+            connection_events=True,
+        ),
+        node("responder", "function", [["csms"]], tab=TAB, func=RESPONDER_JS, outputs=1),
+        node("status", "status", [[rec + "status"]], tab=TAB, scope=None),
+        node("catch", "catch", [[rec + "catch"]], tab=TAB, scope=None, uncaught=False),
     ]
     nodes += [recorder(rec + tag, TAB, tag) for tag in TAGS]
     nodes += http_api(TAB, {"csms": "csms"})
@@ -125,12 +96,7 @@ def flow_nodes(port: int) -> list[dict[str, Any]]:
 
 async def boot(port: int, cb_id: str, password: str) -> str:
     """A station of the ``ocpp`` package logs in and boots; the CSMS's answer's status."""
-    async with websockets.connect(
-        f"ws://127.0.0.1:{port}/ocpp/{cb_id}",
-        subprotocols=OCPP201,
-        additional_headers=auth_header(cb_id, password),
-        open_timeout=20,
-    ) as ws:
+    async with await connect_station(f"ws://127.0.0.1:{port}/ocpp", cb_id, password) as ws:
         station = ChargePoint(cb_id, ws, response_timeout=15)
         reader = asyncio.create_task(station.start())
         try:

@@ -66,7 +66,7 @@ class RefusalLog:
         403: "client certificate of another station",
         404: "unknown identity",
         409: "already connected",
-        503: "over a connection cap",
+        503: "over a connection cap, or too many password hashes to check",
     }
     #: not HTTP: closed after the upgrade, as part 4 asks
     CLOSED = {NO_COMMON_VERSION: "no OCPP version in common; closed with code 1002"}

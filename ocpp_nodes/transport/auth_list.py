@@ -9,7 +9,8 @@ Theory of operation:
 2. A plain entry is compared in constant time on the event loop (a
    microsecond). A hash is checked in a thread (hashlib releases the GIL):
    tens of milliseconds that the loop, and every connected station, must
-   not wait for.
+   not wait for. The threads are one fewer than the CPUs (at least one), so
+   a storm of checks leaves a CPU to the loop.
 3. A successful hash check is remembered as an HMAC of cbId and password
    under a random key made once per process, so a station that reconnects
    with the same password costs one HMAC, not another scrypt. The memory
@@ -56,20 +57,23 @@ class VerifierBusy(Exception):
 
 
 class Verifier:
-    """Runs hash checks in a pool of threads, one per CPU, with a bounded backlog.
+    """Runs hash checks in a pool of threads with a bounded backlog.
 
     Args:
-        workers: threads (default: the CPUs this process may use).
+        workers: threads (default: one less than the CPUs this process may
+            use, at least one).
         max_backlog: seconds of checks that may wait before new ones are refused.
     """
 
     def __init__(self, workers: int | None = None, max_backlog: float = 2.0) -> None:
         if workers is None:
-            workers = (
+            cpus = (
                 len(os.sched_getaffinity(0))
                 if hasattr(os, "sched_getaffinity")
                 else os.cpu_count() or 1
             )
+            # one CPU stays free for the event loop (and Node-RED) during a storm
+            workers = max(1, cpus - 1)
         self.workers = workers
         self.max_backlog = max_backlog
         self.waiting = 0
