@@ -210,7 +210,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 },
                 credentials={"basic_auths": json.dumps(auths)},
             )
-            await shim.wait_for(lambda n=node: "0 connected" in shim.statuses(n), 30)
+            await shim.wait_for(lambda n=node: "0 connected" in shim.statuses(n), 120)
             url = f"ws://127.0.0.1:{port}/ocpp"
             for round_name in ("first", "again"):
                 result = await storm(url, stations, args.concurrency)

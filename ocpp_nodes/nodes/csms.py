@@ -486,6 +486,9 @@ class CsmsNode(OcppNode):
         if scheme not in SCHEMES:
             self.host.done(seq, f"hash_password: data.scheme must be one of {', '.join(SCHEMES)}")
             return
+        if VERIFIER.busy():  # station logins first
+            self.host.done(seq, "hash_password: too many password hashes to check; try later")
+            return
         try:
             hashed = await VERIFIER.run(make_hash, password, scheme)
         except HashFormatError as exc:
