@@ -1,8 +1,12 @@
-"""``ocpp-nodes serve``: the daemon that the Node-RED shim starts.
+"""``ocpp-nodes serve``: the daemon that the Node-RED shim starts; ``ocpp-nodes hash-password``.
 
 The token comes in the environment (``OCPP_NODES_TOKEN``), never on the
 command line. When stdin is a pipe, the daemon exits as soon as it closes:
 the shim holds the other end, so the daemon never outlives Node-RED.
+
+``hash-password`` prints a hash for the CSMS node's *CS Auth* list
+(docs/security.md): the password comes from a prompt without echo or from
+stdin, never from the command line, where ``ps`` would show it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import getpass
 import ipaddress
 import json
 import logging
@@ -25,6 +30,7 @@ from . import IPC_PROTOCOL, __version__, hop_trace, schemas
 from .ipc.server import DaemonServer
 from .rpc import VERSIONS
 from .schema_cache import DiskCodeCache, default_directory
+from .transport.passwords import SCHEMES, HashFormatError, make_hash
 
 if TYPE_CHECKING:
     from .metrics import EngineMetrics
@@ -140,7 +146,23 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help=argparse.SUPPRESS,  # the shim: engines it restarted before this one
     )
+    hash_parser = commands.add_parser(
+        "hash-password",
+        help="print a salted hash of a password for a CSMS node's CS Auth list",
+        description="Reads the password from a prompt (no echo) or, when stdin is not "
+        "a terminal, from the first line of stdin; prints the hash.",
+    )
+    hash_parser.add_argument(
+        "--scheme", choices=SCHEMES, default="scrypt", help="hash scheme (default scrypt)"
+    )
+    hash_parser.add_argument(
+        "--cost",
+        type=int,
+        help="scrypt: ln, log2 of N (default 14); pbkdf2: rounds (default 600000)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "hash-password":
+        return hash_password(args.scheme, args.cost)
 
     logging.basicConfig(
         stream=sys.stderr,
@@ -198,6 +220,31 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"ocpp-nodes: cannot listen on {args.socket or args.tcp}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def hash_password(scheme: str, cost: int | None) -> int:
+    """``ocpp-nodes hash-password``: read a password, print its hash; the exit status."""
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 1
+        if password != again:
+            print("ocpp-nodes: the two passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("ocpp-nodes: no password given", file=sys.stderr)
+        return 1
+    try:
+        print(make_hash(password, scheme, cost=cost))
+    except HashFormatError as exc:
+        print(f"ocpp-nodes: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

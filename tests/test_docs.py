@@ -190,7 +190,7 @@ def test_nodes_md_names_only_fields_and_commands_that_exist() -> None:
         "registration",
         "messageattempts",
     }
-    assert len(spec.commands["CSMS"]) == 13
+    assert len(spec.commands["CSMS"]) == 14
     assert len(spec.config["CS"]) >= 14 and len(spec.config["CSMS"]) >= 15
     problems = nodes_md_problems(doc, code, helps, dialogs)
     assert not problems, "\n".join(problems)

@@ -32,8 +32,9 @@ module.exports = function (RED) {
 
   RED.nodes.registerType("CSMS", OcppCsmsNode, {
     credentials: {
-      // A JSON object cbId -> password, kept as the text the editor stores.
-      basic_auths: { type: "text" },
+      // A JSON object cbId -> password or hash (docs/security.md), kept as the
+      // text the editor stores; "password": never sent back to the editor.
+      basic_auths: { type: "password" },
     },
   });
 };

@@ -1,8 +1,9 @@
 """The CSMS node: a server that Charging Stations connect to.
 
 Config (see docs/nodes.md): ``port``, ``path``, ``ocpp_logging``, and the
-credential ``basic_auths``: a JSON object ``{cbId: password}`` as text. A
-station is routed by ``msg.payload.cbId``, else ``msg.ocpp.cbId``.
+credential ``basic_auths``: a JSON object ``{cbId: password or hash}`` as text
+(:mod:`ocpp_nodes.transport.auth_list`). A station is routed by
+``msg.payload.cbId``, else ``msg.ocpp.cbId``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 from ..rpc import V201, CallReceived, ErrorCode, OcppVersion, Role
 from ..rpc.registration import BOOT_ACTION, Registration, RegistrationStatus
 from ..transport import AuthDecision, ServerOptions, StationLink, StationServer
+from ..transport.auth_list import VERIFIER, AuthList, VerifierBusy
 from ..transport.csms_server import NO_COMMON_VERSION
+from ..transport.passwords import SCHEMES, HashFormatError, make_hash
 from ..transport.tls import TlsMaterial, server_context
 from .base import (
     PORT_COMMON,
@@ -63,7 +66,7 @@ class RefusalLog:
         403: "client certificate of another station",
         404: "unknown identity",
         409: "already connected",
-        503: "over a connection cap",
+        503: "over a connection cap, or too many password hashes to check",
     }
     #: not HTTP: closed after the upgrade, as part 4 asks
     CLOSED = {NO_COMMON_VERSION: "no OCPP version in common; closed with code 1002"}
@@ -120,6 +123,7 @@ class CsmsNode(OcppNode):
         "ws_close",
         "ws_open",
         "registration",
+        "hash_password",
     )
 
     def __init__(self, spec: NodeSpec, host: NodeHost, services: NodeServices) -> None:
@@ -154,9 +158,9 @@ class CsmsNode(OcppNode):
             self.port_problem = f"port {config.get('port')!r} is not a TCP port number"
         self.auth_problem: str | None = None
         try:
-            self.auth_list = parse_auth_list(spec.credentials.get("basic_auths"))
+            self.auth_list = AuthList.parse(parse_auth_list(spec.credentials.get("basic_auths")))
         except ValueError as exc:
-            self.auth_list = {}
+            self.auth_list = AuthList({})
             self.auth_problem = str(exc)
         # A station that connects again while connected: the newer connection
         # replaces the older ("newest", the default), or is refused ("reject").
@@ -270,7 +274,7 @@ class CsmsNode(OcppNode):
         if self.meter is not None:
             self.meter.handshake(status)
 
-    def authenticate(
+    async def authenticate(
         self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
     ) -> AuthDecision:
         if self.security_profile == 3:
@@ -279,15 +283,21 @@ class CsmsNode(OcppNode):
             if client_cn != cb_id:
                 return AuthDecision.WRONG_CERTIFICATE
             return self._admit(cb_id)
-        expected = self.auth_list.get(cb_id)
-        if expected is None:
+        auth_list = self.auth_list
+        if cb_id not in auth_list:
             return AuthDecision.UNKNOWN_IDENTITY
         if credentials is None:
             return AuthDecision.BAD_CREDENTIALS
         user, password = credentials
-        user_ok = hmac.compare_digest(user.encode(), cb_id.encode())
-        password_ok = hmac.compare_digest(password.encode(), expected.encode())
-        if not (user_ok and password_ok):
+        if not hmac.compare_digest(user.encode(), cb_id.encode()):
+            return AuthDecision.BAD_CREDENTIALS
+        try:
+            password_ok = await auth_list.check(cb_id, password)
+        except VerifierBusy:
+            return AuthDecision.BUSY
+        if auth_list is not self.auth_list:  # changed while a hash was checked
+            return await self.authenticate(cb_id, credentials, client_cn)
+        if not password_ok:
             return AuthDecision.BAD_CREDENTIALS
         return self._admit(cb_id)
 
@@ -433,22 +443,26 @@ class CsmsNode(OcppNode):
             self._reply_to_command(msg, commands=self._pending_calls())
         elif command == "get_auth_list":
             self._check_auth_list_readable(command)
-            self._reply_to_command(msg, auth_list=dict(self.auth_list))
+            self._reply_to_command(msg, auth_list=self.auth_list.readable())
         elif command == "set_auth_list":
             try:
-                self.auth_list = parse_auth_list(data)
+                self.auth_list = AuthList.parse(parse_auth_list(data), previous=self.auth_list)
             except ValueError as exc:
                 raise InputError(str(exc)) from None
         elif command in ("get_auth_cs", "get_auth_user"):
             self._check_auth_list_readable(command)
             name = self._station_name(settings)
-            self._reply_to_command(msg, auth_cs=self.auth_list.get(name, "NOT FOUND"))
+            entry = self.auth_list.readable_entry(name)
+            self._reply_to_command(msg, auth_cs="NOT FOUND" if entry is None else entry)
         elif command in ("set_auth_cs", "set_auth_user"):
             name = self._station_name(settings)
             password = settings.get("password")
             if not isinstance(password, str) or not password:
                 raise InputError(f"{command} needs data.password")
-            self.auth_list[name] = password
+            try:
+                self.auth_list = self.auth_list.with_entry(name, password)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
         elif command == "ws_close":
             self.tasks.start(self._ws_close(seq, settings))
             return False
@@ -457,9 +471,38 @@ class CsmsNode(OcppNode):
             return False
         elif command == "registration":
             self._reply_with_registration(msg, settings)
+        elif command == "hash_password":
+            self.tasks.start(self._hash_password(seq, msg, settings))
+            return False
         else:
             raise InputError(f"unknown command {command!r}: {self._command_list()}")
         return True
+
+    async def _hash_password(self, seq: int, msg: dict[str, Any], settings: dict[str, Any]) -> None:
+        """Answer ``payload.hash``: a new hash of ``data.password``, made in a thread.
+
+        The reply leaves ``data.password`` out: the flow asked for the hash.
+        """
+        password = settings.get("password")
+        scheme = settings.get("scheme", "scrypt")
+        if not isinstance(password, str) or not password:
+            self.host.done(seq, "hash_password needs data.password (text)")
+            return
+        if scheme not in SCHEMES:
+            self.host.done(seq, f"hash_password: data.scheme must be one of {', '.join(SCHEMES)}")
+            return
+        if VERIFIER.busy():  # station logins first
+            self.host.done(seq, "hash_password: too many password hashes to check; try later")
+            return
+        try:
+            hashed = await VERIFIER.run(make_hash, password, scheme)
+        except HashFormatError as exc:
+            self.host.done(seq, f"hash_password: {exc}")
+            return
+        payload = dict(msg.get("payload") or {})
+        payload["data"] = {key: value for key, value in settings.items() if key != "password"}
+        self._reply_to_command({**msg, "payload": payload}, hash=hashed)
+        self.host.done(seq)
 
     def _reply_with_registration(self, msg: dict[str, Any], settings: dict[str, Any]) -> None:
         cb_id = settings.get("cbId")

@@ -215,7 +215,7 @@ def _csms_obstacle(new: CsmsNode, old: CsmsNode) -> tuple[str | None, Any]:
     return None, ssl_context
 
 
-def _no_longer_admitted(
+async def _no_longer_admitted(
     new: CsmsNode, old: CsmsNode, link: StationLink, credentials: Any, client_cn: Any
 ) -> str | None:
     """Why a connected station must go under ``new``'s settings, or ``None``."""
@@ -224,13 +224,15 @@ def _no_longer_admitted(
     if new.security_profile == 3:
         return None  # its certificate was checked in its TLS handshake, its CN is its cbId
     cb_id = link.cb_id
-    if new.auth_list.get(cb_id) == old.auth_list.get(cb_id):
+    if cb_id in old.auth_list and new.auth_list.stored(cb_id) == old.auth_list.stored(cb_id):
         return None  # the same entry admits the same credentials
-    decision = new.authenticate(cb_id, credentials, client_cn)
+    decision = await new.authenticate(cb_id, credentials, client_cn)
     if decision in (AuthDecision.ACCEPT, AuthDecision.ALREADY_CONNECTED):
         return None
     if decision is AuthDecision.UNKNOWN_IDENTITY:
         return "no longer in the CS Auth list"
+    if decision is AuthDecision.BUSY:  # it is checked again when it reconnects
+        return "its password could not be checked now (too many logins being checked)"
     return "its password is no longer valid"
 
 
@@ -260,7 +262,9 @@ async def _take_over_csms(new: CsmsNode, old: CsmsNode) -> bool:
         held.replay(new.host)
     going: dict[StationLink, str] = {}
     for session, admission in server.connections():
-        problem = _no_longer_admitted(new, old, session, admission.credentials, admission.client_cn)
+        problem = await _no_longer_admitted(
+            new, old, session, admission.credentials, admission.client_cn
+        )
         if problem is not None:
             going[session] = problem
     if going:

@@ -51,6 +51,8 @@ class AuthDecision(Enum):
     BAD_CREDENTIALS = 401
     WRONG_CERTIFICATE = 403
     ALREADY_CONNECTED = 409
+    #: too many password hashes being checked: try again shortly
+    BUSY = 503
 
 
 def basic_auth_credentials(header: str | None) -> tuple[str, str] | None:
@@ -182,11 +184,12 @@ class StationSocket:
 class StationListener(LinkListener, Protocol):
     """What a CSMS node decides and hears: each attempt, then each station's link."""
 
-    def authenticate(
+    async def authenticate(
         self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
     ) -> AuthDecision:
         """Decide on a cbId, its Basic credentials (``(user, password)`` or
-        ``None``) and its client certificate's CN before the upgrade."""
+        ``None``) and its client certificate's CN before the upgrade (may
+        await a password hash's check in a thread)."""
 
     def refused(self, status: int, remote: str) -> None:
         """An attempt from ``remote`` was refused with HTTP ``status`` before the upgrade,
@@ -344,7 +347,7 @@ class CsmsServer:
         peercert = request.transport.get_extra_info("peercert") if request.transport else None
         credentials = basic_auth_credentials(request.headers.get("Authorization"))
         client_cn = peer_common_name(peercert)
-        decision = self.listener.authenticate(cb_id, credentials, client_cn)
+        decision = await self.listener.authenticate(cb_id, credentials, client_cn)
         if decision is AuthDecision.UNKNOWN_IDENTITY:
             return web.Response(status=404, text="Unknown Charging Station identity")
         if decision is AuthDecision.BAD_CREDENTIALS:
@@ -359,6 +362,10 @@ class CsmsServer:
             )
         if decision is AuthDecision.ALREADY_CONNECTED:
             return web.Response(status=409, text="This Charging Station is already connected")
+        if decision is AuthDecision.BUSY:
+            return web.Response(
+                status=503, text="Too many logins being checked", headers={"Retry-After": "1"}
+            )
         offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
         version = select_version(
             offered.split(","), self.options.versions, own_order=self.options.own_order
