@@ -30,8 +30,9 @@ module.exports = function (RED) {
 
   RED.nodes.registerType("CSMS", OcppCsmsNode, {
     credentials: {
-      // A JSON object cbId -> password, kept as the text the editor stores.
-      basic_auths: { type: "text" },
+      // A JSON object cbId -> password, kept as the text the editor stores;
+      // a password credential: never sent back to the editor once saved.
+      basic_auths: { type: "password" },
     },
   });
 };

@@ -4,7 +4,10 @@
 // and a CS with a target-csms created by dragging from the palette and
 // configured through their dialogs, OCPP Logging giving 2 or 3 output ports
 // (and their labels on hover), each node's help in the help sidebar, a deploy,
-// and the statuses "1 connected" / "connected" in the workspace.
+// and the statuses "1 connected" / "connected" in the workspace. The dialogs'
+// tabs (every field on one), their validators (cbId, CS Auth list, limits),
+// the CS Auth list not shown again once deployed, and an older export that
+// opens with its values and saves unchanged.
 //
 // Needs a running Node-RED with this checkout's shim: tests/browser/test_editor.py
 // starts one (tests/nodered.py) and runs this file with
@@ -47,6 +50,46 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
   const errors = [];
   page.on("pageerror", (err) => errors.push(String(err)));
   const shot = (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+  // The open dialog (the top tray) alone, once it has stopped moving: it
+  // slides in (a CSS transition of `right`) and is then resized, so wait
+  // until it runs no animation and its box stays the same for 10 frames.
+  async function shotTray(name) {
+    await page.mouse.move(0, 0);
+    await page.evaluate(() => { window.ocppTrayBox = null; window.ocppTrayStill = 0; });
+    await page.waitForFunction(() => {
+      const trays = document.querySelectorAll("#red-ui-editor-stack .red-ui-tray");
+      const tray = trays[trays.length - 1];
+      if (!tray || tray.getAnimations().length > 0) {
+        window.ocppTrayStill = 0;
+        return false;
+      }
+      const stack = document.querySelector("#red-ui-editor-stack").getBoundingClientRect();
+      const box = JSON.stringify(tray.getBoundingClientRect());
+      const inPlace = Math.abs(tray.getBoundingClientRect().right - stack.right) < 1;
+      window.ocppTrayStill = inPlace && box === window.ocppTrayBox ? window.ocppTrayStill + 1 : 0;
+      window.ocppTrayBox = box;
+      return window.ocppTrayStill >= 10;
+    }, null, { polling: "raf", timeout: 10000 });
+    await page.locator("#red-ui-editor-stack .red-ui-tray").last()
+      .screenshot({ path: path.join(SHOTS, `${name}.png`) });
+  }
+  // Show a tab of the open dialog: click its label near its left end (the
+  // label may be wider than its tab) and wait for its page. The tab bar takes
+  // a second click within 400 ms of the one before for a double click, which
+  // selects nothing: click again then.
+  async function showTab(tabId) {
+    for (let attempt = 1; ; attempt++) {
+      await page.locator(`#red-ui-tab-${tabId} a`).click({ position: { x: 12, y: 8 } });
+      try {
+        await page.locator(`#${tabId}`).waitFor({ state: "visible", timeout: 1000 });
+        return;
+      } catch (err) {
+        if (attempt === 3) {
+          throw err;
+        }
+      }
+    }
+  }
 
   await page.goto(BASE);
   const palette = (type) =>
@@ -80,6 +123,9 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
   }
 
   const nodeSel = (id) => `#red-ui-workspace-chart g.red-ui-flow-node-group[id="${id}"]`;
+  // CS Auth is a typedInput: its visible text field sits beside the hidden input.
+  const authListField = () =>
+    page.locator("#node-input-basic_auths + .red-ui-typedInput-container input.red-ui-typedInput-input");
   const outputPorts = (id) => page.locator(`${nodeSel(id)} g.red-ui-flow-port-output`);
 
   async function openDialog(id) {
@@ -106,6 +152,7 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
 
   async function setLogging(id, on) {
     await openDialog(id);
+    await showTab(await page.evaluate((nid) => RED.nodes.node(nid).type === "CS" ? "cs-tab-ocppj" : "csms-tab-ocppj", id));
     await page.setChecked("#node-input-ocpp_logging", on);
     await closeDialog();
   }
@@ -134,11 +181,11 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
     await page.fill("#node-input-name", "browser CSMS");
     await page.fill("#node-input-port", String(CSMS_PORT));
     await page.fill("#node-input-path", "/ocpp");
-    // CS Auth is a JSON typedInput: its visible text field sits beside the hidden input.
-    await page.locator("#node-input-basic_auths + .red-ui-typedInput-container input.red-ui-typedInput-input")
-      .fill(JSON.stringify({ [CB_ID]: PASSWORD }));
+    await shotTray("csms-dialog");
+    await showTab("csms-tab-security");
+    await authListField().fill(JSON.stringify({ [CB_ID]: PASSWORD }));
+    await showTab("csms-tab-ocppj");
     await page.setChecked("#node-input-ocpp_logging", true);
-    await shot("csms-dialog");
     await closeDialog();
     assert.equal(await portCount(csmsId, 3), 3, "CSMS with OCPP Logging: 3 outputs");
     assert.equal(await hoverLabel(csmsId, 0), "common");
@@ -158,8 +205,11 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
     csId = await drop("CS", 200, 300);
     await openDialog(csId);
     await page.fill("#node-input-cbId", CB_ID);
+    await showTab("cs-tab-security");
     await page.fill("#node-input-csms_pw", PASSWORD);
+    await showTab("cs-tab-ocppj");
     await page.setChecked("#node-input-ocpp_logging", true);
+    await showTab("cs-tab-connection");
     // The + beside the CSMS select adds a target-csms config node.
     await page.click("#node-input-btn-csms-add");
     await page.locator("#node-config-input-url").waitFor({ state: "visible" });
@@ -168,7 +218,7 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
     await shot("target-csms-dialog");
     await page.click("#node-config-dialog-ok");
     await page.locator("#node-config-input-url").waitFor({ state: "detached" });
-    await shot("cs-dialog");
+    await shotTray("cs-dialog");
     await closeDialog();
     assert.equal(await portCount(csId, 3), 3, "CS with OCPP Logging: 3 outputs");
     assert.equal(await hoverLabel(csId, 2), "ocpp log");

@@ -1,6 +1,6 @@
 "use strict";
 // The editor definitions in js_shim/nodes/*.html, run as the editor runs them
-// (the shared js_shim/resources/ocpp-versions.js first, then registerType with
+// (the shared js_shim/resources/*.js first, then registerType with
 // a definition object), with the editor's globals stubbed:
 // the OCPP Logging checkbox gives 2 or 3 outputs, the ports are labelled, and
 // the defaults match what older exports need.
@@ -27,10 +27,11 @@ function editorDefinition(file, checkboxes) {
     val: () => undefined,
     on: () => undefined,
   });
-  // The script the dialogs load first (js_shim/resources, served by Node-RED).
-  const shared = fs.readFileSync(path.join(root, "js_shim/resources/ocpp-versions.js"), "utf8");
+  // The scripts the dialogs load first (js_shim/resources, served by Node-RED).
   const context = vm.createContext({ RED, $, window: {} });
-  vm.runInContext(shared, context);
+  for (const shared of ["ocpp-versions.js", "ocpp-dialog.js"]) {
+    vm.runInContext(fs.readFileSync(path.join(root, "js_shim/resources", shared), "utf8"), context);
+  }
   vm.runInContext(script, context);
   return registered;
 }
