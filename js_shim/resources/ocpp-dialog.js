@@ -82,7 +82,8 @@
   }
 
   // A number setting: empty (absent in older exports) means the engine's
-  // default; otherwise at least `min`, and whole when `whole`.
+  // default; otherwise at least `min`, and whole when `whole`. The reason
+  // names the field by the `label` of its property definition.
   function numberSetting(min, whole) {
     return function (value, opt) {
       if (value === undefined || value === null || String(value).trim() === "") {
@@ -92,7 +93,8 @@
       if (Number.isFinite(number) && number >= min && (!whole || Number.isInteger(number))) {
         return true;
       }
-      return opt ? `must be ${whole ? "a whole number" : "a number"} of at least ${min}` : false;
+      const reason = `must be ${whole ? "a whole number" : "a number"} of at least ${min}`;
+      return opt ? (opt.label ? `${opt.label}: ${reason}` : reason) : false;
     };
   }
 
@@ -118,7 +120,8 @@
 
   // The dialog's property inputs (`#node-input-<name>`) that show a property
   // the node lacks (older exports), with what each showed when the dialog
-  // opened; `shown` maps a name to what absent means, set in its input.
+  // opened; `shown` maps a name to what absent means (a checkbox's state or
+  // a select's value), set in its input.
   function absentFields(node, shown) {
     const fields = [];
     for (const name of Object.keys(node._def.defaults)) {
@@ -126,7 +129,9 @@
       if (node[name] !== undefined || input.length === 0) {
         continue;
       }
-      if (name in shown) {
+      if (name in shown && input.attr("type") === "checkbox") {
+        input.prop("checked", shown[name]);
+      } else if (name in shown) {
         input.val(shown[name]);
       }
       fields.push({ name, input, before: fieldValue(input) });

@@ -77,10 +77,10 @@ def test_editor_in_headless_chromium(tmp_path: Path) -> None:
         old.unlink()
     with running_node_red(tmp_path / "node-red", "test_editor_in_headless_chromium") as runtime:
         returncode, output = run_browser_test(
-            "editor.test.js", 150, OCPP_EDITOR_URL=runtime.base_url, OCPP_CSMS_PORT=str(free_port())
+            "editor.test.js", 300, OCPP_EDITOR_URL=runtime.base_url, OCPP_CSMS_PORT=str(free_port())
         )
     assert returncode == 0, output
-    assert "pass 6" in output and "fail 0" in output, output
+    assert "pass 10" in output and "fail 0" in output, output
     assert sorted(p.name for p in SCREENSHOTS.glob("*.png"))
 
 
