@@ -30,8 +30,8 @@ module.exports = function (RED) {
 
   RED.nodes.registerType("CSMS", OcppCsmsNode, {
     credentials: {
-      // A JSON object cbId -> password, kept as the text the editor stores;
-      // a password credential: never sent back to the editor once saved.
+      // A JSON object cbId -> password or hash (docs/security.md), kept as the
+      // text the editor stores; "password": never sent back to the editor.
       basic_auths: { type: "password" },
     },
   });

@@ -136,6 +136,9 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       await page.locator(`${nodeSel(id)} rect.red-ui-flow-node`).dblclick();
       try {
         await page.locator("#node-dialog-ok").waitFor({ state: "visible", timeout: 5000 });
+        // the form is built once the node's credentials have come: its tabs show then
+        await page.locator("#node-input-cs-tabs li.red-ui-tab, #node-input-csms-tabs li.red-ui-tab")
+          .first().waitFor({ state: "visible", timeout: 5000 });
         return;
       } catch (err) {
         if (attempt === 3) {
@@ -397,8 +400,8 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
         'CS Auth: the password of "CS1" must be a string (in quotes), not number'],
       [csmsId, "csms-tab-security", "csauth", '["CS1", "pw"]', 'CS Auth: must be a JSON object {"cbId": "password", ...}'],
       [csmsId, "csms-tab-security", "csauth", '{"CS:1": "pw"}', `CS Auth: "CS:1": a cbId must not contain ':'`],
-      [csmsId, "csms-tab-limits", "#node-input-handshakes_per_address", "-1", "Per address: must be a number of at least 0"],
-      [csmsId, "csms-tab-limits", "#node-input-upgrade_timeout", "-5", "Upgrade within: must be a number of at least 0"],
+      [csmsId, "csms-tab-limits", "#node-input-handshakes_per_address", "-1", "Connections per address: must be a number of at least 0"],
+      [csmsId, "csms-tab-limits", "#node-input-upgrade_timeout", "-5", "Upgrade timeout: must be a number of at least 0"],
     ];
     for (const [id, tabId, selector, value, reason] of cases) {
       const result = await typeAndSave(id, tabId, selector, value);
