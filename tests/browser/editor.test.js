@@ -326,6 +326,7 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       for (const [tabId, fields] of Object.entries(TABS[type])) {
         await showTab(tabId);
         assert.deepEqual((await shownFields(tabId)).sort(), [...fields].sort(), `${type} ${tabId}`);
+        await shotTray(tabId);
       }
       const defaults = await page.evaluate((tp) => Object.keys(RED.nodes.getType(tp).defaults), type);
       const onTabs = Object.values(TABS[type]).flat();
