@@ -57,7 +57,10 @@
     try {
       list = JSON.parse(text);
     } catch (err) {
-      return `not valid JSON (${err.message})`;
+      // where, not the parser's words: they may quote the text, passwords and all
+      const at = /position (\d+)/.exec(err.message);
+      return at ? `not valid JSON (at character ${Number(at[1]) + 1})` :
+        /end of JSON/.test(err.message) ? "not valid JSON (it ends too soon)" : "not valid JSON";
     }
     if (list === null || typeof list !== "object" || Array.isArray(list)) {
       return 'must be a JSON object {"cbId": "password", ...}';
