@@ -384,6 +384,9 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       const input = sel === "csauth" ? $("#node-input-basic_auths").next(".red-ui-typedInput-container") : $(sel);
       return input.hasClass("input-error");
     }, selector);
+    if (value === '{"CS1": 1234}') {
+      await shotTray("csms-auth-invalid");
+    }
     await closeDialog();
     const node = await page.evaluate((nid) => {
       const n = RED.nodes.node(nid);
