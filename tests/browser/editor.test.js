@@ -354,6 +354,18 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
     // replace, then keep: the saved list again; Done changes nothing
     await page.click("#node-input-basic_auths-replace");
     assert.equal(await authListField().inputValue(), "");
+    // the ... button edits the list in Node-RED's JSON editor, laid out; Done puts it back in one line
+    await authListField().fill('{"CS7":"pw7"}');
+    await page.locator("#node-input-basic_auths + .red-ui-typedInput-container .red-ui-typedInput-option-expand")
+      .click();
+    await page.waitForFunction(() => {
+      const lines = document.querySelector("#node-input-json .view-lines");
+      return lines && lines.textContent.replace(/\u00a0/g, " ").includes('"CS7": "pw7"');
+    });
+    await page.click("#node-dialog-ok");
+    await page.locator("#node-input-json").waitFor({ state: "detached" });
+    await authListField().waitFor({ state: "visible" });
+    assert.equal(await authListField().inputValue(), '{"CS7":"pw7"}');
     await page.click("#node-input-basic_auths-keep");
     assert.ok(await page.locator("#node-input-basic_auths-saved").isVisible());
     await closeDialog();
