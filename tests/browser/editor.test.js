@@ -18,32 +18,19 @@
 
 const test = require("node:test");
 const assert = require("node:assert/strict");
-const fs = require("node:fs");
 const path = require("node:path");
 
-const root = path.resolve(__dirname, "..", "..");
+const { SHOTS, chromiumMissing, launchChromium } = require("./chromium");
+
 const BASE = process.env.OCPP_EDITOR_URL;
 const CSMS_PORT = Number(process.env.OCPP_CSMS_PORT || 0);
-const SHOTS = process.env.OCPP_SCREENSHOTS || path.join(root, ".local", "screenshots");
-const CHROMIUM = process.env.OCPP_CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
 const CB_ID = "CS001";
 const PASSWORD = "browser-test-password";
 
-function playwright() {
-  return require(require.resolve("playwright-core", { paths: [path.join(root, "tools", "node")] }));
-}
-
-const skip = !BASE ? "OCPP_EDITOR_URL is unset: run tests/browser/test_editor.py (pytest)" :
-  !fs.existsSync(CHROMIUM) ? `${CHROMIUM} is missing: run make setup` : false;
+const skip = !BASE ? "OCPP_EDITOR_URL is unset: run tests/browser/test_editor.py (pytest)" : chromiumMissing();
 
 test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeout: 240000 }, async (t) => {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  const { chromium } = playwright();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   t.after(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.setDefaultTimeout(10000);
