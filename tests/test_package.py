@@ -20,6 +20,8 @@ def test_npm_tarball_ships_every_example_flow_as_examples() -> None:
         names = set(archive.getnames())
     assert {f"package/examples/{name}.json" for name in EXAMPLES} <= names
     assert "package/nodes/locales/en-US/cs.html" in names
+    # the scripts both dialogs load (js_shim/resources)
+    assert {"package/resources/ocpp-versions.js", "package/resources/ocpp-dialog.js"} <= names
 
 
 @pytest.mark.nodered

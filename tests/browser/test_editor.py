@@ -35,6 +35,7 @@ DOC_IMAGES = (
     "getting-started-debug",
     "getting-started-catch",
     "csms-dialog",
+    "csms-dialog-security",
     "cs-dialog",
     "live-view",  # by live-view.test.js (test_live_view.py)
 )
@@ -78,11 +79,12 @@ def test_editor_in_headless_chromium(tmp_path: Path) -> None:
         old.unlink()
     with running_node_red(tmp_path / "node-red", "test_editor_in_headless_chromium") as runtime:
         returncode, output = run_browser_test(
-            "editor.test.js", 150, OCPP_EDITOR_URL=runtime.base_url, OCPP_CSMS_PORT=str(free_port())
+            "editor.test.js", 300, OCPP_EDITOR_URL=runtime.base_url, OCPP_CSMS_PORT=str(free_port())
         )
     assert returncode == 0, output
-    assert "pass 6" in output and "fail 0" in output, output
-    assert sorted(p.name for p in SCREENSHOTS.glob("*.png"))
+    assert "pass 10" in output and "fail 0" in output, output
+    for name in ("csms-dialog", "csms-dialog-security", "cs-dialog"):
+        assert (SCREENSHOTS / f"{name}.png").is_file(), name
 
 
 def test_getting_started_in_headless_chromium(tmp_path: Path) -> None:

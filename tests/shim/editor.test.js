@@ -1,6 +1,6 @@
 "use strict";
 // The editor definitions in js_shim/nodes/*.html, run as the editor runs them
-// (the shared js_shim/resources/ocpp-versions.js first, then registerType with
+// (the shared js_shim/resources/*.js first, then registerType with
 // a definition object), with the editor's globals stubbed:
 // the OCPP Logging checkbox gives 2 or 3 outputs, the ports are labelled, and
 // the defaults match what older exports need.
@@ -27,10 +27,11 @@ function editorDefinition(file, checkboxes) {
     val: () => undefined,
     on: () => undefined,
   });
-  // The script the dialogs load first (js_shim/resources, served by Node-RED).
-  const shared = fs.readFileSync(path.join(root, "js_shim/resources/ocpp-versions.js"), "utf8");
+  // The scripts the dialogs load first (js_shim/resources, served by Node-RED).
   const context = vm.createContext({ RED, $, window: {} });
-  vm.runInContext(shared, context);
+  for (const shared of ["ocpp-versions.js", "ocpp-dialog.js"]) {
+    vm.runInContext(fs.readFileSync(path.join(root, "js_shim/resources", shared), "utf8"), context);
+  }
   vm.runInContext(script, context);
   return registered;
 }
@@ -70,6 +71,73 @@ test("CSMS: legacy properties load, connection events on for new nodes", () => {
   }
   assert.equal(csms.defaults.connection_events.value, true);
   assert.deepEqual(Object.keys(csms.credentials), ["basic_auths"]);
+});
+
+// js_shim/resources/ocpp-dialog.js alone: what the dialogs' validators say.
+function dialogHelpers() {
+  const context = vm.createContext({ window: {} });
+  vm.runInContext(fs.readFileSync(path.join(root, "js_shim/resources/ocpp-dialog.js"), "utf8"), context);
+  return context.window.OcppNodesDialog;
+}
+
+test("cbId: the identity rules of part 4, 3.1.1 (as ocpp_nodes/transport/identity.py)", () => {
+  const { cbIdValid } = dialogHelpers();
+  const opt = {};
+  for (const good of ["CS001", "x".repeat(48), "é".repeat(48), "a b/c%", "😀".repeat(48), "${CB_ID}"]) {
+    assert.equal(cbIdValid(good, opt), true, good);
+  }
+  assert.equal(cbIdValid("CS:1", opt), "cbId: a cbId must not contain ':'");
+  assert.equal(cbIdValid("x".repeat(49), opt), "cbId: a cbId has at most 48 characters, this one 49");
+  assert.equal(cbIdValid("", opt), "cbId: the cbId is empty");
+  // Node-RED before 3.1 passes no opt and takes any string for valid: false then
+  assert.equal(cbIdValid("CS:1"), false);
+});
+
+test("CS Auth list: a JSON object cbId -> string; saved, empty and env variables pass", () => {
+  const { authListValid } = dialogHelpers();
+  const opt = {};
+  for (const good of [undefined, "", "  ", "__PWRD__", "${CS_AUTH}", "{}", '{"CS1": "pw"}',
+    '{"CS1": "$scrypt$ln=14,r=8,p=1$c2FsdA$aGFzaA", "CS2": ""}']) {
+    assert.equal(authListValid(good, opt), true, String(good));
+  }
+  const bad = {
+    '{"CS1": "secret1"': "CS Auth: not valid JSON (at character 18)",
+    '{"CS1": secret1}': "CS Auth: not valid JSON",
+    "{'CS1': 'secret1'}": "CS Auth: not valid JSON (at character 2)",
+    '{"CS1": "secret1",': "CS Auth: not valid JSON",
+    '{"CS1": 1234}': 'CS Auth: the password of "CS1" must be a string (in quotes), not number',
+    '{"CS1": null}': 'CS Auth: the password of "CS1" must be a string (in quotes), not null',
+    '{"CS1": {"pw": "x"}}': 'CS Auth: the password of "CS1" must be a string (in quotes), not object',
+    '["CS1"]': 'CS Auth: must be a JSON object {"cbId": "password", ...}',
+    '"pw"': 'CS Auth: must be a JSON object {"cbId": "password", ...}',
+    'null': 'CS Auth: must be a JSON object {"cbId": "password", ...}',
+    '{"CS:1": "pw"}': `CS Auth: "CS:1": a cbId must not contain ':'`,
+    '{"": "pw"}': 'CS Auth: "": the cbId is empty',
+  };
+  for (const [text, reason] of Object.entries(bad)) {
+    const said = authListValid(text, opt);
+    assert.ok(typeof said === "string" && said.startsWith(reason), `${text}: ${said}`);
+    assert.equal(authListValid(text), false);
+    assert.ok(!said.includes("secret1"), `${text}: no password in ${said}`);
+  }
+});
+
+test("number settings: empty is the default, else a number at least min", () => {
+  const { numberSetting } = dialogHelpers();
+  const atLeastZero = numberSetting(0, false);
+  for (const good of [undefined, null, "", "0", "0.5", 20, "10"]) {
+    assert.equal(atLeastZero(good, {}), true, String(good));
+  }
+  assert.equal(atLeastZero("-1", { label: "Upgrade timeout" }), "Upgrade timeout: must be a number of at least 0");
+  assert.equal(atLeastZero("ten", {}), "must be a number of at least 0");
+  assert.equal(numberSetting(1, true)("1.5", { label: "Attempts" }), "Attempts: must be a whole number of at least 1");
+});
+
+test("CSMS: the limits fields, 20 per address and 10 s by default", () => {
+  const csms = editorDefinition("csms.html", {}).CSMS;
+  assert.equal(csms.defaults.handshakes_per_address.value, 20);
+  assert.equal(csms.defaults.upgrade_timeout.value, 10);
+  assert.equal(csms.credentials.basic_auths.type, "password");
 });
 
 test("help property lines render as property rows (two colons, one line each)", () => {
