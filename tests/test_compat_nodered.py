@@ -606,9 +606,7 @@ def test_connect_overrides_then_close_stays_closed(flow: Compat) -> None:
 
 
 def test_retrybackoff_changes_the_wait(flow: Compat) -> None:
-    first = flow.wait(
-        "csRstatus", lambda r: "retry in" in (r.get("status") or {}).get("text", "")
-    )
+    first = flow.wait("csRstatus", lambda r: "retry in" in (r.get("status") or {}).get("text", ""))
     assert first["status"]["text"] == "refused, retry in 40s", first  # nothing listens there
     count = len(flow.records("csRstatus"))
     flow.command(

@@ -272,3 +272,14 @@ async def test_a_bind_cancelled_at_any_step_leaves_nothing_listening() -> None:
         if not starting.cancelled():  # it had finished: stopped as a node would
             await server.stop()
         assert port_is_free(port), f"still listening after a cancel {steps} steps in"
+
+
+async def test_the_summary_orders_http_statuses_close_codes_then_words() -> None:
+    host = RecordingHost()
+    refusals = RefusalLog(host)
+    refusals.count("upgrade_timeout", "10.0.0.9")  # a reason without an HTTP answer
+    refusals.count(1002, "10.0.0.8", "OLD")
+    refusals.count(401, "10.0.0.7", "CS1")
+    refusals.report()
+    ((_, text),) = host.logs
+    assert text.index("HTTP 401") < text.index("code 1002") < text.index("1 x upgrade_timeout")

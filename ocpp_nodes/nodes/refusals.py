@@ -60,9 +60,14 @@ class _Reason:
 
 
 class RefusalLog:
-    """Refused connection attempts, summed up in at most one warning per 10 s."""
+    """Refused connection attempts, summed up in at most one warning per 10 s.
 
-    REASONS = {
+    A reason is an HTTP status (``401`` ...), a websocket close code of
+    :attr:`CLOSED`, or a word of :attr:`REASONS` for an attempt closed before
+    any HTTP answer.
+    """
+
+    REASONS: dict[int | str, str] = {
         400: "invalid identity",
         401: "wrong or missing credentials",
         403: "client certificate of another station",
@@ -76,11 +81,11 @@ class RefusalLog:
 
     def __init__(self, host: NodeHost) -> None:
         self.host = host
-        self.reasons: dict[int, _Reason] = {}
+        self.reasons: dict[int | str, _Reason] = {}
         self.remotes: set[str] = set()
         self._flush: asyncio.TimerHandle | None = None
 
-    def count(self, status: int, remote: str, cb_id: str | None = None) -> None:
+    def count(self, status: int | str, remote: str, cb_id: str | None = None) -> None:
         self.reasons.setdefault(status, _Reason()).count(cb_id)
         if len(self.remotes) < 5:
             self.remotes.add(remote)
@@ -94,12 +99,13 @@ class RefusalLog:
         if not self.reasons:
             return
         parts = []
-        for status, reason in sorted(self.reasons.items()):
-            what = (
-                self.CLOSED[status]
-                if status in self.CLOSED
-                else f"HTTP {status} ({self.REASONS.get(status, 'refused')})"
-            )
+        for status, reason in sorted(self.reasons.items(), key=_reason_order):
+            if isinstance(status, str):
+                what = self.REASONS.get(status, status)
+            elif status in self.CLOSED:
+                what = self.CLOSED[status]
+            else:
+                what = f"HTTP {status} ({self.REASONS.get(status, 'refused')})"
             cb_ids = reason.cb_ids()
             parts.append(f"{reason.attempts} x {what}" + (f": {cb_ids}" if cb_ids else ""))
         self.host.log(
@@ -109,3 +115,9 @@ class RefusalLog:
         )
         self.reasons.clear()
         self.remotes.clear()
+
+
+def _reason_order(item: tuple[int | str, _Reason]) -> tuple[int, str]:
+    """HTTP statuses and close codes in numeric order, then words."""
+    key = item[0]
+    return (key, "") if isinstance(key, int) else (1 << 16, key)
