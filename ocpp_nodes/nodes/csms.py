@@ -245,7 +245,8 @@ class CsmsNode(OcppNode):
                 if self.server is not None:  # a ws_open got it meanwhile
                     return
                 if await self._listen():
-                    self.host.log("info", f"port {self.port} is free again: listening")
+                    again = "is free again" if busy else "can be had now"
+                    self.host.log("info", f"port {self.port} {again}: listening")
                     return
         finally:
             self._bind_retry = None

@@ -42,6 +42,7 @@ No I/O.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -323,9 +324,9 @@ class OcppConnection:
         self._answers_results = MessageType.CALLRESULTERROR in version.message_types
         self._peer_unconfirmed = version.unconfirmed.get(role.peer, frozenset())
         #: the action of each received CALL answered lately (oldest first) ...
-        self._answered: dict[str, str] = {}
+        self._answered: OrderedDict[str, str] = OrderedDict()
         #: ... and of each that expired unanswered (both bounded: SETTLED_KEPT)
-        self._expired: dict[str, str] = {}
+        self._expired: OrderedDict[str, str] = OrderedDict()
         #: whether either record has forgotten an id
         self._forgot = False
 
@@ -629,10 +630,10 @@ class OcppConnection:
             raise OutgoingError(self._why_not_waiting(message_id))
         return request
 
-    def _settled(self, record: dict[str, str], request: UnansweredCall) -> None:
+    def _settled(self, record: OrderedDict[str, str], request: UnansweredCall) -> None:
         record[request.message_id] = request.action
         if len(record) > SETTLED_KEPT:
-            del record[next(iter(record))]
+            record.popitem(last=False)
             self._forgot = True
 
     def _why_not_waiting(self, message_id: Any) -> str:
