@@ -393,3 +393,7 @@ def test_a_callerror_for_a_payload_with_many_violations_keeps_to_255_characters(
     long_action = "A" * 400
     conn.receive_text(json.dumps([2, "m2", long_action, {}]), now=0)
     assert len(json.loads(conn.data_to_send()[0])[3]) == 255
+    # the flow's own description too: cut, not refused
+    conn.receive_text(json.dumps([2, "m3", "Heartbeat", {}]), now=0)
+    conn.send_error("m3", "GenericError", "why " * 100)
+    assert json.loads(conn.data_to_send()[0])[3] == ("why " * 100)[:252] + "..."

@@ -553,6 +553,8 @@ class OcppConnection:
     ) -> None:
         """Answer the received CALL ``message_id`` with a CALLERROR.
 
+        A description over 255 characters is cut there (``...`` at the end).
+
         Raises:
             ConnectionClosed: the connection is closed.
             OutgoingError: no such CALL waits, or the error code is not one of
@@ -569,8 +571,11 @@ class OcppConnection:
             details = {}
         if not isinstance(description, str) or not isinstance(details, dict):
             raise OutgoingError("errorDescription must be a string and errorDetails an object")
+        # string[255] (2.0.1 and 2.1, part 4 table 6): a longer one is cut, not refused
         self._outbox.append(
-            self._serialize(CallError(message_id, error_code, description, details))
+            self._serialize(
+                CallError(message_id, error_code, error_description(description), details)
+            )
         )
         del self.received[message_id]
         self._settled(self._answered, request)
