@@ -42,7 +42,7 @@ No I/O.
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -236,9 +236,10 @@ _NEVER_ANSWERED = frozenset(
 
 #: Received CALLs answered lately, and those that expired unanswered, kept per
 #: connection so that a second or late answer is told which it is (and a
-#: CALLRESULTERROR can name the action, 2.1). With one outstanding CALL per
-#: direction, a flow that answers twice does so within the last few.
-SETTLED_KEPT = 64
+#: CALLRESULTERROR, which follows its CALLRESULT at once, can name the action,
+#: 2.1). With one outstanding CALL per direction, a flow that answers twice
+#: does so within the last few. About 3 KB per connection when full.
+SETTLED_KEPT = 32
 
 
 # Seeded once from the OS; a MessageId needs to be unique, not secret.
@@ -324,9 +325,9 @@ class OcppConnection:
         self._answers_results = MessageType.CALLRESULTERROR in version.message_types
         self._peer_unconfirmed = version.unconfirmed.get(role.peer, frozenset())
         #: the action of each received CALL answered lately (oldest first) ...
-        self._answered: OrderedDict[str, str] = OrderedDict()
+        self._answered: dict[str, str] = {}
         #: ... and of each that expired unanswered (both bounded: SETTLED_KEPT)
-        self._expired: OrderedDict[str, str] = OrderedDict()
+        self._expired: dict[str, str] = {}
         #: whether either record has forgotten an id
         self._forgot = False
 
@@ -635,10 +636,11 @@ class OcppConnection:
             raise OutgoingError(self._why_not_waiting(message_id))
         return request
 
-    def _settled(self, record: OrderedDict[str, str], request: UnansweredCall) -> None:
-        record[request.message_id] = request.action
+    def _settled(self, record: dict[str, str], request: UnansweredCall) -> None:
+        # interned: the records keep one copy of each action name, not one per request
+        record[request.message_id] = sys.intern(request.action)
         if len(record) > SETTLED_KEPT:
-            record.popitem(last=False)
+            del record[next(iter(record))]  # the oldest
             self._forgot = True
 
     def _why_not_waiting(self, message_id: Any) -> str:
