@@ -322,60 +322,56 @@ async def station(port: int, cb_id: str) -> AsyncIterator[Any]:
 async def test_an_answer_is_told_whether_its_request_was_answered_expired_or_never_received(
     runtime: NodeRed,
 ) -> None:
-    port = free_port()
+    """ANSWERS waits 30 s for the flow's answer (no race with a loaded
+    machine); LATE waits 1 s, so its request expires before the flow answers."""
+    ports = {"ANSWERS": free_port(), "LATE": free_port()}
     flow = await deploy(
-        runtime, [csms("ANSWERS", port, json.dumps({"CS1": PASSWORD}), message_timeout=5)]
+        runtime,
+        [
+            csms("ANSWERS", ports["ANSWERS"], json.dumps({"CS1": PASSWORD})),
+            csms("LATE", ports["LATE"], json.dumps({"CS1": PASSWORD}), message_timeout=1),
+        ],
     )
-    await flow.await_("status", status_is("ANSWERS", "0 connected"))
+    for node_id in ports:
+        await flow.await_("status", status_is(node_id, "0 connected"))
 
-    async def answer(received: Record, message_id: str | None = None) -> str:
+    async def request_from_station(ws: Any, node_id: str, message_id: str) -> Record:
+        await ws.send(json.dumps([2, message_id, "Heartbeat", {}]))
+        return await flow.await_(
+            node_id,
+            lambda r: topic_is("CS1/Request")(r) and r["ocpp"]["MessageId"] == message_id,
+        )
+
+    async def answer(node_id: str, received: Record, msg_type: int = 3, **ocpp: str) -> str:
         tag = marker("answer")
-        ocpp = dict(received["ocpp"])
-        if message_id is not None:
-            ocpp["MessageId"] = message_id
+        payload: dict[str, Any] = {"msgType": msg_type}
+        if msg_type == 3:
+            payload["data"] = {"currentTime": "2026-01-01T00:00:00Z"}
+        else:
+            payload["errorCode"] = "GenericError"
         await flow.asend(
-            "ANSWERS",
-            {
-                "ocpp": ocpp,
-                "payload": {"msgType": 3, "data": {"currentTime": "2026-01-01T00:00:00Z"}},
-                "customData": tag,
-            },
+            node_id,
+            {"ocpp": {**received["ocpp"], **ocpp}, "payload": payload, "customData": tag},
         )
         return tag
 
-    async with station(port, "CS1") as ws:
-        await ws.send(json.dumps([2, "twice-1", "Heartbeat", {}]))
-        received = await flow.await_(
-            "ANSWERS",
-            lambda r: topic_is("CS1/Request")(r) and r["ocpp"]["MessageId"] == "twice-1",
-        )
-        await answer(received)
+    async with station(ports["ANSWERS"], "CS1") as ws:
+        received = await request_from_station(ws, "ANSWERS", "twice-1")
+        await answer("ANSWERS", received)
         assert json.loads(await ws.recv())[:2] == [3, "twice-1"]
-        message = await caught(flow, "ANSWERS", await answer(received))
+        message = await caught(flow, "ANSWERS", await answer("ANSWERS", received))
         assert "the Heartbeat request 'twice-1' was already answered" in message, message
-
-        await ws.send(json.dumps([2, "late-1", "Heartbeat", {}]))
-        received = await flow.await_(
-            "ANSWERS",
-            lambda r: topic_is("CS1/Request")(r) and r["ocpp"]["MessageId"] == "late-1",
-        )
-        await asyncio.to_thread(runtime.wait_for_log, "late-1 was not answered in time")
-        message = await caught(flow, "ANSWERS", await answer(received))
-        assert "the Heartbeat request 'late-1' expired" in message, message
-        assert "waited 5 s" in message, message
-
-        message = await caught(flow, "ANSWERS", await answer(received, "never-1"))
-        assert "no request with MessageId 'never-1' was received" in message, message
-        tag = marker("callerror")  # a CALLERROR reply is told the same
-        await flow.asend(
-            "ANSWERS",
-            {
-                "ocpp": received["ocpp"],
-                "payload": {"msgType": 4, "errorCode": "GenericError"},
-                "customData": tag,
-            },
-        )
+        tag = await answer("ANSWERS", received, MessageId="never-1")
         message = await caught(flow, "ANSWERS", tag)
+        assert "no request with MessageId 'never-1' was received" in message, message
+
+    async with station(ports["LATE"], "CS1") as ws:
+        received = await request_from_station(ws, "LATE", "late-1")
+        await asyncio.to_thread(runtime.wait_for_log, "late-1 was not answered in time")
+        message = await caught(flow, "LATE", await answer("LATE", received))
+        assert "the Heartbeat request 'late-1' expired: it waited 1 s" in message, message
+        # a CALLERROR reply is told the same
+        message = await caught(flow, "LATE", await answer("LATE", received, msg_type=4))
         assert "the Heartbeat request 'late-1' expired" in message, message
 
 
