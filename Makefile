@@ -53,6 +53,10 @@ $(SHIM_STAMP): js_shim/package.json $(wildcard js_shim/package-lock.json)
 	cd js_shim && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# tools/node: Node-RED, the FlowFuse Dashboard (for flows/csms-live-view.json),
+# the test helpers. Node-RED's registry also scans the node_modules folders
+# above its own package, so the dashboard installed next to it is loaded by the
+# demo's and the tests' Node-RED without being linked into their user dirs.
 $(TOOLS_STAMP): tools/node/package.json $(wildcard tools/node/package-lock.json)
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	touch $@
@@ -108,12 +112,14 @@ demo: setup
 		--python $(VPY) --check-port
 	$(VPY) scripts/deploy_flow.py flows/demo.json --url http://127.0.0.1:$(DEMO_PORT) &
 	@echo "Node-RED: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C to stop)"
+	@echo "Live view: import the example csms-live-view, deploy, open http://127.0.0.1:$(DEMO_PORT)/dashboard"
 	exec $(NODE_RED) -u $(DEMO_DIR)
 
-# The editor screenshots the docs show: the browser tests (tests/browser) always
-# write theirs to .local/screenshots/; this copies the ones named here (the
-# list tests/browser/test_editor.py checks) to docs/images/, to be committed.
-DOC_IMAGES := demo-flow getting-started-flow getting-started-debug getting-started-catch csms-dialog cs-dialog
+# The screenshots the docs show (the editor's, and the live view's dashboard):
+# the browser tests (tests/browser) always write theirs to .local/screenshots/;
+# this copies the ones named here (the list tests/browser/test_editor.py
+# checks) to docs/images/, to be committed.
+DOC_IMAGES := demo-flow getting-started-flow getting-started-debug getting-started-catch csms-dialog cs-dialog live-view
 
 screenshots: setup
 	OCPP_NODES_PYTHON=$(VPY) $(VPY) -m pytest -q -p no:cacheprovider tests/browser

@@ -232,10 +232,16 @@ class Stats:
 
 class Station:
     def __init__(
-        self, cb_id: str, args: argparse.Namespace, stats: Stats, version: str = DEFAULT_VERSION
+        self,
+        cb_id: str,
+        args: argparse.Namespace,
+        stats: Stats,
+        version: str = DEFAULT_VERSION,
+        url: str | None = None,
     ) -> None:
         self.cb_id = cb_id
         self.args = args
+        self.url = url or args.url
         self.stats = stats
         self.version = version
         self.subprotocol = SUBPROTOCOLS[version]
@@ -252,7 +258,7 @@ class Station:
 
     async def open(self, deadline: float, sem: asyncio.Semaphore) -> bool:
         token = base64.b64encode(f"{self.cb_id}:{self.args.password}".encode()).decode()
-        url = f"{self.args.url.rstrip('/')}/{self.cb_id}"
+        url = f"{self.url.rstrip('/')}/{self.cb_id}"
         while True:
             try:
                 async with sem:
@@ -627,6 +633,9 @@ async def run_rotation(args: argparse.Namespace) -> dict[str, Any]:
         label = group_label(g)
         seen[label] = seen.get(label, 0) + 1
         labels.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    if args.group_labels:
+        labels = args.group_labels
+    urls = args.group_urls or [args.url] * len(groups)
     members: list[list[Station]] = []
     latencies: dict[str, list[int]] = {}
     for g, versions in enumerate(groups):
@@ -634,7 +643,7 @@ async def run_rotation(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.stations):
             number = args.first + g * args.stations + i
             station = Station(
-                f"{args.id_prefix}{number:05d}", args, stats, versions[i % len(versions)]
+                f"{args.id_prefix}{number:05d}", args, stats, versions[i % len(versions)], urls[g]
             )
             # each group's round trips apart (and, in a mixed group, each version's)
             station.latencies = latencies.setdefault(f"{labels[g]}|{station.version}", [])
@@ -868,6 +877,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "LIST, '/'-separated (2.0.1/1.6/2.1/1.6,2.0.1,2.1), one group at a time, in rounds "
         "of one turn each (see run_rotation); replaces --duration",
     )
+    p.add_argument(
+        "--group-urls",
+        type=lambda text: text.split(","),
+        metavar="U1,U2,...",
+        help="--groups: each group's CSMS URL (default: --url for all), e.g. two systems "
+        "compared in turns (bench/run.py's metrics scenario)",
+    )
+    p.add_argument(
+        "--group-labels",
+        type=lambda text: text.split(","),
+        metavar="L1,L2,...",
+        help="--groups: each group's name in the result (default: from its versions)",
+    )
     p.add_argument("--rounds", type=int, default=4, help="--groups: rounds of turns")
     p.add_argument("--slice", type=float, default=3.0, help="--groups: seconds per turn")
     p.add_argument(
@@ -905,6 +927,12 @@ def run_loop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_loopback(args.url)
+    if args.groups:
+        for extra in (args.group_urls, args.group_labels):
+            if extra is not None and len(extra) != len(args.groups):
+                raise SystemExit("loadgen: --group-urls and --group-labels name every group")
+        for url in args.group_urls or ():
+            check_loopback(url)
     raise_nofile(args.stations // max(1, args.procs) + 256)
     if args.groups:
         if args.procs > 1 or args.mode != "loop":

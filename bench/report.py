@@ -347,6 +347,64 @@ def versions_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- metrics ------------------------------------------------------------------------
+
+#: the issue's bound: metrics on may cost at most this share of round trips per second
+METRICS_COST_BOUND = 0.05
+
+
+def metrics_table(block: dict[str, Any]) -> list[str]:
+    lines = [
+        "| action | rt/s off | rt/s on | on/off per round: median (quartiles) | "
+        "p99 ms off / on | daemon µs CPU per rt off / on | scrapes, slowest |",
+        "| --- | ---: | ---: | --- | --- | --- | --- |",
+    ]
+    for r in block["runs"]:
+        off, on = r["groups"]["off"], r["groups"]["on"]
+        q = quartiles(turn_ratios(r, "on", base="off"))
+        ratio = f"{q[1]:.3f} ({q[0]:.3f}-{q[2]:.3f})" if q else "-"
+        cpu = [cpu_us_per_rt_turns(r, g, (f"daemon-{g}",)) for g in ("off", "on")]
+        scrapes = r.get("scrapes_s") or []
+        lines.append(
+            f"| {r['action']} | {_fmt(off['rps'], 0)} | {_fmt(on['rps'], 0)} | {ratio} | "
+            f"{_fmt(off['latency_ms']['p99'])} / {_fmt(on['latency_ms']['p99'])} | "
+            f"{_fmt(cpu[0])} / {_fmt(cpu[1])} | "
+            f"{len(scrapes)}, {_fmt(max(scrapes) * 1000 if scrapes else None)} ms |"
+        )
+    return lines
+
+
+def metrics_section(results: dict[str, Any]) -> list[str]:
+    block = results.get("metrics")
+    if not block or not block.get("runs"):
+        return ["Not run."]
+    mplan = block["plan"]
+    method = (
+        "What the engine's metrics (`ocppNodes.metrics`, docs/operations.md) cost. Two "
+        "Node-RED runtimes with our node and the same flow, one with the metrics endpoint "
+        f"on (and `/metrics` scraped every {_fmt(mplan['scrape_every_s'])} s during the "
+        "run), one without. One generator connects and boots "
+        f"N={mplan['n']} stations to each, then the two groups take turns, "
+        f"{_fmt(mplan['slice_s'])} s each (the first {_fmt(mplan['settle_s'])} s not "
+        f"recorded), {mplan['rounds']} rounds, each group first in every other round, as in "
+        "the versions scenario: a ratio is the *on* group's round trips/s over the *off* "
+        "group's in the same round, seconds apart. The goal: under "
+        f"{METRICS_COST_BOUND:.0%} fewer round trips per second with metrics on (a "
+        f"median ratio above {1 - METRICS_COST_BOUND:.2f})."
+    )
+    lines = [
+        textwrap.fill(method, 88),
+        "",
+        f"This run: `{block['command']}`, started {block['date']}, took "
+        f"{_fmt(block.get('elapsed_s'))} s; load average at start "
+        f"{block.get('loadavg_start')}, at end {block.get('loadavg_end')}.",
+    ]
+    if block.get("note"):
+        lines += ["", f"**{block['note']}**"]
+    lines += ["", *metrics_table(block)]
+    return lines
+
+
 def version_targets(results: dict[str, Any]) -> list[str]:
     block = results.get("versions") or {}
     out = []
@@ -598,6 +656,7 @@ def write(results: dict[str, Any]) -> None:
         "make bench                       # full run (see the time below)",
         "make bench BENCH_ARGS=--quick    # ~5 s per scenario, N up to 100, capacity 1000",
         "make bench BENCH_ARGS=--versions-only   # only the OCPP versions scenario (~10 min)",
+        "make bench BENCH_ARGS=--metrics-only    # only the metrics on/off scenario (~5 min)",
         ".venv/bin/python bench/run.py --help",
         "```",
         "",
@@ -663,6 +722,8 @@ def write(results: dict[str, Any]) -> None:
         lines += state
     lines += ["", "## Versions", ""]
     lines += versions_section(results)
+    lines += ["", "## Metrics on and off", ""]
+    lines += metrics_section(results)
     lines += ["", "## Capacity", ""]
     if results["capacity"]:
         c0 = results["capacity"][0]

@@ -131,10 +131,20 @@ def others_paused(systems: dict[str, Any], keep: str) -> Iterator[None]:
 class NodeRedSystem:
     """Node-RED with one of the two packages; the CSMS listens on `ws_port`."""
 
-    def __init__(self, name: str, user_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        user_dir: Path,
+        env: dict[str, str] | None = None,
+        package: str | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
         self.name = name
+        self.package = package or name  # "ours" or "old"
         self.user_dir = user_dir
         self.env = env or {}
+        #: the engine's metrics endpoint (ocppNodes.metrics) when set
+        self.metrics_port = metrics_port
         self.port = free_port()
         self.ws_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -145,8 +155,15 @@ class NodeRedSystem:
         return f"ws://127.0.0.1:{self.ws_port}/ocpp"
 
     def start(self) -> None:
-        prepare_userdir.write_settings(self.user_dir, self.port, sys.executable, log_level="warn")
-        if self.name == "ours":
+        extra = None
+        if self.metrics_port is not None:
+            extra = {
+                "ocppNodes": {"python": sys.executable, "metrics": {"port": self.metrics_port}}
+            }
+        prepare_userdir.write_settings(
+            self.user_dir, self.port, sys.executable, log_level="warn", extra=extra
+        )
+        if self.package == "ours":
             prepare_userdir.link_shim(self.user_dir)
         else:
             ensure_old_package(self.user_dir)
@@ -169,7 +186,7 @@ class NodeRedSystem:
         deploy_flow.deploy(self.base_url, nodes, timeout=60)
 
     def deploy_csms(self, stations: int) -> None:
-        self.deploy(flows.csms_flow(self.ws_port, package=self.name, stations=stations))
+        self.deploy(flows.csms_flow(self.ws_port, package=self.package, stations=stations))
         wait_listening(self.ws_port, 60)
 
     def pids(self) -> dict[str, int]:
@@ -687,6 +704,154 @@ def versions_run(system: Any, action: str, vplan: dict[str, Any], block: dict[st
     time.sleep(1)
 
 
+#: the metrics scenario's groups: N stations on our Node-RED with the engine's
+#: metrics off, N on a second one with them on (ocppNodes.metrics), in turns
+METRICS_GROUPS = ("off", "on")
+#: seconds between two scrapes of /metrics during the metrics scenario (a
+#: Prometheus default is 15 s; more often here, so that the scrapes' cost counts)
+SCRAPE_EVERY_S = 5.0
+
+
+class SystemPair:
+    """Two systems seen as one by run_loadgen: their processes named ``<name>-<group>``."""
+
+    def __init__(self, systems: dict[str, NodeRedSystem]) -> None:
+        self.systems = systems
+        self.url = next(iter(systems.values())).url
+
+    def pids(self) -> dict[str, int]:
+        return {
+            f"{name}-{group}": pid
+            for group, system in self.systems.items()
+            for name, pid in system.pids().items()
+        }
+
+
+@contextlib.contextmanager
+def scraping(port: int, every: float) -> Iterator[list[float]]:
+    """GET /metrics every ``every`` s meanwhile (as Prometheus would); yields each
+    scrape's duration (s), which a failed scrape ends the scenario over."""
+    took: list[float] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        while not stop.wait(every):
+            start = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    r.read()
+            except OSError as exc:
+                failures.append(exc)
+                return
+            took.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield took
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    if failures:
+        raise RuntimeError(f"scraping /metrics failed: {failures[0]}")
+
+
+def metrics_scenario(plan: dict[str, Any], results: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The cost of the engine's metrics: Heartbeat and MeterValues at N=100, metrics off
+    vs on, in turns.
+
+    Two Node-RED runtimes with our node and the same flow, one with
+    ``ocppNodes.metrics`` set (and /metrics scraped every SCRAPE_EVERY_S s
+    meanwhile), one without; one generator (loadgen ``--groups`` with
+    ``--group-urls``) connects N stations to each, then lets the two groups run
+    in turns a few seconds long, as the versions scenario does, so that both
+    see the same machine. Reported: round trips per second of each, the median
+    of the per-round ratios on/off, and daemon CPU per round trip.
+    """
+    mplan = plan["metrics"]
+    block: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+        "plan": mplan,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "runs": [],
+    }
+    results["metrics"] = block
+    metrics_port = free_port()
+    pair = {
+        "off": NodeRedSystem("ours-off", WORK / "ours-off", package="ours"),
+        "on": NodeRedSystem("ours-on", WORK / "ours-on", package="ours", metrics_port=metrics_port),
+    }
+    started = time.time()
+    try:
+        for system in pair.values():
+            log(f"metrics: starting {system.name}")
+            system.start()
+            system.deploy_csms(len(METRICS_GROUPS) * mplan["n"])  # loadgen --groups ids
+        for action in mplan["actions"]:
+            with scraping(metrics_port, SCRAPE_EVERY_S) as took:
+                metrics_run(pair, action, mplan, block)
+            block["runs"][-1]["scrapes_s"] = took
+            save(results)
+    finally:
+        for system in pair.values():
+            system.stop()
+    block["elapsed_s"] = round(time.time() - started)
+    block["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    save(results)
+
+
+def metrics_run(
+    pair: dict[str, NodeRedSystem], action: str, mplan: dict[str, Any], block: dict[str, Any]
+) -> None:
+    n = mplan["n"]
+    args = [
+        "--stations",
+        str(n),
+        "--action",
+        action,
+        "--groups",
+        "/".join("2.0.1" for _ in METRICS_GROUPS),
+        "--group-urls",
+        ",".join(pair[group].url for group in METRICS_GROUPS),
+        "--group-labels",
+        ",".join(METRICS_GROUPS),
+        "--rounds",
+        str(mplan["rounds"]),
+        "--slice",
+        str(mplan["slice_s"]),
+        "--settle",
+        str(mplan["settle_s"]),
+        "--warm-turn",
+        str(mplan["warm_turn_s"]),
+        "--connect-timeout",
+        "90",
+    ]
+    turns = mplan["rounds"] * len(METRICS_GROUPS)
+    log(f"metrics: {action}, N={n} off and on, {turns} turns of {mplan['slice_s']} s")
+    timeout = (turns + len(METRICS_GROUPS)) * (mplan["slice_s"] + 35) + 300
+    r = run_loadgen(SystemPair(pair), args, timeout=timeout, every=0.1)
+    r.update(action=action, n=n, system="ours")
+    block["runs"].append(r)
+    ratios = report.turn_ratios(r, "on", base="off")
+    for group in METRICS_GROUPS:
+        g = r["groups"][group]
+        daemon = report.cpu_us_per_rt_turns(r, group, (f"daemon-{group}",))
+        log(
+            f"  -> metrics {group}: {g['rps']:.0f} rt/s over {g['slices']} turns, p50 "
+            f"{g['latency_ms']['p50']} p99 {g['latency_ms']['p99']} ms, daemon "
+            f"{daemon and round(daemon, 1)} µs CPU per rt"
+        )
+    q = report.quartiles(ratios)
+    log(
+        f"  -> on/off per round: median {q and round(q[1], 3)} (quartiles "
+        f"{q and round(q[0], 3)}-{q and round(q[2], 3)}), connected {r['connected']}/"
+        f"{r['stations']}, lost {r['lost']}, callerrors {r['callerrors']}"
+    )
+    time.sleep(1)
+
+
 def capacity(systems: dict[str, Any], plan: dict[str, Any], results: dict[str, Any]) -> None:
     n, dur = plan["capacity_stations"], plan["capacity_duration"]
     for name, system in systems.items():
@@ -876,6 +1041,20 @@ def main(argv: list[str] | None = None) -> int:
         help="versions scenario: seconds per turn, the first 0.5 not recorded "
         "(default 2.5; quick 2)",
     )
+    p.add_argument(
+        "--no-metrics", action="store_true", help="skip the metrics cost scenario (ours only)"
+    )
+    p.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="run only the metrics cost scenario; the other results of "
+        "bench/results/last-run.json are kept",
+    )
+    p.add_argument(
+        "--metrics-rounds",
+        type=int,
+        help="metrics scenario: rounds of one turn off and one on per action (default 20; quick 6)",
+    )
     p.add_argument("--capacity-stations", type=int)
     p.add_argument("--capacity-duration", type=float)
     p.add_argument(
@@ -923,10 +1102,26 @@ def main(argv: list[str] | None = None) -> int:
         "warm_turn_s": 3.0 if quick else 5.0,
         "accepted": flows.OCPP_VERSIONS,
     }
+    plan["metrics"] = {
+        "actions": plan["actions"],
+        "n": 100,
+        "groups": METRICS_GROUPS,
+        # 2 groups: off and on alternate which goes first, round by round
+        "rounds": args.metrics_rounds or (6 if quick else 20),
+        "slice_s": args.versions_turn or (2.0 if quick else 2.5),
+        "settle_s": 0.5,
+        "warm_turn_s": 3.0 if quick else 5.0,
+        "scrape_every_s": SCRAPE_EVERY_S,
+    }
     if args.versions_only:
         args.systems = "ours"
         args.no_load = args.no_capacity = args.no_cs = True
         args.no_versions = False
+        args.no_metrics = True
+    if args.metrics_only:
+        args.systems = "ours"
+        args.no_load = args.no_capacity = args.no_cs = args.no_versions = True
+        args.no_metrics = False
     nofile = raise_nofile()
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -943,10 +1138,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     # what the versions block keeps of this run (the rest may be an earlier run's)
     meta = {k: results[k] for k in ("command", "note", "machine")}
-    if args.versions_only and RESULTS.is_file():
-        # only the versions block is new: the rest of the last run stays as it was
+    only = "versions" if args.versions_only else "metrics" if args.metrics_only else None
+    if only is not None and RESULTS.is_file():
+        # only that block is new: the rest of the last run stays as it was
         kept = json.loads(RESULTS.read_text())
-        kept.pop("versions", None)
+        kept.pop(only, None)
         results = kept
     wanted = args.systems.split(",")
     run_versions = not args.no_versions and "ours" in wanted
@@ -954,9 +1150,12 @@ def main(argv: list[str] | None = None) -> int:
         log("versions scenario skipped: it measures ours, which is not among --systems")
     if run_versions:
         results["plan"]["versions"] = plan["versions"]
+    run_metrics = not args.no_metrics and "ours" in wanted
+    if run_metrics:
+        results["plan"]["metrics"] = plan["metrics"]
     systems: dict[str, Any] = {}
     try:
-        for name in wanted:
+        for name in wanted if not args.metrics_only else ():
             log(f"starting {name}")
             sysobj: Any = NullSystem() if name == "null" else NodeRedSystem(name, WORK / name)
             sysobj.start()
@@ -977,10 +1176,14 @@ def main(argv: list[str] | None = None) -> int:
                 cs_side(systems["null"], plan, results)
         if run_versions:
             versions_scenario(systems, plan, results, meta)
+        if run_metrics:
+            # its own two runtimes; the others must not take CPU meanwhile
+            with others_paused(systems, keep=""):
+                metrics_scenario(plan, results, meta)
     finally:
         for s in systems.values():
             s.stop()
-    if not args.versions_only:
+    if only is None:
         results["elapsed_s"] = round(time.time() - started)
         results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     save(results)

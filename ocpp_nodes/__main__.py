@@ -19,12 +19,15 @@ import ssl
 import stat
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import IPC_PROTOCOL, __version__, hop_trace, schemas
 from .ipc.server import DaemonServer
 from .rpc import VERSIONS
 from .schema_cache import DiskCodeCache, default_directory
+
+if TYPE_CHECKING:
+    from .metrics import EngineMetrics
 
 TOKEN_VARIABLE = "OCPP_NODES_TOKEN"
 
@@ -59,6 +62,8 @@ async def serve(
     token: str,
     tcp: tuple[str, int] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    metrics_at: tuple[str, int] | None = None,
+    metrics: EngineMetrics | None = None,
 ) -> None:
     # Every validator of every version, before the first station can connect:
     # nothing on a receive path compiles or reads a file.
@@ -66,7 +71,10 @@ async def serve(
     for version in VERSIONS.values():
         version.schemas  # noqa: B018 (built on first use)
     transports, connection_class = hop_trace.daemon_parts()
-    server = DaemonServer(token, transports, connection_class)
+    server = DaemonServer(token, transports, connection_class, metrics)
+    if metrics is not None and metrics_at is not None:
+        # never fatal: a busy port is logged and the engine runs on without it
+        await metrics.start(server, *metrics_at)
     ready: dict[str, object] = {"event": "ready"}
     if socket_path is not None:
         await server.listen_unix(socket_path)
@@ -94,6 +102,8 @@ async def serve(
         logging.getLogger(__name__).warning(
             "nodes did not stop within %d s; exiting anyway", SHUTDOWN_SECONDS
         )
+    if metrics is not None:
+        await metrics.stop()
     if hop_trace.TRACE is not None:
         hop_trace.TRACE.save()
 
@@ -113,6 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--tls-cert", help="with --tcp: the server's certificate (PEM)")
     serve_parser.add_argument("--tls-key", help="with --tcp: its private key (PEM)")
     serve_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve_parser.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve /metrics and /health on HOST:PORT (HOST defaults to 127.0.0.1; "
+        "docs/operations.md); a port that cannot be had is logged and skipped",
+    )
+    serve_parser.add_argument(
+        "--metrics-station-labels",
+        action="store_true",
+        help="with --metrics: also series per station (cbId label; small fleets only)",
+    )
+    serve_parser.add_argument(
+        "--engine-restarts",
+        type=int,
+        default=0,
+        help=argparse.SUPPRESS,  # the shim: engines it restarted before this one
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -154,8 +181,20 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    metrics_at = None
+    metrics = None
+    if args.metrics:
+        # imported only when asked for: prometheus_client adds to every start
+        from .metrics import EngineMetrics, parse_address
+
+        try:
+            metrics_at = parse_address(args.metrics)
+        except ValueError:
+            print("ocpp-nodes: --metrics wants [HOST:]PORT", file=sys.stderr)
+            return 2
+        metrics = EngineMetrics(args.metrics_station_labels, max(0, args.engine_restarts))
     try:
-        _run(serve(args.socket, token, tcp, ssl_context))
+        _run(serve(args.socket, token, tcp, ssl_context, metrics_at, metrics))
     except OSError as exc:
         print(f"ocpp-nodes: cannot listen on {args.socket or args.tcp}: {exc}", file=sys.stderr)
         return 1

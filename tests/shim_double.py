@@ -28,6 +28,8 @@ class ShimDouble:
     #: Where the daemon's stderr goes: inherited, or ``asyncio.subprocess.PIPE``
     #: for a subclass that reads it in :meth:`spawned`.
     daemon_stderr: int | None = None
+    #: More arguments of ``serve`` (``--metrics PORT``, say).
+    serve_args: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.frames: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -52,6 +54,7 @@ class ShimDouble:
             "serve",
             "--socket",
             self.socket_path,
+            *self.serve_args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=self.daemon_stderr,

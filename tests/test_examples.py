@@ -1,19 +1,22 @@
 """The example flows under flows/ (besides demo.json) work in a real Node-RED.
 
-All seven are deployed together into one Node-RED (each is its own tab), with
+All eight are deployed together into one Node-RED (each is its own tab), with
 their CSMS ports rewritten to free ones (`127.0.0.1:<port>` in URLs follows),
 the file node of log-to-file.json aimed at a temp dir, the tls-config nodes
 of cs-security-event.json given certificates made for the test (``trustme``:
 CSMS A's signed by a CA the station does not trust), and recorders (see
 tests/flowkit.py) appended to some outputs. Inject nodes are pressed through
-the admin API (`POST /inject/<id>`), as the editor's button does.
+the admin API (`POST /inject/<id>`), as the editor's button does. The live
+view (csms-live-view.json) needs the FlowFuse Dashboard, which `make setup`
+installs in tools/node; its dashboard widgets are driven in headless Chromium
+by tests/browser/test_live_view.py, here the functions behind them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ EXAMPLES = (
     "commands",
     "log-to-file",
     "cs-security-event",
+    "csms-live-view",
 )
 TEST_TAB = "examples.test.tab"
 
@@ -129,7 +133,18 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
     by_name(sec, "CSMS A certificate").update(cert=str(pki / "a.pem"), key=str(pki / "a.key"))
     by_name(sec, "CAs the station trusts")["ca"] = str(pki / "trusted.pem")
     extra.append(_tap(sec, by_name(sec, "CSMS B :9227"), 0, "sec.csmsb"))
-    extra += http_api(TEST_TAB, {})
+    live = flows["csms-live-view"]
+    extra.append(_tap(live, by_name(live, "table, chart, summary"), 0, "lv.table"))
+    extra.append(_tap(live, by_name(live, "table, chart, summary"), 1, "lv.chart"))
+    extra.append(_tap(live, by_name(live, "select a station"), 0, "lv.selected"))
+    extra.append(_tap(live, by_name(live, "Reset request"), 1, "lv.answer"))
+    extra.append(_tap(live, by_name(live, "show the Reset answer"), 0, "lv.answer"))
+    # what the table's row click and the Reset button send (the browser test clicks them)
+    inputs = {
+        "lv.click": by_name(live, "select a station")["id"],
+        "lv.button": by_name(live, "Reset request")["id"],
+    }
+    extra += http_api(TEST_TAB, inputs)
 
     with running_node_red(user_dir, "test_examples") as runtime:
         runtime.deploy([n for name in EXAMPLES for n in flows[name]] + extra)
@@ -447,3 +462,92 @@ def test_security_event_example_reports_the_untrusted_certificate(examples: Exam
         if r.get("topic") == "CS400/Request"
     ]
     assert commands[:2] == ["BootNotification", "SecurityEventNotification"]
+
+
+def _station_row(cb_id: str, **fields: str) -> Callable[[dict[str, Any]], bool]:
+    """A table record (the rows the live view sends its table) with `cb_id`'s row so."""
+
+    def pred(record: dict[str, Any]) -> bool:
+        rows = [row for row in record["payload"] if row["cbId"] == cb_id]
+        return bool(rows) and all(rows[0][k] == v for k, v in fields.items())
+
+    return pred
+
+
+async def test_csms_live_view_keeps_the_table_and_resets_the_selected_station(
+    examples: Examples,
+) -> None:
+    port = examples.ports["csms-live-view"]["CSMS :9231"]
+    url = f"ws://127.0.0.1:{port}/ocpp"
+    cs201 = await connect_station(url, "CS001", "cs001-password")
+    cs16 = await websockets.connect(
+        f"{url}/CS002",
+        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        additional_headers=auth_header("CS002", "cs002-password"),
+        open_timeout=10,
+        ping_interval=None,
+    )
+    try:
+        for ws, version in ((cs201, V201), (cs16, V16)):
+            for i, action in enumerate(("BootNotification", "Heartbeat")):
+                await ws.send(
+                    json.dumps([2, f"lv-{i}", action, valid_payload(action, "Request", version)])
+                )
+                frame = await recv_frame(ws)
+                assert frame[:2] == [3, f"lv-{i}"], frame
+                if action == "BootNotification":
+                    assert frame[2]["status"] == "Accepted"
+        # the table: state, version, boot status, last message and its time
+        for cb_id, version_name in (("CS001", "2.0.1"), ("CS002", "1.6")):
+            found = await examples.await_(
+                "lv.table",
+                _station_row(
+                    cb_id,
+                    state="connected",
+                    version=version_name,
+                    boot="Accepted",
+                    last="Heartbeat",
+                ),
+            )
+            (row,) = [r for r in found["payload"] if r["cbId"] == cb_id]
+            assert len(row["at"]) == len("12:34:56"), row
+        await examples.await_("lv.chart", lambda r: r["payload"] > 0)
+
+        async def reset(cb_id: str) -> list[Any] | None:
+            """Click `cb_id`'s row, press Reset; the frame the station got, if connected."""
+            before = len(await examples.arecords("lv.selected"))
+            await examples.asend(
+                "lv.click", {"payload": {"cbId": cb_id, "version": "", "state": ""}}
+            )
+            await examples.await_(
+                "lv.selected", lambda r: r["payload"].startswith(cb_id), after=before
+            )
+            await examples.asend("lv.button", {"payload": ""})
+            ws = {"CS001": cs201, "CS002": cs16}.get(cb_id)
+            return await recv_frame(ws) if ws else None
+
+        # a 2.0.1 station gets an Immediate Reset and answers it
+        frame = await reset("CS001")
+        assert frame is not None and frame[0] == 2 and frame[2:] == ["Reset", {"type": "Immediate"}]
+        await cs201.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+        await examples.await_(
+            "lv.answer", lambda r: r["payload"] == "CS001 answered Reset: Accepted"
+        )
+        # a 1.6 station gets a Soft one; a CALLERROR answer is shown too
+        frame = await reset("CS002")
+        assert frame is not None and frame[2:] == ["Reset", {"type": "Soft"}]
+        await cs16.send(json.dumps([4, frame[1], "NotSupported", "not today", {}]))
+        await examples.await_(
+            "lv.answer",
+            lambda r: r["payload"] == "CS002 answered Reset with NotSupported: not today",
+        )
+        # a station that is not connected: the error the CSMS node gives
+        assert await reset("CS009") is None
+        await examples.await_(
+            "lv.answer", lambda r: r["payload"].startswith("Reset to CS009 failed: ")
+        )
+    finally:
+        await cs201.close()
+        await cs16.close()
+    await examples.await_("lv.table", _station_row("CS001", state="disconnected"))
+    await examples.await_("lv.table", _station_row("CS002", state="disconnected"))

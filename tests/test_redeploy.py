@@ -1,11 +1,15 @@
 """100 full redeploys through the admin API in a REAL Node-RED, a station connected.
 
-Two flow versions alternate (the CSMS and CS nodes' `message_timeout`
-differs), so every node is closed in the daemon and created again. After
-each deploy an external station reconnects to the CSMS node and gets a
-Heartbeat answered by the flow. The daemon's open file descriptors, threads
-and RSS after redeploy 10 and after redeploy 100 must not differ beyond noise;
-no port is ever busy; stopping Node-RED leaves no daemon (the fixture).
+Every redeploy changes the CSMS and CS nodes' `message_timeout`, so every
+node is closed in the daemon and created again: the new node takes over the
+old one's server and connections (docs/reliability.md, "Redeploys"). Every
+other redeploy also changes the CSMS node's path (and the CS node's URL with
+it), which no node can take over: the old server is stopped, its port freed
+and bound again by the new one. After each deploy an external station
+connects to the CSMS node and gets a Heartbeat answered by the flow. The
+daemon's open file descriptors, threads and RSS after redeploy 10 and after
+redeploy 100 must not differ beyond noise; no port is ever busy; stopping
+Node-RED leaves no daemon (the fixture).
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ ANSWER = (
 )
 
 
-def flow(port: int, version: int) -> list[dict[str, Any]]:
+def path_of(n: int) -> str:
+    """The CSMS node's path in redeploy ``n``: it changes at every other one."""
+    return "/ocpp" if (n // 2) % 2 == 0 else "/ocpp-b"
+
+
+def flow(port: int, version: int, path: str = "/ocpp") -> list[dict[str, Any]]:
     return [
         {"id": TAB, "type": "tab", "label": "redeploy"},
         {
@@ -49,7 +58,7 @@ def flow(port: int, version: int) -> list[dict[str, Any]]:
             "z": TAB,
             "name": f"CSMS v{version}",
             "port": str(port),
-            "path": "/ocpp",
+            "path": path,
             "message_timeout": 30 + version,
             "outputs": 2,
             "x": 100,
@@ -71,7 +80,7 @@ def flow(port: int, version: int) -> list[dict[str, Any]]:
             "id": "r.target",
             "type": "target-csms",
             "name": "own",
-            "url": f"ws://127.0.0.1:{port}/ocpp",
+            "url": f"ws://127.0.0.1:{port}{path}",
         },
         {
             "id": "r.cs",
@@ -146,8 +155,8 @@ def test_100_redeploys_leak_nothing_and_the_station_always_comes_back(nodered: N
     tries: list[int] = []
     started = time.monotonic()
     for n in range(1, REDEPLOYS + 1):
-        nodered.deploy(flow(port, n % 2))
-        tries.append(station_heartbeat(url, n))
+        nodered.deploy(flow(port, n % 2, path_of(n)))
+        tries.append(station_heartbeat(f"ws://127.0.0.1:{port}{path_of(n)}", n))
         if n in (10, REDEPLOYS):
             time.sleep(0.5)  # let the closed connections settle before sampling
             samples[n] = usage(pid)
@@ -161,6 +170,10 @@ def test_100_redeploys_leak_nothing_and_the_station_always_comes_back(nodered: N
     assert nodered.daemon_pids() == {pid}, "the daemon was restarted"
     assert "EADDRINUSE" not in log and "busy" not in log, "a port was still held"
     assert len(re.findall(r"ready \(pid", log)) == 1
+    # half the redeploys kept the server, the other half changed its path
+    path_changes = sum(path_of(n) != path_of(n - 1) for n in range(1, REDEPLOYS + 1))
+    kept = re.findall(r"redeploy: \d+ station\(s\) kept connected", log)
+    assert len(kept) == REDEPLOYS - path_changes, len(kept)
     before, after = samples[10], samples[REDEPLOYS]
     assert after["fds"] <= before["fds"] + 10, (before, after)
     assert after["threads"] <= before["threads"] + 2, (before, after)

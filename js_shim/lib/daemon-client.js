@@ -28,7 +28,7 @@
 //    starts an engine.
 
 const { PendingInputs } = require("./pending");
-const { Engine } = require("./engine");
+const { Engine, metricsSettings, remoteDaemon } = require("./engine");
 const { createFrame, wireMsg } = require("./wire-msg");
 
 const CLOSE_TIMEOUT_MS = 5000;
@@ -44,6 +44,10 @@ const MAX_QUEUED_INPUTS = 1000;
 // carry the monotonic clock at which the message entered the shim, and the
 // daemon (same clock, same host) writes how long each took to reach the wire.
 const HOP_TRACE = Boolean(process.env.OCPP_NODES_HOP_TRACE);
+// With the engine's metrics on (and the engine on this host: same monotonic
+// clock), one input in HOP_SAMPLE carries the same stamp, for the engine's
+// ocpp_nodes_shim_hop_seconds (docs/operations.md). A power of two minus one.
+const HOP_SAMPLE_MASK = 63;
 
 const STATUS_STARTING = { fill: "yellow", shape: "ring", text: "engine starting" };
 const STATUS_INSTALLING = { fill: "yellow", shape: "ring", text: "installing engine" };
@@ -134,6 +138,25 @@ class DaemonClient {
     this.engine = null; // the current engine, from startEngine() until it ends
     this.readyAt = 0; // now() at its welcome
     this.lastFailure = "";
+    this.restarts = 0; // engines lost after their welcome and started again
+    this.hopSampled = 0; // inputs counted for the hop-time sample
+    // Stamp a sample of inputs for the engine's hop-time metric.
+    this.sampleHops = !HOP_TRACE && Boolean(metricsSettings(RED)) && !remoteDaemon(RED);
+    // A close with removed false is a redeploy only when the flows stopping
+    // are not those that started: for a deploy, Node-RED swaps in the new
+    // config before it stops the old flows; a plain stop (flows stopped from
+    // the editor, the runtime stopping) keeps it. Only a redeploy lets the
+    // engine keep a node's stations for the node that replaces it.
+    this.startedConfig = undefined;
+    this.redeploying = true;
+    if (RED.events && typeof RED.events.on === "function") {
+      RED.events.on("flows:started", (event) => {
+        this.startedConfig = event && event.config;
+      });
+      RED.events.on("flows:stopping", (event) => {
+        this.redeploying = !event || event.config !== this.startedConfig;
+      });
+    }
     // Made once: the engine calls it for every frame.
     this.onFrame = (frame) => this.dispatch(frame);
     this.onRestartDue = () => {
@@ -163,8 +186,13 @@ class DaemonClient {
     }
   }
 
-  /** Stop a node; done() once the engine released its ports (or after a timeout). */
-  deregister(node, done) {
+  /**
+   * Stop a node; done() once the engine released its ports (or after a timeout).
+   * With `removed` false during a redeploy (not when the flows just stop), the
+   * engine keeps its server or connection a while for the node created next
+   * with the same id (docs/reliability.md, "Redeploys"); absent means removed.
+   */
+  deregister(node, done, removed = true) {
     const finished = () => {
       this.failPendingOf(node.id, "node closed");
       done();
@@ -198,12 +226,13 @@ class DaemonClient {
     const waiters = this.closeWaiters.get(node.id) || [];
     waiters.push(finishOnce);
     this.closeWaiters.set(node.id, waiters);
-    this.write({ t: "close", node: node.id });
+    this.write({ t: "close", node: node.id, removed: removed !== false || !this.redeploying });
   }
 
   /** Forward an input message; `done` is called when the engine answers with `done`. */
   input(node, msg, send, done) {
-    const entered = HOP_TRACE ? Number(process.hrtime.bigint()) : 0;
+    const entered = HOP_TRACE || (this.sampleHops && (++this.hopSampled & HOP_SAMPLE_MASK) === 0)
+      ? Number(process.hrtime.bigint()) : 0;
     // Replies come later as `send` frames naming only node and port, so they
     // go out through node.send; the per-input send() is not needed.
     const ready = this.state === "ready"; // INPUTS.ready, without a lookup
@@ -281,7 +310,7 @@ class DaemonClient {
     for (const { node } of this.nodes.values()) {
       node.status(STATUS_STARTING);
     }
-    const engine = this.makeEngine(this.RED, { onFrame: this.onFrame });
+    const engine = this.makeEngine(this.RED, { onFrame: this.onFrame, restarts: this.restarts });
     this.engine = engine;
     engine.on("installing", () => {
       if (this.engine === engine) {
@@ -359,6 +388,7 @@ class DaemonClient {
       return;
     }
     this.failWaiting(`OCPP engine stopped: ${reason}`);
+    this.restarts++;
     if (this.now() - this.readyAt >= STABLE_AFTER_MS) {
       this.backoffMs = BACKOFF_FIRST_MS;
     }

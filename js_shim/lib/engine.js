@@ -71,17 +71,48 @@ function remoteDaemon(RED) {
   };
 }
 
+// The engine's metrics endpoint (docs/operations.md), from settings.js as
+// ocppNodes.metrics = {host?, port, stationLabels?}: {host, port,
+// stationLabels}, or null when absent (off) or unusable (logged).
+function metricsSettings(RED) {
+  let metrics;
+  try {
+    metrics = RED.settings.ocppNodes && RED.settings.ocppNodes.metrics;
+  } catch {
+    metrics = undefined;
+  }
+  if (!metrics) {
+    return null;
+  }
+  const port = Number(metrics.port);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    RED.log.error(`[ocpp-nodes] ocppNodes.metrics.port ${JSON.stringify(metrics.port)} ` +
+      "is not a TCP port number (1-65535): no metrics endpoint");
+    return null;
+  }
+  const host = metrics.host === undefined ? "127.0.0.1" : String(metrics.host);
+  if (!/^[A-Za-z0-9.:_\-[\]]+$/.test(host)) {
+    RED.log.error(`[ocpp-nodes] ocppNodes.metrics.host ${JSON.stringify(host)} is not a host name ` +
+      "or address: no metrics endpoint");
+    return null;
+  }
+  return { host, port, stationLabels: metrics.stationLabels === true };
+}
+
 class Engine extends EventEmitter {
   /**
    * @param {object} RED the Node-RED runtime API (settings, log)
    * @param {object} options
    * @param {(frame: object) => void} options.onFrame called with each frame
    *   after the welcome, in the order they arrive
+   * @param {number} [options.restarts] engines the caller restarted before
+   *   this one (a metric of the engine)
    */
-  constructor(RED, { onFrame }) {
+  constructor(RED, { onFrame, restarts = 0 }) {
     super();
     this.RED = RED;
     this.onFrame = onFrame;
+    this.restarts = restarts;
     this.token = crypto.randomBytes(32).toString("hex");
     this.abort = new AbortController();
     this.remote = null; // {host, port, ...} of an engine started separately
@@ -114,6 +145,10 @@ class Engine extends EventEmitter {
       }
       this.token = remote.token;
       this.remote = remote;
+      if (metricsSettings(this.RED)) {
+        this.RED.log.warn("[ocpp-nodes] ocppNodes.metrics is ignored with ocppNodes.daemon: " +
+          "start that engine with `ocpp-nodes serve --metrics HOST:PORT` instead");
+      }
       this.connect(remote);
       return;
     }
@@ -160,7 +195,16 @@ class Engine extends EventEmitter {
   spawnDaemon() {
     const { python } = this;
     const socketPath = path.join(this.dir, "daemon.sock");
-    const child = spawn(python, ["-m", "ocpp_nodes", "serve", "--socket", socketPath], {
+    const args = ["-m", "ocpp_nodes", "serve", "--socket", socketPath];
+    const metrics = metricsSettings(this.RED);
+    if (metrics) {
+      args.push("--metrics", `${metrics.host.includes(":") ? `[${metrics.host}]` : metrics.host}:${metrics.port}`,
+        "--engine-restarts", String(this.restarts));
+      if (metrics.stationLabels) {
+        args.push("--metrics-station-labels");
+      }
+    }
+    const child = spawn(python, args, {
       stdio: ["pipe", "pipe", "pipe"],
       // `python -m` puts the working directory first on sys.path: run in the
       // private dir so a stray ocpp_nodes folder where Node-RED was started
@@ -374,4 +418,4 @@ class Engine extends EventEmitter {
   }
 }
 
-module.exports = { Engine, PROTOCOL };
+module.exports = { Engine, PROTOCOL, metricsSettings, remoteDaemon };

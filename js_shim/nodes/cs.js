@@ -26,7 +26,9 @@ module.exports = function (RED) {
     client.register(node, frame);
 
     node.on("input", (msg, send, done) => client.input(node, msg, send, done));
-    node.on("close", (removed, done) => client.deregister(node, done));
+    // removed is false on a redeploy of this node: the engine then keeps its
+    // connection for the node created next with the same id.
+    node.on("close", (removed, done) => client.deregister(node, done, removed));
   }
 
   RED.nodes.registerType("CS", OcppCsNode, {

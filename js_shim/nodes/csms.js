@@ -25,7 +25,9 @@ module.exports = function (RED) {
     client.register(node, frame);
 
     node.on("input", (msg, send, done) => client.input(node, msg, send, done));
-    node.on("close", (removed, done) => client.deregister(node, done));
+    // removed is false on a redeploy of this node: the engine then keeps its
+    // stations connected for the node created next with the same id.
+    node.on("close", (removed, done) => client.deregister(node, done, removed));
   }
 
   RED.nodes.registerType("CSMS", OcppCsmsNode, {

@@ -10,7 +10,10 @@ Theory of operation (frame types in docs/architecture.md):
    answers ``closed``. Each node writes back through a :class:`FrameHost`:
    ``send``, ``status``, ``done``, ``log``.
 3. The nodes of a shim connection live as long as it: when it closes, all of
-   them stop (their ports and station connections are released).
+   them stop (their ports and station connections are released). A
+   ``close`` with ``removed`` false (Node-RED redeploys the node) parks the
+   node instead, for the next ``create`` of its id to take over its
+   stations (:mod:`ocpp_nodes.nodes.redeploy`).
 4. A broken stream (oversized frame, bad msgpack) drops that connection,
    after the whole frames read before the broken one are handled; the daemon
    carries on.
@@ -31,13 +34,16 @@ import sqlite3
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import IPC_PROTOCOL, __version__
-from ..nodes import NODE_TYPES, NodeServices, NodeSpec, OcppNode
+from ..nodes import NODE_TYPES, NodeServices, NodeSpec, OcppNode, redeploy
 from ..nodes.offline_store import OfflineStore
 from ..transport import LocalTransports, Transports
 from .framing import FrameDecoder, IpcFrameError, encode
+
+if TYPE_CHECKING:
+    from ..metrics import EngineMetrics
 
 __all__ = ["DaemonServer", "FrameHost", "ShimConnection"]
 
@@ -60,6 +66,7 @@ class FrameHost:
     def status(
         self, fill: str | None = None, shape: str | None = None, text: str | None = None
     ) -> None:
+        self.connection.statuses[self.node_id] = (fill, text)  # for /health
         frame: dict[str, Any] = {"t": "status", "node": self.node_id}
         for key, value in (("fill", fill), ("shape", shape), ("text", text)):
             if value is not None:
@@ -102,13 +109,18 @@ class ShimConnection(asyncio.Protocol):
         token: str,
         transports: Transports | None = None,
         on_lost: Callable[[ShimConnection], None] | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.token = token
+        self.metrics = metrics
         self.services = NodeServices(
             transports=transports if transports is not None else LocalTransports(),
             offline_store=self._store,
+            metrics=metrics,
         )
         self.nodes: dict[str, OcppNode] = {}
+        #: each node's last status (fill, text), for /health
+        self.statuses: dict[str, tuple[str | None, str | None]] = {}
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder()
@@ -116,6 +128,8 @@ class ShimConnection(asyncio.Protocol):
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._stopping: dict[str, asyncio.Task[None]] = {}
+        # nodes closed for a redeploy, until a create of their id or a deadline
+        self._parked: dict[str, tuple[OcppNode, asyncio.TimerHandle]] = {}
         self._greeted = False
         self._collect: asyncio.TimerHandle | None = None
         # frames held back behind one whose handling waits, and that handling
@@ -127,6 +141,11 @@ class ShimConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._winding_down: asyncio.Task[None] | None = None
+
+    @property
+    def greeted(self) -> bool:
+        """True once the shim's hello was accepted."""
+        return self._greeted and not self._ended
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -282,7 +301,8 @@ class ShimConnection(asyncio.Protocol):
             return self._create(frame)
         elif kind == "close":
             node_id = str(frame.get("node"))
-            self._stopping[node_id] = asyncio.create_task(self._close(node_id))
+            removed = frame.get("removed", True) is not False
+            self._stopping[node_id] = asyncio.create_task(self._close(node_id, removed=removed))
         else:
             log.warning("ignoring unknown frame type %r", kind)
         return None
@@ -313,6 +333,10 @@ class ShimConnection(asyncio.Protocol):
         return False
 
     def _input(self, frame: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            stamp = frame.get("hop_t0")  # the shim stamps a sample of inputs
+            if type(stamp) is int:
+                self.metrics.hop_time(stamp)
         node_id = str(frame.get("node"))
         seq = frame.get("seq")
         if not isinstance(seq, int):
@@ -335,6 +359,7 @@ class ShimConnection(asyncio.Protocol):
             await pending_stop
         if node_id in self.nodes:
             await self._close(node_id, answer=False)
+        parked = self._unpark(node_id)
         host = FrameHost(self, node_id)
         kind = frame.get("type")
         node_type = NODE_TYPES.get(kind) if isinstance(kind, str) else None
@@ -359,16 +384,30 @@ class ShimConnection(asyncio.Protocol):
         node = node_type(spec, host, self.services)
         self.nodes[node_id] = node
         try:
-            await node.start()
+            for other_id, (other, _) in list(self._parked.items()):
+                if redeploy.conflicts(other, node):  # its port is wanted: free it now
+                    reason = f"node {node_id} takes its port"
+                    await self._stop_parked(self._unpark(other_id), reason=reason)
+            if parked is not None and type(parked) is not node_type:
+                await self._stop_parked(parked)
+                parked = None
+            await redeploy.start_after(node, parked)
         except Exception as exc:
             log.exception("node %s failed to start", node_id)
             host.status("red", "ring", "engine error")
             host.log("error", f"failed to start: {exc}")
 
-    async def _close(self, node_id: str, answer: bool = True) -> None:
+    async def _close(self, node_id: str, answer: bool = True, removed: bool = True) -> None:
         node = self.nodes.pop(node_id, None)
+        self.statuses.pop(node_id, None)
         try:
-            if node is not None:
+            if node is not None and not removed:
+                await redeploy.park(node)
+                timer = asyncio.get_running_loop().call_later(
+                    redeploy.PARK_SECONDS, self._park_expired, node_id
+                )
+                self._parked[node_id] = (node, timer)
+            elif node is not None:
                 await node.stop()
         except Exception:
             log.exception("node %s failed to stop cleanly", node_id)
@@ -376,6 +415,34 @@ class ShimConnection(asyncio.Protocol):
             self._stopping.pop(node_id, None)
             if answer:
                 self.write({"t": "closed", "node": node_id})
+            self._collect_soon()
+
+    def _unpark(self, node_id: str) -> OcppNode | None:
+        """Take the parked node of ``node_id`` out of the parking, if any."""
+        entry = self._parked.pop(node_id, None)
+        if entry is None:
+            return None
+        node, timer = entry
+        timer.cancel()
+        return node
+
+    def _park_expired(self, node_id: str) -> None:
+        node = self._unpark(node_id)
+        if node is not None:  # a create of its id waits for this stop
+            task = asyncio.create_task(self._stop_parked(node, node_id))
+            self._stopping.setdefault(node_id, task)
+
+    async def _stop_parked(
+        self, node: OcppNode | None, node_id: str | None = None, reason: str | None = None
+    ) -> None:
+        try:
+            if node is not None:
+                await redeploy.stop(node, reason)
+        except Exception:
+            log.exception("a parked node failed to stop cleanly")
+        finally:
+            if node_id is not None and self._stopping.get(node_id) is asyncio.current_task():
+                del self._stopping[node_id]
             self._collect_soon()
 
     def _collect_soon(self) -> None:
@@ -407,6 +474,7 @@ class ShimConnection(asyncio.Protocol):
     async def close_all(self) -> None:
         await asyncio.gather(
             *(self._close(node_id, answer=False) for node_id in list(self.nodes)),
+            *(self._stop_parked(self._unpark(node_id)) for node_id in list(self._parked)),
             *self._stopping.values(),
             return_exceptions=True,
         )
@@ -423,6 +491,7 @@ class DaemonServer:
         transports: what the nodes of every shim get their servers and clients from.
         connection_class: the protocol of one shim's connection (a subclass
             observes inputs for the benchmark).
+        metrics: the engine's metrics, handed to every node; ``None``: off.
     """
 
     def __init__(
@@ -430,10 +499,12 @@ class DaemonServer:
         token: str,
         transports: Transports | None = None,
         connection_class: type[ShimConnection] = ShimConnection,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.token = token
         self.transports = transports if transports is not None else LocalTransports()
         self.connection_class = connection_class
+        self.metrics = metrics
         self.connections: set[ShimConnection] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -459,7 +530,7 @@ class DaemonServer:
 
     def _accept(self) -> ShimConnection:
         connection = self.connection_class(
-            self.token, self.transports, on_lost=self.connections.discard
+            self.token, self.transports, on_lost=self.connections.discard, metrics=self.metrics
         )
         self.connections.add(connection)
         return connection

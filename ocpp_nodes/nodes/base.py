@@ -135,10 +135,13 @@ class NodeServices:
         transports: where the node gets its server or client.
         offline_store: the store of requests kept while offline for a user
             directory (``None``: one in memory).
+        metrics: the engine's metrics (``ocpp_nodes.metrics.EngineMetrics``),
+            ``None`` when they are off.
     """
 
     transports: Transports = field(default_factory=LocalTransports)
     offline_store: Callable[[str | None], OfflineStore | None] = lambda user_dir: None
+    metrics: Any = None
 
 
 class InputError(Exception):
@@ -271,13 +274,14 @@ class ConnectionSettings:
             or default.max_frame_size,
         )
 
-    def link_options(self, log_frames: bool) -> LinkOptions:
+    def link_options(self, log_frames: bool, meter: Any = None) -> LinkOptions:
         return LinkOptions(
             call_timeout=self.message_timeout,
             answer_timeout=self.message_timeout,
             max_queued=self.queue_size,
             max_frame_size=self.max_frame_size,
             log_frames=log_frames,
+            meter=meter,
         )
 
 
@@ -309,11 +313,18 @@ class OcppNode:
         self.transports = services.transports
         self.logging_enabled = bool(spec.config.get("ocpp_logging"))
         self.settings = ConnectionSettings.from_config(spec.config)
-        self.link_options = self.settings.link_options(log_frames=self.logging_enabled)
+        #: counts this node's messages and handshakes (ocpp_nodes.metrics.NodeMeter), or None
+        self.meter = None if services.metrics is None else services.metrics.node(spec.node_id)
+        self.link_options = self.settings.link_options(self.logging_enabled, self.meter)
         self.security_profile = security_profile(spec.config)
         self.tasks = BackgroundTasks()
         # what each request of ours needs back with its answer, by link and message id
         self._calls: dict[tuple[StationLink, str], CallContext] = {}
+        # Redeploys (redeploy.py): while parked, received requests wait in their
+        # links for the next node; requests of a node closed since, whose late
+        # answers are dropped without a word.
+        self.parked = False
+        self._orphans: set[tuple[StationLink, str]] = set()
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -562,6 +573,8 @@ class OcppNode:
         return {"command": event.action, "data": event.payload, "MessageId": event.message_id}
 
     def _emit_request(self, link: StationLink, event: CallReceived) -> None:
+        if self.parked:  # handed to the node that takes over (redeploy.py)
+            return
         self.host.send(
             PORT_COMMON,
             {
@@ -617,6 +630,9 @@ class OcppNode:
 
     def _context_of(self, link: StationLink, message_id: str) -> CallContext | None:
         context = self._calls.pop((link, message_id), None)
+        if context is None and (link, message_id) in self._orphans:
+            self._orphans.discard((link, message_id))  # its node was redeployed since
+            return None
         if context is None:  # every call goes through _call: a bug, but not one to stop on
             log.error("%s: no context for the answer to %s", self.node_id, message_id)
         return context

@@ -64,6 +64,10 @@ from .offline_store import OfflineStore, StoredRequest
 __all__ = ["CsNode"]
 
 
+#: How often a kept transaction message sent by the node before a redeploy is
+#: looked at until it is answered or ends, before it goes again.
+ORPHAN_POLL_S = 0.1
+
 # What a node imported from an older export (no back-off fields) did.
 _LEGACY_BACKOFF = {"ws_rt_minimum": 1.0, "ws_rt_repeat": 2, "ws_rt_rnd_range": 0.0}
 
@@ -152,9 +156,13 @@ class CsNode(OcppNode):
         if self.client is not None:
             client, self.client = self.client, None
             await client.stop()
+        self.end_inputs("the node stopped")
+
+    def end_inputs(self, reason: str) -> None:
+        """End the inputs that wait for a connection or for their answer."""
         while self._waiting:
             seq, _ = self._waiting.popleft()
-            self.host.done(seq, f"{self.cb_id}: the node stopped before it was connected")
+            self.host.done(seq, f"{self.cb_id}: {reason} before it was connected")
         for seq in self._transaction_inputs.values():  # kept on disk, sent after a restart
             self.host.done(seq)
         self._transaction_inputs.clear()
@@ -400,6 +408,10 @@ class CsNode(OcppNode):
             message_id = entry.message_id or str(uuid.uuid4())  # rows of older versions
             if entry.message_id is None:
                 self.store.update(entry.row_id, message_id, entry.attempts)
+            if (link, message_id) in self._orphans:
+                # sent before a redeploy: its answer (or end) goes nowhere; then again
+                await asyncio.sleep(ORPHAN_POLL_S)
+                continue
             try:
                 _, kind, fields = await self._own_call(
                     link, entry.action, entry.payload, message_id

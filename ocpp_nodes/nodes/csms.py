@@ -199,21 +199,7 @@ class CsmsNode(OcppNode):
             self.host.status("red", "ring", "config error")
             self.host.log("error", str(exc))
             return False
-        server = self.transports.server(
-            ServerOptions(
-                host=None,
-                port=self.port,
-                path=self.path,
-                versions=self.versions,
-                own_order=self.own_order,
-                link=self.link_options,
-                ping_interval=self.settings.ping_interval,
-                ssl_context=ssl_context,
-                max_connections=self.max_connections,
-                handshakes_per_second=self.handshakes_per_second,
-            ),
-            self,
-        )
+        server = self.transports.server(self.server_options(ssl_context), self)
         try:
             await server.start()
         except OSError as exc:
@@ -222,6 +208,21 @@ class CsmsNode(OcppNode):
         self.server = server
         self._show_connection_count()
         return True
+
+    def server_options(self, ssl_context: ssl.SSLContext | None) -> ServerOptions:
+        """Where and how this node's server listens (also for one it takes over)."""
+        return ServerOptions(
+            host=None,
+            port=self.port,
+            path=self.path,
+            versions=self.versions,
+            own_order=self.own_order,
+            link=self.link_options,
+            ping_interval=self.settings.ping_interval,
+            ssl_context=ssl_context,
+            max_connections=self.max_connections,
+            handshakes_per_second=self.handshakes_per_second,
+        )
 
     def _cannot_bind(self, exc: OSError) -> None:
         """Try the port again with a back-off; one warning per streak of failures."""
@@ -280,6 +281,8 @@ class CsmsNode(OcppNode):
 
     def refused(self, status: int, remote: str, cb_id: str | None = None) -> None:
         self._refusals.count(status, remote, cb_id)
+        if self.meter is not None:
+            self.meter.handshake(status)
 
     def authenticate(
         self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
@@ -314,6 +317,8 @@ class CsmsNode(OcppNode):
             await previous.close(1000, "replaced by a newer connection")
         self.stations[cb_id] = link
         self.connected_since[cb_id] = datetime.now(timezone.utc).isoformat()
+        if self.meter is not None:
+            self.meter.handshake("accepted")
         self._show_connection_count()
         self._announce(cb_id, "ONLINE", link.remote)
 

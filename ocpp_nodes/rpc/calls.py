@@ -121,6 +121,12 @@ class PendingCalls:
         calls.extend(self.queued)
         return calls
 
+    def withdraw_queued(self) -> list[OutgoingCall]:
+        """Remove and return the calls not yet sent; the outstanding one stays."""
+        calls = list(self.queued)
+        self.queued.clear()
+        return calls
+
     def drain(self) -> list[OutgoingCall]:
         """Remove and return every call, outstanding first, then in queue order."""
         calls = self.all()

@@ -96,11 +96,16 @@ class ConnectionState(Enum):
 
 @dataclass(frozen=True)
 class UnansweredCall:
-    """A CALL from the peer that waits for our answer until ``deadline``."""
+    """A CALL from the peer that waits for our answer until ``deadline``.
+
+    ``payload`` is kept so that the request can be handed again to whoever
+    answers it now (a redeployed node: docs/reliability.md, "Redeploys").
+    """
 
     message_id: str
     action: str
     deadline: float
+    payload: Any = None
 
 
 # -- events: what a received message or a deadline means -------------------------
@@ -414,7 +419,7 @@ class OcppConnection:
             self._outbox.append(serialize(answer))
             return PeerError(description, answer)
         self.received[frame.message_id] = UnansweredCall(
-            frame.message_id, frame.action, now + self.answer_timeout
+            frame.message_id, frame.action, now + self.answer_timeout, frame.payload
         )
         return CallReceived(frame.message_id, frame.action, frame.payload)
 

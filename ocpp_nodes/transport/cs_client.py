@@ -216,6 +216,8 @@ class CsClient:
         self.listener = listener
         self.session_class = session_class
         self._task: asyncio.Task[None] | None = None
+        #: the connection open now, if any
+        self.session: OcppSession | None = None
 
     async def _closed_in_handshake(self, url: str, exc: BaseException) -> ConnectFailure:
         """The CSMS hung up during the TLS handshake without saying why: if it
@@ -227,6 +229,16 @@ class CsClient:
             TLS_VERSION,
             f"TLS handshake failed: the CSMS speaks only {old}; OCPP asks for TLS 1.2 or newer",
         )
+
+    def update(self, link: LinkOptions, listener: CsmsListener) -> None:
+        """Go on with ``listener`` and links that behave as ``link`` says,
+        keeping the connection open now (a redeployed node whose connection
+        settings did not change)."""
+        self.options.link = link
+        self.listener = listener
+        if self.session is not None:
+            self.session.listener = listener
+            self.session.update_options(link)
 
     @property
     def running(self) -> bool:
@@ -307,11 +319,13 @@ class CsClient:
             self.listener,
             self.options.link,
         )
+        self.session = session
         try:
             await session.run()
         except Exception as exc:  # a bug must not end the reconnect loop
             log.exception("%s: the connection's handler failed", self.options.cb_id)
             return ConnectFailure(INTERNAL, f"internal error: {exc or type(exc).__name__}")
         finally:
+            self.session = None
             await ws.close(1000, "station stopped")
         return None

@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import WSMsgType, hdrs, web
 
@@ -32,6 +32,7 @@ from .session import OcppSession, SocketClosed
 from .tls import peer_common_name
 
 __all__ = [
+    "Admission",
     "AuthDecision",
     "CsmsServer",
     "ServerOptions",
@@ -131,6 +132,15 @@ class StationSocket:
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode("utf-8"))
 
+    def set_ping_interval(self, seconds: float) -> None:
+        """Ping after ``seconds`` of silence from now on (0: no more pings)."""
+        self._interval = seconds
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if seconds > 0:
+            self._timer = self._loop.call_at(self._last_heard + seconds, self._keep_alive)
+
     def stop_keep_alive(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -216,6 +226,20 @@ class ServerOptions:
     handshakes_per_second: float = 0.0
 
 
+class Admission(NamedTuple):
+    """What a connected station was admitted with, to check it again later
+    (a redeployed node with another auth list: :meth:`CsmsServer.connections`)."""
+
+    credentials: tuple[str, str] | None
+    client_cn: str | None
+    socket: StationSocket
+
+    def __repr__(self) -> str:  # keep the password out of any log line
+        return (
+            f"Admission(credentials={self.credentials is not None}, client_cn={self.client_cn!r})"
+        )
+
+
 class CsmsServer:
     """Listens for stations; runs an :class:`OcppSession` for each one accepted.
 
@@ -238,6 +262,10 @@ class CsmsServer:
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._handshakes = RateLimit(options.handshakes_per_second)
+        self._admitted: dict[OcppSession, Admission] = {}
+        if options.ssl_context is not None:
+            # the listener's context stays; each handshake is served by the current one
+            options.ssl_context.sni_callback = self._serve_current_context
 
     async def start(self) -> None:
         """Bind and listen. Raises ``OSError`` when the port cannot be had."""
@@ -262,6 +290,34 @@ class CsmsServer:
             await runner.cleanup()
             raise
         self._runner = runner
+
+    def update(self, options: ServerOptions, listener: StationListener) -> None:
+        """Go on with ``options`` and ``listener`` (a redeployed node), keeping
+        every connection: each link behaves as ``options.link`` says from now
+        on, pings as ``options.ping_interval`` says, and hears ``listener``.
+
+        ``host``, ``port``, ``path`` and whether there is TLS stay as they
+        were (the caller keeps them); a new ``ssl_context`` serves the TLS
+        handshakes from now on (a connected station keeps its TLS session),
+        with the client certificate rule of the one the server started with.
+        """
+        if options.handshakes_per_second != self.options.handshakes_per_second:
+            self._handshakes = RateLimit(options.handshakes_per_second)
+        self.options = options
+        self.listener = listener
+        for session, admission in self._admitted.items():
+            session.listener = listener
+            session.update_options(options.link)
+            admission.socket.set_ping_interval(options.ping_interval)
+
+    def connections(self) -> list[tuple[OcppSession, Admission]]:
+        """The stations connected now, with what each was admitted with."""
+        return list(self._admitted.items())
+
+    def _serve_current_context(self, ssl_object: Any, server_name: Any, context: Any) -> None:
+        current = self.options.ssl_context
+        if current is not None and current is not context:
+            ssl_object.context = current
 
     async def stop(self) -> None:
         """Close every station connection and release the port."""
@@ -293,11 +349,9 @@ class CsmsServer:
         if problem is not None:
             return web.Response(status=400, text=f"Invalid Charging Station identity: {problem}")
         peercert = request.transport.get_extra_info("peercert") if request.transport else None
-        decision = self.listener.authenticate(
-            cb_id,
-            basic_auth_credentials(request.headers.get("Authorization")),
-            peer_common_name(peercert),
-        )
+        credentials = basic_auth_credentials(request.headers.get("Authorization"))
+        client_cn = peer_common_name(peercert)
+        decision = self.listener.authenticate(cb_id, credentials, client_cn)
         if decision is AuthDecision.UNKNOWN_IDENTITY:
             return web.Response(status=404, text="Unknown Charging Station identity")
         if decision is AuthDecision.BAD_CREDENTIALS:
@@ -344,6 +398,7 @@ class CsmsServer:
             self.options.link,
             request.remote or "",
         )
+        self._admitted[session] = Admission(credentials, client_cn, socket)
         try:
             await session.run()
         except asyncio.CancelledError:
@@ -352,6 +407,7 @@ class CsmsServer:
             log.exception("station %s: handler failed", cb_id)
         finally:
             socket.stop_keep_alive()
+            self._admitted.pop(session, None)
             self._sockets.discard(ws)
             await ws.close()
         return ws

@@ -14,7 +14,8 @@ from typing import Protocol
 
 from .backoff import Backoff
 from .cs_client import ClientOptions, CsClient, CsmsListener
-from .csms_server import CsmsServer, ServerOptions, StationListener
+from .csms_server import Admission, CsmsServer, ServerOptions, StationListener
+from .link import LinkOptions
 from .session import OcppSession
 
 __all__ = ["LocalTransports", "StationClient", "StationServer", "Transports"]
@@ -29,6 +30,16 @@ class StationServer(Protocol):
     async def stop(self) -> None:
         """Close every station's link and stop listening."""
 
+    # A redeployed node takes the server over (ocpp_nodes/nodes/redeploy.py):
+
+    options: ServerOptions
+
+    def update(self, options: ServerOptions, listener: StationListener) -> None:
+        """Go on with ``options`` and ``listener``, keeping every connection."""
+
+    def connections(self) -> list[tuple[OcppSession, Admission]]:
+        """The stations connected now, with what each was admitted with."""
+
 
 class StationClient(Protocol):
     """What a CS node needs of its client."""
@@ -41,6 +52,11 @@ class StationClient(Protocol):
 
     async def stop(self) -> None:
         """Close the link and stop reconnecting."""
+
+    backoff: Backoff
+
+    def update(self, link: LinkOptions, listener: CsmsListener) -> None:
+        """Go on with ``listener`` and ``link``, keeping the connection (a redeploy)."""
 
 
 class Transports(Protocol):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from ..rpc import Event, OcppVersion
+from ..rpc import CallReceived, Event, OcppVersion
 
 __all__ = ["LinkListener", "LinkOptions", "PendingCall", "StationLink"]
 
@@ -32,6 +32,8 @@ class LinkOptions:
         max_queued: our CALLs that may wait behind the outstanding one.
         max_frame_size: largest frame (UTF-8 bytes) sent or accepted.
         log_frames: whether the listener's ``link_frame`` hears every frame.
+        meter: what counts the link's messages (``ocpp_nodes.metrics.NodeMeter``);
+            ``None`` when metrics are off.
     """
 
     call_timeout: float = 30.0
@@ -39,6 +41,7 @@ class LinkOptions:
     max_queued: int = 1000
     max_frame_size: int = 1024 * 1024
     log_frames: bool = False
+    meter: Any = None
 
 
 class PendingCall(NamedTuple):
@@ -94,6 +97,20 @@ class StationLink(Protocol):
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection; the listener's ``link_closed`` follows."""
+
+    # A redeployed node takes over the links of the one it replaces
+    # (ocpp_nodes/nodes/redeploy.py):
+
+    listener: LinkListener
+
+    def update_options(self, options: LinkOptions) -> None:
+        """Behave as ``options`` say from now on."""
+
+    def unanswered(self) -> list[CallReceived]:
+        """The received CALLs that still wait for our answer, in the order they came."""
+
+    def withdraw_queued(self) -> list[PendingCall]:
+        """Take back our CALLs not yet sent (they will not be)."""
 
 
 class LinkListener(Protocol):

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
-from ..rpc import Event, OcppConnection, OcppVersion, Role
+from ..rpc import CallReceived, Event, OcppConnection, OcppVersion, Role, UnansweredCall
 from .link import LinkListener, LinkOptions, PendingCall
 
 __all__ = ["OcppSession", "TextSocket", "SocketClosed"]
@@ -92,6 +92,8 @@ class OcppSession:
         self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # counts what crosses the link (ocpp_nodes.metrics.LinkMeter); None: metrics off
+        self._meter = None if options.meter is None else options.meter.link(version, cb_id)
 
     # -- the StationLink --------------------------------------------------------
 
@@ -102,22 +104,44 @@ class OcppSession:
     def send_call(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
         call = self.connection.send_call(action, payload, self._loop.time(), message_id=message_id)
         self._flush()
+        if self._meter is not None:
+            self._meter.call_sent(action)
         return call.message_id
 
     def send_unconfirmed(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
         sent = self.connection.send_unconfirmed(action, payload, message_id=message_id)
         self._flush()
+        if self._meter is not None:
+            self._meter.send_sent(action)
         return sent
 
     def send_result(self, message_id: str, payload: Any) -> None:
+        request = self._request(message_id)
         self.connection.send_result(message_id, payload)
         self._flush()
+        if request is not None:
+            self._answered(request, None)
 
     def send_error(
         self, message_id: str, error_code: str, description: str = "", details: Any = None
     ) -> None:
+        request = self._request(message_id)
         self.connection.send_error(message_id, error_code, description, details)
         self._flush()
+        if request is not None:
+            self._answered(request, error_code)
+
+    def _request(self, message_id: Any) -> UnansweredCall | None:
+        """The received CALL an answer is for, when metrics count it (else None)."""
+        if self._meter is None or not isinstance(message_id, str):
+            return None
+        return self.connection.received.get(message_id)
+
+    def _answered(self, request: UnansweredCall, error_code: str | None) -> None:
+        assert self._meter is not None
+        # the core set the deadline when the CALL came: received + answer timeout
+        received_at = request.deadline - self.connection.answer_timeout
+        self._meter.answered(request, self._loop.time() - received_at, error_code)
 
     def awaits_answer(self, message_id: Any) -> bool:
         return self.connection.awaits_answer(message_id)
@@ -126,6 +150,34 @@ class OcppSession:
         return [
             PendingCall(call.message_id, call.action, call.sent)
             for call in self.connection.calls.all()
+        ]
+
+    def update_options(self, options: LinkOptions) -> None:
+        """Behave as ``options`` say from now on (a redeployed node's settings).
+
+        Timeouts count from now for what is sent or received from now; the
+        size limit applies to what is sent (what is received keeps the limit
+        the socket was opened with).
+        """
+        connection = self.connection
+        connection.calls.timeout = options.call_timeout
+        connection.calls.max_queued = options.max_queued
+        connection.answer_timeout = options.answer_timeout
+        connection.max_frame_size = options.max_frame_size
+        self._log_frames = options.log_frames
+
+    def unanswered(self) -> list[CallReceived]:
+        """The received CALLs that still wait for our answer, in the order they came."""
+        return [
+            CallReceived(request.message_id, request.action, request.payload)
+            for request in self.connection.received.values()
+        ]
+
+    def withdraw_queued(self) -> list[PendingCall]:
+        """Take back our CALLs that wait behind the outstanding one (never sent)."""
+        return [
+            PendingCall(call.message_id, call.action, False)
+            for call in self.connection.calls.withdraw_queued()
         ]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -149,6 +201,8 @@ class OcppSession:
         try:
             reason = await self._read()
         finally:
+            if self._meter is not None:
+                self._meter.closed(reason is not None)
             self.listener.link_closed(self, reason)
         return reason
 
@@ -163,7 +217,16 @@ class OcppSession:
                     break
                 if self._log_frames:
                     self._log_frame(text if isinstance(text, str) else repr(text), True)
-                events = self.connection.receive_text(text, self._loop.time())
+                now = self._loop.time()
+                if self._meter is None:
+                    events = self.connection.receive_text(text, now)
+                else:
+                    calls = self.connection.calls
+                    outstanding = calls.outstanding  # what this message may answer
+                    # its deadline was set when it went on the wire: sent + call timeout
+                    sent_at = (outstanding.deadline or 0.0) - calls.timeout if outstanding else 0.0
+                    events = self.connection.receive_text(text, now)
+                    self._meter.received(events, outstanding, sent_at, now)
                 self._flush()
                 self._deliver(events)
         finally:
@@ -259,6 +322,9 @@ class OcppSession:
         self._timer_at = None
         events = self.connection.expire(self._loop.time())
         self._flush()
+        if self._meter is not None:
+            for event in events:
+                self._meter.expired(event)
         self._deliver(events)
 
     def _log_frame(self, text: str, from_peer: bool) -> None:

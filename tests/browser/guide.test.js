@@ -22,27 +22,16 @@ const fs = require("node:fs");
 const path = require("node:path");
 const readline = require("node:readline");
 
-const root = path.resolve(__dirname, "..", "..");
+const { SHOTS, chromiumMissing, launchChromium } = require("./chromium");
+
 const BASE = process.env.OCPP_EDITOR_URL;
 const FLOW = process.env.OCPP_GUIDE_FLOW;
-const SHOTS = process.env.OCPP_SCREENSHOTS || path.join(root, ".local", "screenshots");
-const CHROMIUM = process.env.OCPP_CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
-
-function playwright() {
-  return require(require.resolve("playwright-core", { paths: [path.join(root, "tools", "node")] }));
-}
 
 const skip = !BASE || !FLOW ? "OCPP_EDITOR_URL / OCPP_GUIDE_FLOW unset: run tests/browser/test_editor.py" :
-  !fs.existsSync(CHROMIUM) ? `${CHROMIUM} is missing: run make setup` : false;
+  chromiumMissing();
 
 test("getting started, in the editor", { skip, timeout: 120000 }, async (t) => {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  const { chromium } = playwright();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   t.after(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
   page.setDefaultTimeout(10000);
@@ -85,6 +74,13 @@ test("getting started, in the editor", { skip, timeout: 120000 }, async (t) => {
   // the tips box under the sidebar would cover part of the screenshots
   await page.evaluate(() => RED.settings.set("editor.view.view-show-tips", false)).catch(() => {});
   await page.locator("#red-ui-palette-container-OCPP").waitFor({ state: "attached", timeout: 30000 });
+  // the deployed flow reaches the editor after the palette (later with more
+  // node types installed, such as the dashboard's)
+  await page.waitForFunction(() => {
+    let found = false;
+    RED.nodes.eachNode((node) => { found = found || node.type === "CSMS"; });
+    return found;
+  }, null, { timeout: 30000 });
 
   await t.test("step 2: the demo flow, CSMS 1 connected, CS001 connected", async () => {
     const csms = await idOf("CSMS :9220");

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.nodered
 CHROMIUM = Path(os.environ.get("OCPP_CHROMIUM", "/usr/bin/chromium"))
 PLAYWRIGHT = REPO_ROOT / "tools" / "node" / "node_modules" / "playwright-core"
 SCREENSHOTS = Path(os.environ.get("OCPP_SCREENSHOTS", REPO_ROOT / ".local" / "screenshots"))
-#: The screenshots docs/ shows (docs/images/<name>.png), taken by guide.test.js
-#: and editor.test.js; `make screenshots` copies exactly these.
+#: The screenshots docs/ shows (docs/images/<name>.png), taken by guide.test.js,
+#: editor.test.js and live-view.test.js; `make screenshots` copies exactly these.
 DOC_IMAGES = (
     "demo-flow",
     "getting-started-flow",
@@ -36,6 +36,7 @@ DOC_IMAGES = (
     "getting-started-catch",
     "csms-dialog",
     "cs-dialog",
+    "live-view",  # by live-view.test.js (test_live_view.py)
 )
 
 

@@ -93,7 +93,7 @@ function fakeClock() {
 
 // An event a state has no transition for is logged as a bug: that fails the
 // test, unless the test is about it.
-function setup({ bugsFail = true } = {}) {
+function setup({ bugsFail = true, events } = {}) {
   const clock = fakeClock();
   const engines = [];
   const logs = [];
@@ -104,6 +104,9 @@ function setup({ bugsFail = true } = {}) {
     }
   };
   const RED = { log: { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") } };
+  if (events) {
+    RED.events = events;
+  }
   const client = new DaemonClient(RED, {
     makeEngine(red, handlers) {
       const engine = new FakeEngine(red, handlers);
@@ -397,6 +400,40 @@ test("deregister while ready sends close and finishes at closed, or after 5 s", 
   assert.match(b.warnings[0], /did not confirm close within 5 s/);
 });
 
+test("deregister tells the engine whether the node was removed or is being redeployed", () => {
+  const { client, engine } = setup();
+  const a = register(client, "a");
+  const b = register(client, "b");
+  const c = register(client, "c");
+  engine().welcome();
+  client.deregister(a, () => {}, false);
+  client.deregister(b, () => {}, true);
+  client.deregister(c, () => {});
+  const closes = engine().written.filter((frame) => frame.t === "close");
+  assert.deepEqual(
+    closes.map((frame) => [frame.node, frame.removed]),
+    [["a", false], ["b", true], ["c", true]],
+  );
+});
+
+test("a close while the flows just stop (not a redeploy) removes the node", () => {
+  const EventEmitter = require("node:events");
+  const events = new EventEmitter();
+  const { client, engine } = setup({ events });
+  const a = register(client, "a");
+  const b = register(client, "b");
+  engine().welcome();
+  const running = { flows: [], rev: "1" };
+  events.emit("flows:started", { config: running });
+  events.emit("flows:stopping", { config: running }); // stopped, the same flows
+  client.deregister(a, () => {}, false);
+  events.emit("flows:started", { config: running });
+  events.emit("flows:stopping", { config: { flows: [], rev: "1" } }); // a deploy swaps it
+  client.deregister(b, () => {}, false);
+  const closes = engine().written.filter((frame) => frame.t === "close");
+  assert.deepEqual(closes.map((frame) => [frame.node, frame.removed]), [["a", true], ["b", false]]);
+});
+
 test("an engine lost while a node waits for closed finishes that close", () => {
   const { client, engine } = setup();
   const a = register(client, "a");
@@ -570,4 +607,55 @@ test("input frames carry hop_t0 only when OCPP_NODES_HOP_TRACE is set", () => {
   assert.equal(execFileSync(process.execPath, ["-e", script], { env, encoding: "utf8" }), "undefined");
   env.OCPP_NODES_HOP_TRACE = path.join(root, "no-such-dir", "hops");
   assert.equal(execFileSync(process.execPath, ["-e", script], { env, encoding: "utf8" }), "number");
+});
+
+test("with ocppNodes.metrics one input in 64 carries hop_t0, and each engine knows the restarts before it", () => {
+  const RED = {
+    log: { debug() {}, info() {}, warn() {}, error() {} },
+    settings: { ocppNodes: { metrics: { port: 9464 } } },
+  };
+  const made = [];
+  const clock = fakeClock();
+  const client = new DaemonClient(RED, {
+    makeEngine(red, handlers) {
+      made.push(handlers.restarts);
+      const engine = new FakeEngine(red, handlers);
+      made.engine = engine;
+      return engine;
+    },
+    now: clock.now,
+    setTimer: clock.setTimer,
+    clearTimer: clock.clearTimer,
+  });
+  const node = register(client, "m");
+  made.engine.welcome();
+  const ended = [];
+  for (let i = 0; i < 128; i++) {
+    inputTo(client, node, `i${i}`, ended);
+  }
+  const stamped = made.engine.written.filter((frame) => frame.t === "input" && frame.hop_t0 !== undefined);
+  assert.equal(stamped.length, 2);
+  assert.ok(stamped.every((frame) => Number.isInteger(frame.hop_t0) && frame.hop_t0 > 0));
+  made.engine.lose();
+  clock.advance(1000);
+  made.engine.welcome();
+  made.engine.lose();
+  clock.advance(2000);
+  assert.deepEqual(made.slice(0, 3), [0, 1, 2]);
+});
+
+test("metricsSettings: absent is off; a bad port or host is an error and off; host defaults to loopback", () => {
+  const { metricsSettings } = require(path.join(root, "js_shim/lib/engine"));
+  const errors = [];
+  const red = (metrics) => ({ log: { error: (text) => errors.push(text) }, settings: { ocppNodes: { metrics } } });
+  assert.equal(metricsSettings({ log: {}, settings: {} }), null);
+  assert.equal(metricsSettings(red(undefined)), null);
+  assert.deepEqual(metricsSettings(red({ port: "9464" })), { host: "127.0.0.1", port: 9464, stationLabels: false });
+  assert.deepEqual(metricsSettings(red({ port: 9, host: "0.0.0.0", stationLabels: true })),
+    { host: "0.0.0.0", port: 9, stationLabels: true });
+  assert.equal(errors.length, 0);
+  assert.equal(metricsSettings(red({ port: 70000 })), null);
+  assert.equal(metricsSettings(red({ port: 9464, host: "a b; rm -rf" })), null);
+  assert.equal(errors.length, 2);
+  assert.match(errors[0], /not a TCP port number/);
 });
