@@ -18,8 +18,9 @@ Theory of operation:
    shapes it.
 4. Valid payloads (the common case) are checked by ``fastjsonschema`` code
    alone. Only a payload that it rejects goes to ``jsonschema``, which says
-   which field failed and why; that reason is mapped to the version's error
-   code by the keyword that failed.
+   which fields failed and why: every violation is named (up to
+   :data:`MAX_VIOLATIONS_NAMED`, the most relevant first), and the most
+   relevant one's keyword gives the version's error code.
 5. ``format: date-time`` is checked by one function (RFC 3339) in both
    validators so that they never disagree.
 
@@ -46,6 +47,7 @@ import fastjsonschema
 import jsonschema
 
 __all__ = [
+    "MAX_VIOLATIONS_NAMED",
     "CodeCache",
     "Direction",
     "SchemaRegistry",
@@ -67,15 +69,25 @@ class Direction(Enum):
     SEND = "Send"
 
 
+#: Violations a description names; more are counted ("and 3 more").
+MAX_VIOLATIONS_NAMED = 10
+#: Characters of one violation's text (a value quoted in it can be long).
+_MAX_VIOLATION_TEXT = 255
+
+
 @dataclass(frozen=True)
 class SchemaViolation:
     """Why a payload does not match its schema.
 
     Attributes:
-        error_code: the OCPP-J error code for a CALLERROR, as the version spells it.
-        description: one line for humans, naming the field.
-        path: JSON path of the offending field, ``""`` for the payload itself.
-        keyword: the JSON-schema keyword that failed (``"required"`` ...).
+        error_code: the OCPP-J error code for a CALLERROR, as the version
+            spells it (from the most relevant violation).
+        description: one line for humans naming every violation, each with
+            its field, the most relevant first: ``"a: ...; b: ..."``, at most
+            :data:`MAX_VIOLATIONS_NAMED` then ``"and N more"``.
+        path: JSON path of the most relevant offending field, ``""`` for the
+            payload itself.
+        keyword: the JSON-schema keyword that failed there (``"required"`` ...).
     """
 
     error_code: str
@@ -215,18 +227,35 @@ class SchemaRegistry:
         return None
 
     def _explain(self, validator: jsonschema.protocols.Validator, payload: Any) -> SchemaViolation:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
+        errors = list(validator.iter_errors(payload))
+        error = jsonschema.exceptions.best_match(errors)
         if error is None:  # the two validators disagree; say so rather than guess
             return SchemaViolation(self.format_violation, "payload rejected by schema", "", "")
-        path = "".join(
-            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path
-        ).lstrip(".")
+        path = _json_path(error)
         keyword = str(error.validator)
         code = self.error_codes.get(keyword, self.format_violation)
         if keyword == "type" and not path:
             code = self.format_violation  # the payload is not even a JSON object
-        where = path or "payload"
-        return SchemaViolation(code, f"{where}: {error.message}"[:255], path, keyword)
+        others = sorted((other for other in errors if other is not error), key=_path_order)
+        named = [
+            f"{_json_path(each) or 'payload'}: {each.message}"[:_MAX_VIOLATION_TEXT]
+            for each in [error, *others][:MAX_VIOLATIONS_NAMED]
+        ]
+        if len(errors) > MAX_VIOLATIONS_NAMED:
+            named.append(f"and {len(errors) - MAX_VIOLATIONS_NAMED} more")
+        return SchemaViolation(code, "; ".join(named), path, keyword)
+
+
+def _path_order(error: jsonschema.ValidationError) -> list[tuple[int, int | str]]:
+    """Sorts errors by where they are, array items in numeric order."""
+    return [(0, part) if isinstance(part, int) else (1, str(part)) for part in error.path]
+
+
+def _json_path(error: jsonschema.ValidationError) -> str:
+    """Where ``error`` is, as ``a.b[0].c`` (``""``: the payload itself)."""
+    return "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path
+    ).lstrip(".")
 
 
 def _compile_all(

@@ -145,3 +145,42 @@ def test_the_version_names_the_security_events() -> None:
 def test_http_status_travels_with_a_refusal() -> None:
     assert failure_of(refused_with(401)).http_status == 401
     assert failure_of(ssl_error("X")).http_status is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "label"),
+    [
+        (refused_with(401), "401"),
+        (refused_with(403), "403"),
+        (refused_with(404), "404"),
+        (refused_with(409), "409"),
+        (refused_with(503), "503"),
+        (refused_with(500), "HTTP 500"),
+        (ConnectionRefusedError(111, "Connect call failed"), "refused"),
+        (socket.gaierror(-2, "Name or service not known"), "unreachable"),
+        (OSError(113, "No route to host"), "unreachable"),
+        (asyncio.TimeoutError(), "timeout"),
+        (verify_error(10, "certificate has expired"), "TLS error"),
+        (ssl_error("NO_SHARED_CIPHER"), "TLS error"),
+        (ssl_error("WRONG_VERSION_NUMBER"), "TLS error"),
+        (InvalidHeader("Upgrade"), "closed"),
+    ],
+)
+def test_the_status_names_each_cause_in_a_word(exc: BaseException, label: str) -> None:
+    assert failure_of(exc).status_label == label
+
+
+def test_a_subprotocol_refusal_is_no_ocpp_version() -> None:
+    failure = failures.ConnectFailure(failures.SUBPROTOCOL, "CSMS did not select ocpp2.0.1")
+    assert failure.status_label == "no OCPP version"
+
+
+def test_the_url_tried_is_named_and_a_password_in_it_masked() -> None:
+    url = "ws://127.0.0.1:9/ocpp/CS1"
+    failure = failure_of(ConnectionRefusedError(111, "Connect call failed")).tried(url)
+    assert failure.reason.endswith(f"(tried {url})") and failure.cause == failures.REFUSED
+    secret = "ws://me:s3cret@csms.example:9/ocpp/CS1"
+    failure = failure_of(InvalidHeader("Location", secret)).tried(secret)
+    assert "s3cret" not in failure.reason, failure.reason
+    assert failure.reason.endswith("(tried ws://me:***@csms.example:9/ocpp/CS1)")
+    assert failures.shown_url("wss://h/ocpp/CS1") == "wss://h/ocpp/CS1"

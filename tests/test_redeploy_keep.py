@@ -385,6 +385,8 @@ async def test_another_port_disconnects_and_says_so_and_removing_frees_the_port(
     # the log line comes through Node-RED's log, not in step with the websocket closes
     log = await logged(runtime, mark, "redeploy: 3 station(s) disconnected")
     assert f"redeploy: 3 station(s) disconnected: the port changed from {port} to {other}" in log
+    # that line is written before the new node binds its port: wait for it
+    await asyncio.to_thread(wait_port, other)
     moved = Station("P0")
     await moved.connect(f"ws://127.0.0.1:{other}/ocpp")
     assert await moved.heartbeat()

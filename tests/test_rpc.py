@@ -330,3 +330,70 @@ def test_default_message_ids_are_distinct_version_4_uuids() -> None:
         parsed = uuid.UUID(message_id)
         assert str(parsed) == message_id
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+# -- an answer that cannot go out says why (issue 23 item 6) ------------------------
+
+
+def test_an_answer_is_told_whether_its_request_was_answered_expired_or_never_received() -> None:
+    conn = connection(answer_timeout=5)
+    conn.receive_text(json.dumps([2, "done-1", "Heartbeat", {}]), now=0)
+    conn.send_result("done-1", HEARTBEAT_ANSWER)
+    with pytest.raises(OutgoingError) as answered:
+        conn.send_result("done-1", HEARTBEAT_ANSWER)
+    assert "the Heartbeat request 'done-1' was already answered" in str(answered.value)
+    conn.receive_text(json.dumps([2, "err-1", "Heartbeat", {}]), now=0)
+    conn.send_error("err-1", "GenericError")
+    with pytest.raises(OutgoingError, match="'err-1' was already answered"):
+        conn.send_error("err-1", "GenericError")
+    conn.receive_text(json.dumps([2, "late-1", "Heartbeat", {}]), now=0)
+    assert conn.expire(now=5) == [RequestExpired("late-1", "Heartbeat")]
+    with pytest.raises(OutgoingError) as expired:
+        conn.send_result("late-1", HEARTBEAT_ANSWER)
+    assert "the Heartbeat request 'late-1' expired: it waited 5 s" in str(expired.value)
+    with pytest.raises(OutgoingError) as never:
+        conn.send_error("never-1", "GenericError")
+    assert str(never.value) == "no request with MessageId 'never-1' was received on this connection"
+    assert conn.data_to_send() == [
+        serialize(CallResult("done-1", HEARTBEAT_ANSWER)),
+        serialize(CallError("err-1", "GenericError")),
+    ]
+
+
+def test_the_record_of_answered_requests_is_bounded_and_says_when_it_forgot() -> None:
+    from ocpp_nodes.rpc.connection import SETTLED_KEPT
+
+    conn = connection()
+    for n in range(SETTLED_KEPT + 1):
+        conn.receive_text(json.dumps([2, f"m{n}", "Heartbeat", {}]), now=0)
+        conn.send_result(f"m{n}", HEARTBEAT_ANSWER)
+    assert len(conn._answered) == SETTLED_KEPT
+    with pytest.raises(OutgoingError, match="'m1' was already answered"):
+        conn.send_result("m1", HEARTBEAT_ANSWER)
+    with pytest.raises(OutgoingError) as forgotten:
+        conn.send_result("m0", HEARTBEAT_ANSWER)
+    assert "was received on this connection, or it was answered or expired too long ago" in str(
+        forgotten.value
+    )
+
+
+def test_a_callerror_for_a_payload_with_many_violations_keeps_to_255_characters() -> None:
+    """errorDescription is string[255] in 2.0.1 and 2.1: the CALLERROR stays
+    within it; the user's log (PeerError) hears every violation."""
+    conn = connection()
+    bad = {"reason": "Nope", "chargingStation": {"model": 1, "vendorName": 2}, "x": "y" * 300}
+    (event,) = conn.receive_text(json.dumps([2, "m1", "BootNotification", bad]), now=0)
+    (answer,) = conn.data_to_send()
+    frame = json.loads(answer)
+    assert frame[:3] == [4, "m1", "FormatViolation"]
+    assert len(frame[3]) == 255 and frame[3].endswith("...")
+    assert isinstance(event, PeerError) and len(event.description) > 255
+    for field in ("reason", "chargingStation.model", "chargingStation.vendorName", "'x'"):
+        assert field in event.description
+    long_action = "A" * 400
+    conn.receive_text(json.dumps([2, "m2", long_action, {}]), now=0)
+    assert len(json.loads(conn.data_to_send()[0])[3]) == 255
+    # the flow's own description too: cut, not refused
+    conn.receive_text(json.dumps([2, "m3", "Heartbeat", {}]), now=0)
+    conn.send_error("m3", "GenericError", "why " * 100)
+    assert json.loads(conn.data_to_send()[0])[3] == ("why " * 100)[:252] + "..."

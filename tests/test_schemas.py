@@ -152,3 +152,26 @@ def test_validation_never_adds_schema_defaults_to_the_payload() -> None:
     payload = {"requestId": 0}
     assert V201.schemas.validate("NotifyDisplayMessages", Direction.REQUEST, payload) is None
     assert payload == {"requestId": 0}  # the schema's `tbc` default must not appear
+
+
+def test_a_violation_names_every_field_that_fails_up_to_ten() -> None:
+    """The most relevant first (its keyword gives the code), then the others by
+    where they are; past ten, how many more."""
+    reg = V201.schemas
+    bad = {"reason": "Nope", "chargingStation": {"model": 1, "vendorName": "V"}, "extra": 1}
+    violation = reg.validate("BootNotification", Direction.REQUEST, bad)
+    assert violation is not None
+    parts = violation.description.split("; ")
+    assert len(parts) == 3, violation.description
+    assert parts[0].startswith(f"{violation.path or 'payload'}: ")
+    assert any(p.startswith("chargingStation.model: 1 is not of type") for p in parts)
+    assert any(p.startswith("reason: 'Nope' is not one of") for p in parts)
+    assert any("'extra' was unexpected" in p for p in parts)
+    samples = [{"timestamp": "x", "sampledValue": [{"value": "1"}]}] * 15
+    many = reg.validate("MeterValues", Direction.REQUEST, {"evseId": 1, "meterValue": samples})
+    assert many is not None
+    parts = many.description.split("; ")
+    assert len(parts) == schemas.MAX_VIOLATIONS_NAMED + 1 and parts[-1] == "and 20 more", parts
+    # after the most relevant, array items in their order: [2] before [10]
+    items = [part.split(".", 1)[0] for part in parts[1:-1]]
+    assert items == [f"meterValue[{n // 2}]" for n in range(9)], items

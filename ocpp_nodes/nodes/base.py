@@ -359,16 +359,11 @@ class OcppNode:
         if not isinstance(payload, dict):
             raise InputError("msg.payload must be an object such as {command, data}")
         msg_type = payload.get("msgType", MSG_REQUEST)
-        is_reply = msg_type == MSG_CALLERROR and self._is_reply(msg)
-        if msg_type == MSG_CALLERROR and not is_reply and not payload.get("command"):
-            message_id = (
-                msg.get("ocpp", {}).get("MessageId") if isinstance(msg.get("ocpp"), dict) else None
-            )
-            if message_id:  # a CALLERROR reply whose request no longer waits
-                raise InputError(
-                    f"no received request with MessageId {message_id!r} waits for an answer "
-                    "(already answered, or older than the message timeout)"
-                )
+        # A CALLERROR with msg.ocpp.MessageId and no command is a reply even when
+        # its request no longer waits: the link then says why (answered, expired ...).
+        is_reply = msg_type == MSG_CALLERROR and (
+            self._is_reply(msg) or (not payload.get("command") and self._names_request(msg))
+        )
         if msg_type == MSG_COMMAND or (msg_type == MSG_CALLERROR and not is_reply):
             command = payload.get("command")
             if not isinstance(command, str) or not command:
@@ -439,7 +434,15 @@ class OcppNode:
             raise InputError(
                 "a response needs msg.ocpp of the received request (reuse the incoming msg)"
             )
-        return self._link_for(msg), message_id
+        try:
+            return self._link_for(msg), message_id
+        except InputError as exc:
+            raise InputError(f"cannot answer the request {message_id!r}: {exc}") from None
+
+    @staticmethod
+    def _names_request(msg: dict[str, Any]) -> bool:
+        ocpp = msg.get("ocpp")
+        return isinstance(ocpp, dict) and bool(ocpp.get("MessageId"))
 
     def _is_reply(self, msg: dict[str, Any]) -> bool:
         """True when ``msg.ocpp.MessageId`` names a received request that waits."""

@@ -58,6 +58,7 @@ from .base import (
     registration_state,
     versions_setting,
 )
+from .countdown import count_down
 from .offline_store import OfflineStore, StoredRequest
 
 __all__ = ["CsNode"]
@@ -141,6 +142,8 @@ class CsNode(OcppNode):
         self.link: StationLink | None = None
         self._online: bool | None = None
         self._countdown: asyncio.Task[None] | None = None
+        #: why the last attempt failed; None once connected (a lost connection: "closed")
+        self._last_failure: ConnectFailure | None = None
 
     async def start(self) -> None:
         self.tasks.start(self._send_transactions())
@@ -218,6 +221,7 @@ class CsNode(OcppNode):
     async def link_opened(self, link: StationLink) -> None:
         self.link = link
         self._reported = None
+        self._last_failure = None
         self._show_connected()
         self._announce(online=True)
         self._link_up.set()
@@ -244,6 +248,7 @@ class CsNode(OcppNode):
 
     def connect_failed(self, failure: ConnectFailure) -> None:
         """Log every failed attempt; put one on port 1 when its cause changed."""
+        self._last_failure = failure
         self.host.log("warn", f"{self.cb_id}: {failure.reason}")
         key = (failure.cause, failure.http_status)
         if not self.report_failures or key == self._reported:
@@ -277,21 +282,11 @@ class CsNode(OcppNode):
             self.host.status("grey", "dot", "stopped")
 
     async def _count_down(self, seconds: float) -> None:
-        """Status ``retry in Ns``, updated every second until the next attempt.
-
-        The whole seconds shown are counted down from the wait itself, never
-        worked out again from the loop's clock: ``(now + 40) - now`` can come
-        out a hair over 40 in floating point (the loop clock of uvloop counts
-        from boot, and between 472 and 512 s a quarter of its readings do), and
-        the status then said "retry in 41s" for a 40 s wait.
-        """
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        whole = math.ceil(seconds)
-        while whole > 0:
-            self.host.status("red", "ring", f"retry in {whole}s")
-            whole -= 1
-            await asyncio.sleep(max(0.0, end - whole - loop.time()))
+        """Status ``<why>, retry in Ns``, updated every second until the next attempt."""
+        why = self._last_failure.status_label if self._last_failure else "closed"
+        await count_down(
+            seconds, lambda whole: self.host.status("red", "ring", f"{why}, retry in {whole}s")
+        )
 
     def _stop_countdown(self) -> None:
         if self._countdown is not None:
@@ -648,7 +643,8 @@ class CsNode(OcppNode):
 
     def _link_for(self, msg: dict[str, Any]) -> StationLink:
         if self.link is None:
-            raise InputError(f"{self.cb_id or 'CS'} is not connected to the CSMS")
+            why = f": {self._last_failure.reason}" if self._last_failure else ""
+            raise InputError(f"{self.cb_id or 'CS'} is not connected to the CSMS{why}")
         return self.link
 
     def _request_payload(
@@ -679,6 +675,7 @@ class CsNode(OcppNode):
     async def _reconnect(self, seq: int, settings: dict[str, Any]) -> None:
         await self._stop()
         self._reported = None  # a new start: its first failure is news
+        self._last_failure = None
         if settings.get("cbId") and str(settings["cbId"]) != self.cb_id:
             self.cb_id = str(settings["cbId"])
             self.registration = Registration(Role.CHARGING_STATION)  # another station

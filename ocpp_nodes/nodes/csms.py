@@ -9,6 +9,7 @@ credential ``basic_auths``: a JSON object ``{cbId: password or hash}`` as text
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import ssl
@@ -20,7 +21,6 @@ from ..rpc import V201, CallReceived, ErrorCode, OcppVersion, Role
 from ..rpc.registration import BOOT_ACTION, Registration, RegistrationStatus
 from ..transport import AuthDecision, ServerOptions, StationLink, StationServer
 from ..transport.auth_list import VERIFIER, AuthList, VerifierBusy
-from ..transport.csms_server import NO_COMMON_VERSION
 from ..transport.passwords import SCHEMES, HashFormatError, make_hash
 from ..transport.tls import TlsMaterial, server_context
 from .base import (
@@ -34,74 +34,53 @@ from .base import (
     registration_state,
     versions_setting,
 )
+from .countdown import bind_waits, count_down
+from .refusals import RefusalLog
 
 __all__ = ["CsmsNode", "parse_auth_list"]
 
 
 def parse_auth_list(value: Any) -> dict[str, str]:
-    """The ``basic_auths`` credential as a dict; raises ``ValueError`` saying what is wrong."""
+    """The ``basic_auths`` credential as a dict; raises ``ValueError`` saying what is wrong.
+
+    The message never quotes a password, nor the text (which holds them).
+    """
     if value in (None, ""):
         return {}
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except ValueError as exc:  # says where, not what: no password in it
             raise ValueError(f"CS Auth list is not valid JSON: {exc}") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ValueError('CS Auth list must be a JSON object {"cbId": "password", ...}')
+    if not isinstance(value, dict):
+        raise ValueError(
+            'CS Auth list must be a JSON object {"cbId": "password", ...}, '
+            f"not {json_type(value)}"
+        )
+    wrong = [
+        f"the password of {cb_id!r} must be a string, not {json_type(password)}"
+        for cb_id, password in value.items()
+        if not isinstance(password, str)
+    ]
+    if wrong:
+        more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise ValueError(f"CS Auth list: {'; '.join(wrong[:3])}{more}")
     return dict(value)
 
 
-class RefusalLog:
-    """Refused connection attempts, summed up in at most one warning per 10 s.
-
-    An audit trail of bad logins that a flood cannot turn into a log flood.
-    """
-
-    REASONS = {
-        400: "invalid identity",
-        401: "wrong or missing credentials",
-        403: "client certificate of another station",
-        404: "unknown identity",
-        409: "already connected",
-        503: "over a connection cap, or too many password hashes to check",
-    }
-    #: not HTTP: closed after the upgrade, as part 4 asks
-    CLOSED = {NO_COMMON_VERSION: "no OCPP version in common; closed with code 1002"}
-    PERIOD = 10.0
-
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-        self.counts: Counter[int] = Counter()
-        self.remotes: set[str] = set()
-        self._flush: asyncio.TimerHandle | None = None
-
-    def count(self, status: int, remote: str) -> None:
-        self.counts[status] += 1
-        if len(self.remotes) < 5:
-            self.remotes.add(remote)
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(self.PERIOD, self.report)
-
-    def report(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        if not self.counts:
-            return
-        parts = ", ".join(
-            f"{n} x {self.CLOSED[status]}"
-            if status in self.CLOSED
-            else f"{n} x HTTP {status} ({self.REASONS.get(status, 'refused')})"
-            for status, n in sorted(self.counts.items())
-        )
-        self.host.log(
-            "warn", f"refused connection attempts: {parts}; from {', '.join(sorted(self.remotes))}"
-        )
-        self.counts.clear()
-        self.remotes.clear()
+def json_type(value: Any) -> str:
+    """What JSON calls the type of ``value``, for messages: ``"a number"`` ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 class CsmsNode(OcppNode):
@@ -168,6 +147,8 @@ class CsmsNode(OcppNode):
         # Off when absent, so flows imported from older exports see no new messages.
         self.connection_events = bool(config.get("connection_events", False))
         self.server: StationServer | None = None
+        # tries a busy port again until it is free (or the node stops)
+        self._bind_retry: asyncio.Task[None] | None = None
         self._refusals = RefusalLog(host)
         self.stations: dict[str, StationLink] = {}
         self.connected_since: dict[str, str] = {}
@@ -181,8 +162,6 @@ class CsmsNode(OcppNode):
         self._refusals_told: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
-        if self.auth_problem:
-            self.host.log("error", self.auth_problem)
         if self.port_problem:
             self.host.status("red", "ring", "bad port")
             self.host.log("error", self.port_problem)
@@ -212,6 +191,10 @@ class CsmsNode(OcppNode):
             raise ValueError(f"the TLS configuration does not load: {exc.reason or exc}") from None
 
     async def _listen(self) -> bool:
+        if self.auth_problem:  # listening would answer every station 404
+            self.host.status("red", "ring", "bad CS Auth list")
+            self.host.log("error", f"{self.auth_problem}; not listening")
+            return False
         try:
             if self.versions_problem:
                 raise ValueError(self.versions_problem)
@@ -224,8 +207,7 @@ class CsmsNode(OcppNode):
         try:
             await server.start()
         except OSError as exc:
-            self.host.status("red", "ring", f"port {self.port} busy"[:20])
-            self.host.log("error", f"cannot listen on port {self.port}: {exc.strerror or exc}")
+            self._cannot_bind(exc)
             return False
         self.server = server
         self._show_connection_count()
@@ -246,7 +228,39 @@ class CsmsNode(OcppNode):
             handshakes_per_second=self.handshakes_per_second,
         )
 
+    def _cannot_bind(self, exc: OSError) -> None:
+        """Try the port again with a back-off; one warning per streak of failures."""
+        if self._bind_retry is not None:  # a try of the retry itself
+            return
+        self.host.log(
+            "warn",
+            f"cannot listen on port {self.port}: {exc.strerror or exc}; "
+            "trying again until it is free",
+        )
+        busy = exc.errno == errno.EADDRINUSE
+        self._bind_retry = self.tasks.start(self._retry_bind(busy))
+
+    async def _retry_bind(self, busy: bool) -> None:
+        what = f"port {self.port} busy" if busy else "cannot listen"
+        try:
+            for wait in bind_waits():
+                await count_down(
+                    wait, lambda n: self.host.status("red", "ring", f"{what}, retry in {n}s")
+                )
+                if self.server is not None:  # a ws_open got it meanwhile
+                    return
+                if await self._listen():
+                    again = "is free again" if busy else "can be had now"
+                    self.host.log("info", f"port {self.port} {again}: listening")
+                    return
+        finally:
+            self._bind_retry = None
+
     async def _stop(self) -> None:
+        retry, self._bind_retry = self._bind_retry, None
+        if retry is not None and retry is not asyncio.current_task():
+            retry.cancel()
+            await asyncio.wait([retry])
         if self.server is not None:
             server, self.server = self.server, None
             await server.stop()
@@ -269,8 +283,8 @@ class CsmsNode(OcppNode):
 
     # -- the StationListener ----------------------------------------------------------
 
-    def refused(self, status: int, remote: str) -> None:
-        self._refusals.count(status, remote)
+    def refused(self, status: int, remote: str, cb_id: str | None = None) -> None:
+        self._refusals.count(status, remote, cb_id)
         if self.meter is not None:
             self.meter.handshake(status)
 
@@ -448,7 +462,8 @@ class CsmsNode(OcppNode):
             try:
                 self.auth_list = AuthList.parse(parse_auth_list(data), previous=self.auth_list)
             except ValueError as exc:
-                raise InputError(str(exc)) from None
+                raise InputError(f"set_auth_list: {exc}; the list was not changed") from None
+            self.auth_problem = None  # ws_open listens again
         elif command in ("get_auth_cs", "get_auth_user"):
             self._check_auth_list_readable(command)
             name = self._station_name(settings)
@@ -457,8 +472,12 @@ class CsmsNode(OcppNode):
         elif command in ("set_auth_cs", "set_auth_user"):
             name = self._station_name(settings)
             password = settings.get("password")
-            if not isinstance(password, str) or not password:
+            if password is None or password == "":
                 raise InputError(f"{command} needs data.password")
+            if not isinstance(password, str):
+                raise InputError(
+                    f"{command}: data.password must be a string, not {json_type(password)}"
+                )
             try:
                 self.auth_list = self.auth_list.with_entry(name, password)
             except ValueError as exc:
@@ -554,5 +573,7 @@ class CsmsNode(OcppNode):
     async def _ws_open(self, seq: int) -> None:
         if self.server is not None or await self._listen():
             self.host.done(seq)
+        elif self.auth_problem:
+            self.host.done(seq, f"not listening: {self.auth_problem}")
         else:
             self.host.done(seq, f"cannot listen on port {self.port}")

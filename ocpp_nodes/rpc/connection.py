@@ -42,6 +42,7 @@ No I/O.
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -59,6 +60,7 @@ from .frames import (
     MalformedFrame,
     MessageType,
     Send,
+    error_description,
     parse,
     serialize,
 )
@@ -237,8 +239,12 @@ _NEVER_ANSWERED = frozenset(
     {MessageType.CALLRESULT, MessageType.CALLERROR, MessageType.CALLRESULTERROR, MessageType.SEND}
 )
 
-#: CALLs answered lately whose action a CALLRESULTERROR can still name (2.1).
-_ANSWERED_KEPT = 256
+#: Received CALLs answered lately, and those that expired unanswered, kept per
+#: connection so that a second or late answer is told which it is (and a
+#: CALLRESULTERROR, which follows its CALLRESULT at once, can name the action,
+#: 2.1). With one outstanding CALL per direction, a flow that answers twice
+#: does so within the last few. About 3 KB per connection when full.
+SETTLED_KEPT = 32
 
 
 # Seeded once from the OS; a MessageId needs to be unique, not secret.
@@ -323,8 +329,12 @@ class OcppConnection:
         self._outbox: list[str] = []
         self._answers_results = MessageType.CALLRESULTERROR in version.message_types
         self._peer_unconfirmed = version.unconfirmed.get(role.peer, frozenset())
-        #: (2.1) the action of each CALL we answered lately, for a CALLRESULTERROR about it
+        #: the action of each received CALL answered lately (oldest first) ...
         self._answered: dict[str, str] = {}
+        #: ... and of each that expired unanswered (both bounded: SETTLED_KEPT)
+        self._expired: dict[str, str] = {}
+        #: whether either record has forgotten an id
+        self._forgot = False
 
     # -- bytes in, events out -------------------------------------------------
 
@@ -350,7 +360,7 @@ class OcppConnection:
         return [
             ResultRefused(
                 frame.message_id,
-                self._answered.pop(frame.message_id, ""),
+                self._answered.get(frame.message_id, ""),
                 frame.error_code,
                 frame.error_description,
                 frame.error_details,
@@ -366,7 +376,9 @@ class OcppConnection:
             and self.version.unknown_message_type is UnknownMessageType.IGNORE
         ):
             return PeerError(f"{exc.description}; ignored", None)
-        answer = CallError(exc.message_id, self.version.code(exc.error), exc.description)
+        answer = CallError(
+            exc.message_id, self.version.code(exc.error), error_description(exc.description)
+        )
         self._outbox.append(serialize(answer))
         return PeerError(exc.description, answer)
 
@@ -400,11 +412,12 @@ class OcppConnection:
             )
         violation = self._schemas.validate(frame.action, Direction.REQUEST, frame.payload)
         if violation is not None:
+            description = f"{frame.action}: {violation.description}"
             answer = CallError(
-                frame.message_id, violation.error_code, f"{frame.action}: {violation.description}"
+                frame.message_id, violation.error_code, error_description(description)
             )
             self._outbox.append(serialize(answer))
-            return PeerError(answer.error_description, answer)
+            return PeerError(description, answer)
         self.received[frame.message_id] = UnansweredCall(
             frame.message_id, frame.action, now + self.answer_timeout, frame.payload
         )
@@ -434,7 +447,7 @@ class OcppConnection:
                         CallResultError(
                             call.message_id,
                             violation.error_code,
-                            f"{call.action} response: {violation.description}",
+                            error_description(f"{call.action} response: {violation.description}"),
                         )
                     )
                 )
@@ -500,17 +513,15 @@ class OcppConnection:
 
         Raises:
             ConnectionClosed: the connection is closed.
-            OutgoingError: no such CALL waits for an answer (never received,
-                answered already, or expired), or the payload is invalid.
+            OutgoingError: no such CALL waits for an answer (the message
+                says which: answered already, expired, or never received),
+                or the payload is invalid.
         """
         request = self._waiting(message_id)
         self._check_payload(request.action, Direction.RESPONSE, payload)
         self._outbox.append(self._serialize(CallResult(message_id, payload)))
         del self.received[message_id]
-        if self._answers_results:
-            self._answered[message_id] = request.action
-            if len(self._answered) > _ANSWERED_KEPT:
-                del self._answered[next(iter(self._answered))]
+        self._settled(self._answered, request)
 
     def send_unconfirmed(self, action: str, payload: Any, *, message_id: str | None = None) -> str:
         """(2.1) Send a SEND now: not queued behind the outstanding CALL, never answered.
@@ -548,12 +559,14 @@ class OcppConnection:
     ) -> None:
         """Answer the received CALL ``message_id`` with a CALLERROR.
 
+        A description over 255 characters is cut there (``...`` at the end).
+
         Raises:
             ConnectionClosed: the connection is closed.
             OutgoingError: no such CALL waits, or the error code is not one of
                 the version's, or details is not an object.
         """
-        self._waiting(message_id)
+        request = self._waiting(message_id)
         codes = self.version.error_code_names
         if error_code not in codes:
             raise OutgoingError(
@@ -564,10 +577,14 @@ class OcppConnection:
             details = {}
         if not isinstance(description, str) or not isinstance(details, dict):
             raise OutgoingError("errorDescription must be a string and errorDetails an object")
+        # string[255] (2.0.1 and 2.1, part 4 table 6): a longer one is cut, not refused
         self._outbox.append(
-            self._serialize(CallError(message_id, error_code, description, details))
+            self._serialize(
+                CallError(message_id, error_code, error_description(description), details)
+            )
         )
         del self.received[message_id]
+        self._settled(self._answered, request)
 
     def awaits_answer(self, message_id: Any) -> bool:
         """True when the peer's CALL ``message_id`` still waits for our answer."""
@@ -592,6 +609,7 @@ class OcppConnection:
         for message_id, request in list(self.received.items()):
             if request.deadline <= now:
                 del self.received[message_id]
+                self._settled(self._expired, request)
                 events.append(RequestExpired(request.message_id, request.action))
         return events
 
@@ -620,11 +638,36 @@ class OcppConnection:
         self._check_open()
         request = self.received.get(message_id) if isinstance(message_id, str) else None
         if request is None:
-            raise OutgoingError(
-                f"no received request with MessageId {message_id!r} waits for an answer "
-                "(never received, already answered, or expired)"
-            )
+            raise OutgoingError(self._why_not_waiting(message_id))
         return request
+
+    def _settled(self, record: dict[str, str], request: UnansweredCall) -> None:
+        # interned: the records keep one copy of each action name, not one per request
+        record[request.message_id] = sys.intern(request.action)
+        if len(record) > SETTLED_KEPT:
+            del record[next(iter(record))]  # the oldest
+            self._forgot = True
+
+    def _why_not_waiting(self, message_id: Any) -> str:
+        """Why an answer to the received CALL ``message_id`` cannot go out."""
+        if isinstance(message_id, str):
+            action = self._answered.get(message_id)
+            if action is not None:
+                return (
+                    f"the {action} request {message_id!r} was already answered; "
+                    "a request is answered once"
+                )
+            action = self._expired.get(message_id)
+            if action is not None:
+                return (
+                    f"the {action} request {message_id!r} expired: it waited "
+                    f"{self.answer_timeout:g} s (the message timeout) for an answer, "
+                    "so this one was not sent"
+                )
+        text = f"no request with MessageId {message_id!r} was received on this connection"
+        if self._forgot:  # only the last SETTLED_KEPT of each are known
+            text += ", or it was answered or expired too long ago to be remembered"
+        return text
 
     def _check_payload(self, action: str, direction: Direction, payload: Any) -> None:
         violation = self._schemas.validate(action, direction, payload)

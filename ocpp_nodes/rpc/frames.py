@@ -33,12 +33,14 @@ __all__ = [
     "CallResultError",
     "ErrorCode",
     "Frame",
+    "MAX_ERROR_DESCRIPTION",
     "MAX_MESSAGE_ID_LENGTH",
     "MalformedFrame",
     "MessageType",
     "OversizedInt",
     "UNREADABLE_ID",
     "Send",
+    "error_description",
     "parse",
     "parse_int",
     "serialize",
@@ -49,6 +51,18 @@ MAX_MESSAGE_ID_LENGTH = 36
 
 #: The id of a CALLERROR that answers a frame whose id could not be read.
 UNREADABLE_ID = "-1"
+
+#: ErrorDescription is ``string[255]`` in 2.0.1 and 2.1 (part 4, table 6); 1.6
+#: sets no limit, and the engine keeps its own descriptions to it there too.
+MAX_ERROR_DESCRIPTION = 255
+
+
+def error_description(text: str) -> str:
+    """``text`` as an ErrorDescription the engine sends: at most
+    :data:`MAX_ERROR_DESCRIPTION` characters, ``...`` where it was cut."""
+    if len(text) <= MAX_ERROR_DESCRIPTION:
+        return text
+    return text[: MAX_ERROR_DESCRIPTION - 3] + "..."
 
 
 class MessageType(IntEnum):

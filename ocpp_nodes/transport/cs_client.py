@@ -39,6 +39,7 @@ from .failures import (
     ConnectFailure,
     failure_of,
     probe_tls_version,
+    shown_url,
 )
 from .identity import identity_problem
 from .link import LinkListener, LinkOptions
@@ -67,7 +68,9 @@ def station_url(csms_url: str, cb_id: str) -> str:
         raise ValueError(problem)
     parts = urlsplit(csms_url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"CSMS URL must start with ws:// or wss:// and name a host: {csms_url!r}")
+        raise ValueError(
+            f"CSMS URL must start with ws:// or wss:// and name a host: {shown_url(csms_url)!r}"
+        )
     return f"{csms_url.rstrip('/')}/{quote(cb_id, safe='')}"
 
 
@@ -265,7 +268,7 @@ class CsClient:
             self.listener.client_state("connecting", "")
             failure = await self._connect_once(url, headers)
             if failure is not None:
-                self.listener.connect_failed(failure)
+                self.listener.connect_failed(failure.tried(url))
             wait = self.backoff.next_wait()
             self.listener.client_state("waiting", f"{wait:.3f}")
             await asyncio.sleep(wait)

@@ -191,9 +191,10 @@ class StationListener(LinkListener, Protocol):
         ``None``) and its client certificate's CN before the upgrade (may
         await a password hash's check in a thread)."""
 
-    def refused(self, status: int, remote: str) -> None:
+    def refused(self, status: int, remote: str, cb_id: str | None = None) -> None:
         """An attempt from ``remote`` was refused with HTTP ``status`` before the upgrade,
-        or (``status`` :data:`NO_COMMON_VERSION`) closed after it."""
+        or (``status`` :data:`NO_COMMON_VERSION`) closed after it; ``cb_id`` is the
+        identity its URL named (``None`` when it named none)."""
 
 
 #: What :meth:`StationListener.refused` gets for a station that offered no
@@ -282,9 +283,13 @@ class CsmsServer:
             reuse_address=True,
             ssl_context=self.options.ssl_context,
         )
+        # A cancel (the node stopping) must not land inside the bind: asyncio's
+        # create_server can be listening by then, and nothing would close it.
+        binding = asyncio.ensure_future(site.start())
         try:
-            await site.start()
+            await asyncio.shield(binding)
         except BaseException:
+            await asyncio.wait([binding])
             await runner.cleanup()
             raise
         self._runner = runner
@@ -328,7 +333,9 @@ class CsmsServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         response = await self._answer(request)
         if response.status >= 400:
-            self.listener.refused(response.status, request.remote or "")
+            self.listener.refused(
+                response.status, request.remote or "", request.match_info.get("cbId")
+            )
         return response
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
@@ -385,7 +392,7 @@ class CsmsServer:
             await ws.close(
                 code=NO_COMMON_VERSION, message=f"subprotocol {accepted} is required".encode()
             )
-            self.listener.refused(NO_COMMON_VERSION, request.remote or "")
+            self.listener.refused(NO_COMMON_VERSION, request.remote or "", cb_id)
             return ws
         self._sockets.add(ws)
         socket = StationSocket(ws, request.transport, self.options.ping_interval)

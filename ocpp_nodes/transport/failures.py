@@ -14,15 +14,21 @@ Theory of operation:
 3. Where an OCPP security event fits the cause, the failure names it
    (:class:`~ocpp_nodes.rpc.SecurityEvent`); how a version spells it is the
    version's business (``OcppVersion.security_events``).
+4. The client names the URL it tried in the reason (:meth:`ConnectFailure.
+   tried`), with any password of the URL's user info masked
+   (:func:`shown_url`); the node's status names the cause in a word or two
+   (:attr:`ConnectFailure.status_label`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
@@ -48,6 +54,7 @@ __all__ = [
     "UNKNOWN_IDENTITY",
     "failure_of",
     "probe_tls_version",
+    "shown_url",
 ]
 
 CERTIFICATE_UNTRUSTED = "certificate-untrusted"
@@ -107,6 +114,49 @@ class ConnectFailure:
     def security_event(self) -> SecurityEvent | None:
         """The OCPP security event this failure is, if one fits."""
         return _EVENTS.get(self.cause)
+
+    @property
+    def status_label(self) -> str:
+        """The cause as the CS node's status says it: ``"401"``, ``"refused"`` ..."""
+        if self.http_status is not None:
+            code = self.http_status
+            return str(code) if code in _STATUS_CODES_SHOWN else f"HTTP {code}"
+        return _STATUS_LABELS.get(self.cause, "closed")
+
+    def tried(self, url: str) -> ConnectFailure:
+        """This failure with the URL that was tried named in its reason."""
+        shown = shown_url(url)
+        reason = self.reason.replace(url, shown)
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+        return dataclasses.replace(self, reason=f"{reason} (tried {shown})")
+
+
+#: HTTP answers the CS node's status names by their code alone
+_STATUS_CODES_SHOWN = {401, 403, 404, 409, 503}
+_STATUS_LABELS = {
+    REFUSED: "refused",
+    DNS: "unreachable",
+    NETWORK: "unreachable",
+    TIMEOUT: "timeout",
+    SUBPROTOCOL: "no OCPP version",
+    CERTIFICATE_UNTRUSTED: "TLS error",
+    CERTIFICATE_EXPIRED: "TLS error",
+    CERTIFICATE_NAME_MISMATCH: "TLS error",
+    TLS_VERSION: "TLS error",
+    TLS_CIPHER_SUITE: "TLS error",
+    TLS_HANDSHAKE: "TLS error",
+}
+
+
+def shown_url(url: str) -> str:
+    """``url`` with the password of its user info, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _text(exc: BaseException) -> str:
