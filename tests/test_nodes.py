@@ -219,7 +219,7 @@ async def test_the_summary_of_refusals_names_ten_cbids_per_reason_then_counts() 
         text == "refused connection attempts: "
         f"16 x HTTP 401 (wrong or missing credentials): {named} and 5 more; "
         "1 x HTTP 404 (unknown identity): 'STRANGER'; "
-        "1 x HTTP 503 (over a connection cap); from 10.0.0.1, 10.0.0.2, 10.0.0.3"
+        "1 x HTTP 503 (over a connection cap, or too many password hashes to check); from 10.0.0.1, 10.0.0.2, 10.0.0.3"
     ), text
 
 
