@@ -3,7 +3,12 @@ daemon, driven through :class:`tests.shim_double.ShimDouble`.
 
 - ``handshakes_per_second``: a flood of bad logins must not starve a station
   that is already connected, and only ever gets 401 or 503;
-- ``max_connections``: beyond it, HTTP 503; a freed place can be taken again.
+- ``max_connections``: beyond it, HTTP 503; a freed place can be taken again;
+- before TLS and HTTP: ``handshakes_per_address`` closes a connection over it
+  at accept (no ServerHello), ``upgrade_timeout`` closes the idle ones, a
+  plain client on a wss port is a failed TLS handshake, all three in the
+  node's refusal summary; a station from another address gets in during a
+  flood; absent fields limit a burst from one address (the defaults).
 
 The measured numbers are printed (run with ``-s`` to see them).
 """
@@ -13,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import statistics
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
+import trustme
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -27,6 +35,9 @@ from tests.common import (
     MakeCsms,
     answer_requests,
     auth_header,
+    next_number,
+    start_csms,
+    warnings,
 )
 from tests.shim_double import ShimDouble
 
@@ -93,7 +104,7 @@ async def test_bad_login_flood_does_not_starve_a_connected_station(
     shim: ShimDouble, make_csms: MakeCsms
 ) -> None:
     # every attempt comes from 127.0.0.1: the per-address limit (before TLS) is off
-    # here to test the node-wide one (test_security_accept.py tests that one)
+    # here to test the node-wide one (tested further down)
     csms = await make_csms(
         {"GOOD": "good-pw", "VICTIM": "victim-pw"},
         handshakes_per_second=100,
@@ -267,3 +278,173 @@ async def test_max_connections_holds_under_concurrent_logins(
         for writer in held:
             writer.close()
         await shim.close_node(node)
+
+
+# -- before TLS and HTTP: handshakes_per_address, upgrade_timeout --------------------------
+
+
+def tls_fields(ca: trustme.CA) -> dict[str, Any]:
+    """The ``tls`` of a profile 2 CSMS node's create frame: a certificate for 127.0.0.1."""
+    leaf = ca.issue_cert("127.0.0.1")
+    return {
+        "tls": {
+            "cert": "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems),
+            "key": leaf.private_key_pem.bytes().decode(),
+        }
+    }
+
+
+def client_hello(ca: trustme.CA) -> bytes:
+    """A TLS client's first flight, as bytes."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+async def first_answer(port: int, send: bytes, local: str = "127.0.0.1") -> bytes:
+    """Connect from ``local``, send ``send``; the first bytes back, b"" when closed without any."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0)), 5
+    )
+    try:
+        writer.write(send)
+        return await asyncio.wait_for(reader.read(5), 10)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def summary(shim: ShimDouble, node: str) -> str:
+    """The node's refusal summary (written when it stops, at the latest)."""
+    await shim.close_node(node)
+    found = [text for text in warnings(shim, node) if "refused connection attempts" in text]
+    assert found, warnings(shim, node)
+    return " | ".join(found)
+
+
+async def test_over_handshakes_per_address_closed_before_the_server_hello(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    ca = trustme.CA()
+    node = f"csms{next_number()}"
+    # 0.01 per second: a burst of one, the next token in 100 s
+    port = await start_csms(
+        shim,
+        node,
+        {"CP1": "pw"},
+        {"security_profile": 2, "handshakes_per_address": 0.01},
+        **tls_fields(ca),
+    )
+    hello = client_hello(ca)
+    answers = [await first_answer(port, hello) for _ in range(4)]
+    assert answers[0][:1] == b"\x16", "the first: a TLS handshake record (ServerHello)"
+    assert answers[1:] == [b""] * 3, "the others: closed without a byte of TLS"
+    # another address has its own bucket
+    assert (await first_answer(port, hello, local="127.0.0.2"))[:1] == b"\x16"
+    text = await summary(shim, node)
+    assert "3 x over handshakes_per_address; closed before TLS" in text, text
+
+
+async def test_idle_connections_closed_after_upgrade_timeout_and_counted(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    csms = await make_csms({"CP1": "pw"}, upgrade_timeout=0.5)
+    flow = asyncio.create_task(answer_requests(shim, csms.node, {"Heartbeat": HEARTBEAT_ANSWER}))
+    good = await station(csms.port, "CP1", "pw")
+    try:
+        idle = [
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", csms.port), 5)
+            for _ in range(3)
+        ]
+        started = time.monotonic()
+        for reader, writer in idle:
+            try:
+                assert await asyncio.wait_for(reader.read(), 10) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+        assert time.monotonic() - started >= 0.3
+        # connected before them, so its deadline is long past: still served
+        assert await heartbeat(good, "after-idle") < 5
+    finally:
+        await good.close()
+        flow.cancel()
+    text = await summary(shim, csms.node)
+    assert "3 x no websocket upgrade within upgrade_timeout" in text, text
+
+
+async def test_plain_tcp_to_a_wss_node_is_a_failed_tls_handshake(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    node = f"csms{next_number()}"
+    port = await start_csms(
+        shim, node, {"CP1": "pw"}, {"security_profile": 2}, **tls_fields(trustme.CA())
+    )
+    status_line = b"GET /ocpp/CP1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    answer = await first_answer(port, status_line)
+    assert not answer.startswith(b"HTTP"), answer
+    text = await summary(shim, node)
+    assert "1 x TLS handshake failed" in text, text
+
+
+async def test_a_station_from_another_address_connects_during_a_flood(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    """The flood (127.0.0.3) is closed at accept; the station (127.0.0.2) gets in."""
+    csms = await make_csms({"GOOD": "good-pw"}, handshakes_per_address=5)
+    flow = asyncio.create_task(answer_requests(shim, csms.node, {"Heartbeat": HEARTBEAT_ANSWER}))
+    flooding = True
+    attempts = 0
+
+    async def flood() -> None:
+        nonlocal attempts
+        while flooding:
+            try:
+                _, writer = await asyncio.open_connection(
+                    "127.0.0.1", csms.port, local_addr=("127.0.0.3", 0)
+                )
+                writer.close()
+            except OSError:
+                pass
+            attempts += 1
+
+    flooders = [asyncio.create_task(flood()) for _ in range(20)]
+    try:
+        while attempts < 200:
+            await asyncio.sleep(0.01)
+        good = await connect(
+            f"ws://127.0.0.1:{csms.port}/ocpp/GOOD",
+            subprotocols=OCPP201,
+            additional_headers=auth_header("GOOD", "good-pw"),
+            open_timeout=10,
+            ping_interval=None,
+            local_addr=("127.0.0.2", 0),
+        )
+        assert await heartbeat(good, "during-flood") < 5
+        await good.close()
+    finally:
+        flooding = False
+        await asyncio.gather(*flooders)
+        flow.cancel()
+    text = await summary(shim, csms.node)
+    assert "over handshakes_per_address" in text and "127.0.0.3" in text, text
+    assert "127.0.0.2" not in text, text
+
+
+async def test_by_default_a_burst_from_one_address_is_limited(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    """Absent fields: 20 per second from one address, a burst of 40, a 10 s deadline."""
+    csms = await make_csms({"CP1": "pw"})
+    opened = await asyncio.gather(
+        *(asyncio.open_connection("127.0.0.1", csms.port) for _ in range(100))
+    )
+    for _, writer in opened:
+        writer.close()
+    text = await summary(shim, csms.node)
+    assert "over handshakes_per_address" in text, text
