@@ -15,9 +15,9 @@ import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
-import aiohttp
 import trustme
 from aiohttp import web
 
