@@ -233,7 +233,7 @@ class _Admission:
         self.gate = gate
         self.address = address
         self.task: asyncio.Task[None] | None = None
-        self.transport: asyncio.BaseTransport | None = None  # what the HTTP side got
+        self.transport: asyncio.Transport | None = None  # what the HTTP side got
         self.deadline: asyncio.TimerHandle | None = None
 
     async def connect(self, conn: socket.socket) -> None:
