@@ -38,6 +38,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from .limits import AddressRateLimit
 
@@ -133,7 +134,10 @@ class AdmissionGate:
         )
         try:
             for family, kind, proto, _name, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
+                try:
+                    sock = socket.socket(family, kind, proto)
+                except OSError:  # a family this host lacks (IPv6 off): as asyncio does
+                    continue
                 self._sockets.append(sock)
                 if reuse_address:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -216,6 +220,7 @@ class AdmissionGate:
             admission.deadline = self._loop.call_later(timeout, admission.expire)
         self._connecting.add(admission)
         admission.task = self._loop.create_task(admission.connect(conn))
+        admission.task.add_done_callback(partial(_close_if_cancelled, conn))
 
     def _drop(self, reason: str, address: str) -> None:
         if self._closed:
@@ -224,6 +229,12 @@ class AdmissionGate:
             self.dropped(reason, address)
         except Exception:  # a listener's bug must not stop the accepting
             log.exception("dropped(%s, %s) failed", reason, address)
+
+
+def _close_if_cancelled(conn: socket.socket, task: asyncio.Task[None]) -> None:
+    # cancelled before it ran, the coroutine never got to close its socket
+    if task.cancelled():
+        conn.close()
 
 
 class _Admission:
@@ -250,12 +261,12 @@ class _Admission:
                     gate.http_factory,
                     conn,
                     ssl=context,
-                    ssl_handshake_timeout=timeout if timeout > 0 else DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+                    # the deadline ends it first (and says so) when there is one
+                    ssl_handshake_timeout=timeout + 1
+                    if timeout > 0
+                    else DEFAULT_TLS_HANDSHAKE_TIMEOUT,
                 )
-        except asyncio.CancelledError:
-            conn.close()  # expired or the gate closed: counted there, if at all
-            return
-        except Exception as exc:
+        except Exception as exc:  # not when cancelled (expired, or the gate closed)
             gate._connecting.discard(self)
             self.cancel_deadline()
             conn.close()
