@@ -29,6 +29,7 @@ from ocpp_nodes.transport.admission import (
     AdmissionOptions,
 )
 from ocpp_nodes.transport.limits import AddressRateLimit
+from tests.common import client_hello
 
 # -- the bucket per address (no I/O) ------------------------------------------------------
 
@@ -147,23 +148,13 @@ async def read_all(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
         return b""
 
 
-def client_hello(ca: trustme.CA) -> bytes:
-    """The first flight of a TLS client, as bytes (no socket involved)."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="x")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
 @pytest.mark.asyncio
 async def test_over_the_limit_closed_before_the_tls_layer_sees_a_byte(
     make_gate: Any, ca: trustme.CA
 ) -> None:
     counting = CountingContext(ca)
     served = await make_gate(per_address=0.01, ssl_context=counting.context)  # burst 1
-    hello = client_hello(ca)
+    hello = client_hello()
     answers = []
     for _ in range(4):
         reader, writer = await asyncio.open_connection("127.0.0.1", served.port)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import ssl
 import statistics
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from tests.common import (
     MakeCsms,
     answer_requests,
     auth_header,
+    client_hello,
     next_number,
     start_csms,
     warnings,
@@ -294,17 +294,6 @@ def tls_fields(ca: trustme.CA) -> dict[str, Any]:
     }
 
 
-def client_hello(ca: trustme.CA) -> bytes:
-    """A TLS client's first flight, as bytes."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    outgoing = ssl.MemoryBIO()
-    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="127.0.0.1")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
 async def first_answer(port: int, send: bytes, local: str = "127.0.0.1") -> bytes:
     """Connect from ``local``, send ``send``; the first bytes back, b"" when closed without any."""
     reader, writer = await asyncio.wait_for(
@@ -340,7 +329,7 @@ async def test_over_handshakes_per_address_closed_before_the_server_hello(
         {"security_profile": 2, "handshakes_per_address": 0.01},
         **tls_fields(ca),
     )
-    hello = client_hello(ca)
+    hello = client_hello()
     answers = [await first_answer(port, hello) for _ in range(4)]
     assert answers[0][:1] == b"\x16", "the first: a TLS handshake record (ServerHello)"
     assert answers[1:] == [b""] * 3, "the others: closed without a byte of TLS"
