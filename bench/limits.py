@@ -72,6 +72,11 @@ FLOOD_ADDRESS = "127.0.0.3"
 POOL_ADDRESSES = [f"127.0.1.{n}" for n in range(1, 101)]
 
 
+#: set by SIGTERM in a child: every loop ends at its next turn (cancelling alone is not
+#: enough: Python 3.11's wait_for can swallow a cancellation that meets a result)
+STOPPING = asyncio.Event()
+
+
 def log(text: str) -> None:
     print(f"[limits {datetime.now():%H:%M:%S}] {text}", flush=True)
 
@@ -88,7 +93,7 @@ async def pool(port: int, per_address: int, seconds: float, stats: dict[str, Any
 
     async def hold(address: str) -> None:
         nonlocal open_now, ready
-        while time.monotonic() < end:
+        while time.monotonic() < end and not STOPPING.is_set():
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0)), 5
@@ -125,7 +130,7 @@ async def flood(port: int, concurrency: int, seconds: float, stats: dict[str, An
     stats["started"] = time.monotonic()
 
     async def one_client() -> None:
-        while time.monotonic() < end:
+        while time.monotonic() < end and not STOPPING.is_set():
             stats["attempts"] += 1
             try:
                 _, writer = await asyncio.wait_for(
@@ -160,7 +165,12 @@ async def until_stopped(args: argparse.Namespace) -> dict[str, Any]:
     else:
         work = flood(args.port, args.flood_concurrency, args.seconds, stats)
     task = asyncio.ensure_future(work)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def stop() -> None:
+        STOPPING.set()
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
     try:
         await task
     except asyncio.CancelledError:
