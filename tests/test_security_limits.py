@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import statistics
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -44,14 +46,27 @@ from tests.shim_double import ShimDouble
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def station(port: int, cb_id: str, password: str) -> ClientConnection:
+async def station(
+    port: int, cb_id: str, password: str, local: str = "127.0.0.1"
+) -> ClientConnection:
     return await connect(
         f"ws://127.0.0.1:{port}/ocpp/{cb_id}",
         subprotocols=OCPP201,
         additional_headers=auth_header(cb_id, password),
-        open_timeout=5,
+        open_timeout=10,
         ping_interval=None,
+        local_addr=(local, 0),
     )
+
+
+@contextlib.asynccontextmanager
+async def answering_heartbeats(shim: ShimDouble, node: str) -> AsyncIterator[None]:
+    """The node's flow answers Heartbeats while inside."""
+    flow = asyncio.create_task(answer_requests(shim, node, {"Heartbeat": HEARTBEAT_ANSWER}))
+    try:
+        yield
+    finally:
+        flow.cancel()
 
 
 async def raw_upgrade(port: int, cb_id: str, password: str) -> tuple[int, dict[str, str]]:
@@ -343,9 +358,8 @@ async def test_idle_connections_closed_after_upgrade_timeout_and_counted(
     shim: ShimDouble, make_csms: MakeCsms
 ) -> None:
     csms = await make_csms({"CP1": "pw"}, upgrade_timeout=0.5)
-    flow = asyncio.create_task(answer_requests(shim, csms.node, {"Heartbeat": HEARTBEAT_ANSWER}))
-    good = await station(csms.port, "CP1", "pw")
-    try:
+    async with answering_heartbeats(shim, csms.node):
+        good = await station(csms.port, "CP1", "pw")
         idle = [
             await asyncio.wait_for(asyncio.open_connection("127.0.0.1", csms.port), 5)
             for _ in range(3)
@@ -360,9 +374,7 @@ async def test_idle_connections_closed_after_upgrade_timeout_and_counted(
         assert time.monotonic() - started >= 0.3
         # connected before them, so its deadline is long past: still served
         assert await heartbeat(good, "after-idle") < 5
-    finally:
         await good.close()
-        flow.cancel()
     text = await summary(shim, csms.node)
     assert "3 x no websocket upgrade within upgrade_timeout" in text, text
 
@@ -386,7 +398,6 @@ async def test_a_station_from_another_address_connects_during_a_flood(
 ) -> None:
     """The flood (127.0.0.3) is closed at accept; the station (127.0.0.2) gets in."""
     csms = await make_csms({"GOOD": "good-pw"}, handshakes_per_address=5)
-    flow = asyncio.create_task(answer_requests(shim, csms.node, {"Heartbeat": HEARTBEAT_ANSWER}))
     flooding = True
     attempts = 0
 
@@ -404,22 +415,15 @@ async def test_a_station_from_another_address_connects_during_a_flood(
 
     flooders = [asyncio.create_task(flood()) for _ in range(20)]
     try:
-        while attempts < 200:
-            await asyncio.sleep(0.01)
-        good = await connect(
-            f"ws://127.0.0.1:{csms.port}/ocpp/GOOD",
-            subprotocols=OCPP201,
-            additional_headers=auth_header("GOOD", "good-pw"),
-            open_timeout=10,
-            ping_interval=None,
-            local_addr=("127.0.0.2", 0),
-        )
-        assert await heartbeat(good, "during-flood") < 5
-        await good.close()
+        async with answering_heartbeats(shim, csms.node):
+            while attempts < 200:
+                await asyncio.sleep(0.01)
+            good = await station(csms.port, "GOOD", "good-pw", local="127.0.0.2")
+            assert await heartbeat(good, "during-flood") < 5
+            await good.close()
     finally:
         flooding = False
         await asyncio.gather(*flooders)
-        flow.cancel()
     text = await summary(shim, csms.node)
     assert "over handshakes_per_address" in text and "127.0.0.3" in text, text
     assert "127.0.0.2" not in text, text
