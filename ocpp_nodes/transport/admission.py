@@ -192,8 +192,9 @@ class AdmissionGate:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                if exc.errno not in _RESOURCE_ERRORS:
-                    raise
+                if exc.errno not in _RESOURCE_ERRORS:  # that connection's own trouble
+                    log.warning("accept on %s failed: %s", listening.getsockname(), exc)
+                    continue
                 log.warning(
                     "cannot accept on %s: %s; not accepting for %g s",
                     listening.getsockname(),
