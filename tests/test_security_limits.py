@@ -360,18 +360,20 @@ async def test_idle_connections_closed_after_upgrade_timeout_and_counted(
     csms = await make_csms({"CP1": "pw"}, upgrade_timeout=0.5)
     async with answering_heartbeats(shim, csms.node):
         good = await station(csms.port, "CP1", "pw")
+        started = time.monotonic()  # before the daemon accepts them
         idle = [
             await asyncio.wait_for(asyncio.open_connection("127.0.0.1", csms.port), 5)
             for _ in range(3)
         ]
-        started = time.monotonic()
         for reader, writer in idle:
             try:
                 assert await asyncio.wait_for(reader.read(), 10) == b""
             except ConnectionResetError:
                 pass
             writer.close()
-        assert time.monotonic() - started >= 0.3
+        # not at once (the lower bound is loose: the daemon's loop may arm its
+        # timer on a clock read a busy moment earlier)
+        assert time.monotonic() - started >= 0.25
         # connected before them, so its deadline is long past: still served
         assert await heartbeat(good, "after-idle") < 5
         await good.close()
