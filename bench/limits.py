@@ -14,7 +14,7 @@ each party from its own source address:
   connections (20 per address, under each address's burst) that never send
   a byte; each one the CSMS closes (``upgrade_timeout``) is opened again at
   once, so about 2,000 are open throughout;
-- the flood (127.0.0.3, a child process): ``--flood-concurrency`` clients
+- the flood (127.0.0.3, ``--flood-procs`` child processes): each ``--flood-concurrency`` clients
   opening TLS connections as fast as they can, each a full handshake then a
   close; over the per-address limit the CSMS closes them at accept.
 
@@ -224,6 +224,20 @@ def last_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {"error": f"no counters: {out[-300:]!r}"}
 
 
+def merged(counters: list[dict[str, Any]]) -> dict[str, Any]:
+    """The flood processes' counters summed (``seconds``: the longest)."""
+    out: dict[str, Any] = {}
+    for one in counters:
+        for key, value in one.items():
+            if key == "seconds":
+                out[key] = max(out.get(key, 0), value)
+            elif isinstance(value, int):
+                out[key] = out.get(key, 0) + value
+            else:
+                out.setdefault("errors", []).append(value)
+    return out
+
+
 # -- the station (this process) ---------------------------------------------------------
 
 
@@ -353,7 +367,7 @@ async def attack_phase(
     log(f"{name}: the idle pool opens {args.per_address * len(POOL_ADDRESSES)} connections")
     pool_proc = spawn("pool", port, seconds, args)
     assert pool_proc.stdout is not None
-    flood_proc = spawn("flood", port, seconds, args)
+    flood_procs = [spawn("flood", port, seconds, args) for _ in range(args.flood_procs)]
     loop = asyncio.get_running_loop()
     first = await asyncio.wait_for(loop.run_in_executor(None, pool_proc.stdout.readline), 60)
     if first.strip() != "ready":
@@ -364,7 +378,7 @@ async def attack_phase(
     rtts = await beat(ws, args.seconds, args.interval)
     after = cpu.read()
     await ws.close()
-    flood_stats = last_json(flood_proc, 30)
+    flood_stats = merged([last_json(proc, 30) for proc in flood_procs])
     pool_stats = last_json(pool_proc, 30)
     return {
         "station": {"connect_ms": round(connect_s * 1000, 1), **summary(rtts)},
@@ -396,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="measured seconds per phase")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between Heartbeats")
     p.add_argument("--per-address", type=int, default=20, help="idle connections per address")
-    p.add_argument("--flood-concurrency", type=int, default=64)
+    p.add_argument("--flood-concurrency", type=int, default=64, help="clients per flood process")
+    p.add_argument("--flood-procs", type=int, default=1, help="flood processes (all 127.0.0.3)")
     p.add_argument(
         "--unlimited",
         action="store_true",
@@ -432,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_connections": args.per_address * len(POOL_ADDRESSES),
             "idle_addresses": len(POOL_ADDRESSES),
             "flood_concurrency": args.flood_concurrency,
+            "flood_procs": args.flood_procs,
             "nofile": nofile,
         },
     }
