@@ -228,3 +228,28 @@ async def test_close_frees_the_port_and_ends_handshakes_in_progress(
     with socket.socket() as again:  # as a restarted node would
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", served.port))
+
+
+@pytest.mark.asyncio
+async def test_update_applies_to_connections_accepted_from_then_on(
+    make_gate: Any, ca: trustme.CA
+) -> None:
+    served = await make_gate(per_address=0.01)  # a burst of one
+    hello = client_hello()
+
+    async def answered() -> bool:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(hello)
+        try:
+            answer = await asyncio.wait_for(reader.read(5), 10)
+        except ConnectionResetError:
+            answer = b""
+        writer.close()
+        return answer[:1] == b"\x16"
+
+    served.gate.update(AdmissionOptions(per_address=0.01, ssl_context=CountingContext(ca).context))
+    assert await answered(), "TLS from now on, the bucket kept: its one token"
+    assert not await answered()
+    assert served.drops.count((RATE_LIMITED, "127.0.0.1")) == 1
+    served.gate.update(AdmissionOptions(per_address=0, ssl_context=served.gate.options.ssl_context))
+    assert all([await answered() for _ in range(5)]), "no limit now"

@@ -105,11 +105,7 @@ class AdmissionGate:
         self.options = options
         self.http_factory = http_factory
         self.dropped = dropped
-        self.limiter = AddressRateLimit(
-            options.per_address,
-            max(options.per_address * options.burst_seconds, 1.0),
-            options.max_addresses,
-        )
+        self.limiter = self._limiter(options)
         self._loop = asyncio.get_running_loop()
         self._sockets: list[socket.socket] = []
         self._connecting: set[_Admission] = set()
@@ -152,6 +148,26 @@ class AdmissionGate:
         except BaseException:
             self._close_sockets()
             raise
+
+    def update(self, options: AdmissionOptions) -> None:
+        """New limits and TLS context for the connections accepted from now on (a
+        redeploy that keeps the port). Deadlines already armed keep their time; the
+        per-address buckets start afresh when their rate or size changed."""
+        old, self.options = self.options, options
+        if (old.per_address, old.burst_seconds, old.max_addresses) != (
+            options.per_address,
+            options.burst_seconds,
+            options.max_addresses,
+        ):
+            self.limiter = self._limiter(options)
+
+    @staticmethod
+    def _limiter(options: AdmissionOptions) -> AddressRateLimit:
+        return AddressRateLimit(
+            options.per_address,
+            max(options.per_address * options.burst_seconds, 1.0),
+            options.max_addresses,
+        )
 
     def upgraded(self, transport: asyncio.BaseTransport | None) -> None:
         """The HTTP side completed the websocket upgrade on ``transport``: no deadline now."""
