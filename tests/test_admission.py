@@ -183,6 +183,8 @@ async def test_idle_connections_closed_at_the_deadline_upgraded_ones_kept(
         slow.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # never finished
         assert [await read_all(reader) for reader, _ in idle] == [b""] * 3
         assert await read_all(slow_reader) == b""
+        for _, writer in [*idle, (slow_reader, slow)]:
+            writer.close()
         # not before the deadline (a timer may fire a clock tick early)
         assert asyncio.get_running_loop().time() - started >= 0.3 - 0.01
         # the websocket's deadline passed long ago: still served

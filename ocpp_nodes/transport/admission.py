@@ -237,7 +237,7 @@ class AdmissionGate:
             admission.deadline = self._loop.call_later(timeout, admission.expire)
         self._connecting.add(admission)
         admission.task = self._loop.create_task(admission.connect(conn))
-        admission.task.add_done_callback(partial(_close_if_cancelled, conn))
+        admission.task.add_done_callback(partial(admission.close_if_never_started, conn))
 
     def _drop(self, reason: str, address: str) -> None:
         if self._closed:
@@ -246,12 +246,6 @@ class AdmissionGate:
             self.dropped(reason, address)
         except Exception:  # a listener's bug must not stop the accepting
             log.exception("dropped(%s, %s) failed", reason, address)
-
-
-def _close_if_cancelled(conn: socket.socket, task: asyncio.Task[None]) -> None:
-    # cancelled before it ran, the coroutine never got to close its socket
-    if task.cancelled():
-        conn.close()
 
 
 class _Admission:
@@ -263,8 +257,13 @@ class _Admission:
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None  # what the HTTP side got
         self.deadline: asyncio.TimerHandle | None = None
+        self.started = False
 
     async def connect(self, conn: socket.socket) -> None:
+        # From here the loop's transport owns ``conn`` and closes it, also on a
+        # failure or a cancellation: closing it here too would close its
+        # descriptor under the loop (which may have handed the number on).
+        self.started = True
         gate = self.gate
         context = gate.options.ssl_context
         timeout = gate.options.upgrade_timeout
@@ -283,10 +282,9 @@ class _Admission:
                     if timeout > 0
                     else DEFAULT_TLS_HANDSHAKE_TIMEOUT,
                 )
-        except Exception as exc:  # not when cancelled (expired, or the gate closed)
+        except Exception as exc:  # (not a cancellation: expired, or the gate closed)
             gate._connecting.discard(self)
             self.cancel_deadline()
-            conn.close()
             log.debug("TLS handshake with %s failed: %r", self.address, exc)
             gate._drop(TLS_FAILED, self.address)
             return
@@ -308,6 +306,12 @@ class _Admission:
                 return  # closed already (refused, or the client went away)
             self.transport.abort()
         gate._drop(UPGRADE_TIMEOUT, self.address)
+
+    def close_if_never_started(self, conn: socket.socket, task: asyncio.Task[None]) -> None:
+        """Done callback: a task cancelled before its first step never gave ``conn``
+        to a transport, so nothing else closes it."""
+        if not self.started:
+            conn.close()
 
     def cancel_deadline(self) -> None:
         if self.deadline is not None:
