@@ -8,7 +8,8 @@ daemon, driven through :class:`tests.shim_double.ShimDouble`.
   at accept (no ServerHello), ``upgrade_timeout`` closes the idle ones, a
   plain client on a wss port is a failed TLS handshake, all three in the
   node's refusal summary; a station from another address gets in during a
-  flood; absent fields limit a burst from one address (the defaults).
+  flood; absent fields limit a burst from one address (the defaults); the
+  drops are in ``ocpp_nodes_handshakes_total`` by outcome.
 
 The measured numbers are printed (run with ``-s`` to see them).
 """
@@ -41,7 +42,8 @@ from tests.common import (
     start_csms,
     warnings,
 )
-from tests.shim_double import ShimDouble
+from tests.shim_double import ShimDouble, free_port
+from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -443,3 +445,29 @@ async def test_by_default_a_burst_from_one_address_is_limited(
         writer.close()
     text = await summary(shim, csms.node)
     assert "over handshakes_per_address" in text, text
+
+
+async def test_drops_counted_in_the_metrics() -> None:
+    """``ocpp_nodes_handshakes_total``: outcomes rate_limited and upgrade_timeout."""
+    metrics_port = free_port()
+    double = ShimDouble()
+    double.serve_args = ("--metrics", f"127.0.0.1:{metrics_port}")
+    await double.start()
+    try:
+        port = await start_csms(
+            double, "lim", {"CP1": "pw"}, {"handshakes_per_address": 0.01, "upgrade_timeout": 0.3}
+        )
+        # the first: admitted, never speaks, closed at the deadline
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        # the second: over the limit
+        assert await first_answer(port, b"GET / HTTP/1.1\r\n\r\n") == b""
+        _, text = await asyncio.to_thread(scrape, metrics_port)
+    finally:
+        await double.stop()
+    assert 'ocpp_nodes_handshakes_total{node="lim",outcome="rate_limited"} 1.0' in text, text
+    assert 'ocpp_nodes_handshakes_total{node="lim",outcome="upgrade_timeout"} 1.0' in text, text

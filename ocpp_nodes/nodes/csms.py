@@ -295,6 +295,8 @@ class CsmsNode(OcppNode):
 
     def dropped(self, reason: str, remote: str) -> None:
         self._refusals.count(reason, remote)
+        if self.meter is not None:
+            self.meter.handshake(reason)
 
     async def authenticate(
         self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
