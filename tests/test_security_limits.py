@@ -471,3 +471,42 @@ async def test_drops_counted_in_the_metrics() -> None:
         await double.stop()
     assert 'ocpp_nodes_handshakes_total{node="lim",outcome="rate_limited"} 1.0' in text, text
     assert 'ocpp_nodes_handshakes_total{node="lim",outcome="upgrade_timeout"} 1.0' in text, text
+
+
+async def test_a_redeploy_that_keeps_the_server_applies_the_new_limits(
+    shim: ShimDouble,
+) -> None:
+    """Same port and path: the station stays; new connections meet the new limits."""
+    node = f"csms{next_number()}"
+    auths = {"CP1": "pw"}
+    port = await start_csms(shim, node, auths, {"handshakes_per_address": 0.01})
+    request = b"GET /ocpp/NOBODY HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with answering_heartbeats(shim, node):
+        good = await station(port, "CP1", "pw", local="127.0.0.2")
+        assert (await first_answer(port, request)).startswith(b"HTTP/")
+        assert await first_answer(port, request) == b"", "over the limit: closed at accept"
+        statuses = len(shim.statuses(node))
+        shim.write({"t": "close", "node": node, "removed": False})
+        shim.create(
+            node,
+            "CSMS",
+            {
+                "port": str(port),
+                "path": "/ocpp",
+                "handshakes_per_address": 0,
+                "upgrade_timeout": 0.3,
+            },
+            credentials={"basic_auths": json.dumps(auths)},
+        )
+        await shim.wait_for(lambda: len(shim.statuses(node)) > statuses)
+        answers = [await first_answer(port, request) for _ in range(3)]
+        assert all(a.startswith(b"HTTP/") for a in answers), "no limit now"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert await asyncio.wait_for(reader.read(), 10) == b"", "the new deadline"
+        except ConnectionResetError:
+            pass
+        writer.close()
+        assert await heartbeat(good, "after-redeploy") < 5, "the station stayed"
+        await good.close()
+    await shim.close_node(node)

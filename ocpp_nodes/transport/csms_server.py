@@ -18,7 +18,7 @@ import binascii
 import logging
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
@@ -299,7 +299,7 @@ class CsmsServer:
                 ssl_context=options.ssl_context,
             ),
             runner.server,
-            self.listener.dropped,
+            self._dropped,
         )
         # A cancel (the node stopping) must not land inside the bind: the gate can
         # be listening by then, and nothing would close it.
@@ -323,15 +323,28 @@ class CsmsServer:
         were (the caller keeps them); a new ``ssl_context`` serves the TLS
         handshakes from now on (a connected station keeps its TLS session),
         with the client certificate rule of the one the server started with.
+        The limits before TLS (``handshakes_per_address``, ``upgrade_timeout``)
+        apply to connections accepted from now on; drops are told to ``listener``.
         """
         if options.handshakes_per_second != self.options.handshakes_per_second:
             self._handshakes = RateLimit(options.handshakes_per_second)
+        if self._gate is not None:  # its TLS context stays: see _serve_current_context
+            self._gate.update(
+                replace(
+                    self._gate.options,
+                    per_address=options.handshakes_per_address,
+                    upgrade_timeout=options.upgrade_timeout,
+                )
+            )
         self.options = options
         self.listener = listener
         for session, admission in self._admitted.items():
             session.listener = listener
             session.update_options(options.link)
             admission.socket.set_ping_interval(options.ping_interval)
+
+    def _dropped(self, reason: str, remote: str) -> None:
+        self.listener.dropped(reason, remote)  # the listener of now (update)
 
     def connections(self) -> list[tuple[OcppSession, Admission]]:
         """The stations connected now, with what each was admitted with."""
