@@ -353,7 +353,7 @@ async def test_over_handshakes_per_address_closed_before_the_server_hello(
     # another address has its own bucket
     assert (await first_answer(port, hello, local="127.0.0.2"))[:1] == b"\x16"
     text = await summary(shim, node)
-    assert "3 x over handshakes_per_address; closed before TLS" in text, text
+    assert "3 x over handshakes_per_address, closed before TLS" in text, text
 
 
 async def test_idle_connections_closed_after_upgrade_timeout_and_counted(

@@ -323,7 +323,7 @@ async def test_limits_before_tls_reach_the_engine(setup) -> None:
         pass
     writer.close()
     runtime.wait_for_log("1 x no websocket upgrade within upgrade_timeout")
-    runtime.wait_for_log("1 x over handshakes_per_address; closed before TLS")
+    runtime.wait_for_log("1 x over handshakes_per_address, closed before TLS")
 
 
 async def listening(port: int, local: str, timeout: float = 20.0) -> None:

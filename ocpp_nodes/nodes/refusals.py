@@ -75,7 +75,7 @@ class RefusalLog:
         409: "already connected",
         503: "over a connection cap, or too many password hashes to check",
         # closed before any HTTP answer (StationListener.dropped)
-        "rate_limited": "over handshakes_per_address; closed before TLS",
+        "rate_limited": "over handshakes_per_address, closed before TLS",
         "upgrade_timeout": "no websocket upgrade within upgrade_timeout",
         "tls_failed": "TLS handshake failed",
     }
