@@ -29,7 +29,7 @@ SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.te
 	-o -name '*.test.cjs' -o -name '*-test.js' -o -name '*_test.js' -o -name 'test-*.js' \
 	-o -name 'test.js' \) 2>/dev/null | sort)
 
-.PHONY: help setup demo test test-py test-shim lint pack validate clean bench screenshots
+.PHONY: help setup demo test test-py test-shim lint pack validate clean bench bench-limits screenshots
 
 help:
 	@echo "make setup   install the Python venv and the npm packages (idempotent)"
@@ -168,6 +168,11 @@ $(BENCH_STAMP): bench/requirements.txt $(PY_STAMP)
 
 bench: setup $(BENCH_STAMP)
 	ulimit -n $$(ulimit -Hn); $(VPY) bench/run.py $(BENCH_ARGS)
+
+# Limits before TLS and HTTP (docs/benchmarks.md): a station's Heartbeats with
+# 2,000 idle connections and a TLS flood; about 2 minutes (3 with --unlimited).
+bench-limits: setup $(BENCH_STAMP)
+	$(VPY) bench/limits.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

@@ -123,6 +123,8 @@ def csms_flow(
             max_frame_size=1048576,
             ocpp_versions=list(OCPP_VERSIONS),
             version_preference="station",
+            # every station of the load generator comes from 127.0.0.1
+            handshakes_per_address=0,
             wires=[[func], []],
         )
     else:

@@ -2,7 +2,8 @@
 
 - OCPP 2.0.1 samples: :data:`BOOT`, :data:`BOOT_ANSWER`, :data:`GET_VARIABLES` ...
 - raw websocket peers: :func:`auth_header`, :func:`recv_frame`,
-  :func:`assert_nothing_arrives`;
+  :func:`assert_nothing_arrives`; a TLS client's first flight as bytes:
+  :func:`client_hello`;
 - what the daemon told the shim double (tests/shim_double.py) about a node:
   :func:`warnings`, :func:`logs`, :func:`websocket_events`; playing a flow
   that answers: :func:`answer_requests`; :func:`start_csms`;
@@ -24,6 +25,7 @@ import asyncio
 import base64
 import itertools
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,6 +58,7 @@ __all__ = [
     "answer_requests",
     "assert_nothing_arrives",
     "auth_header",
+    "client_hello",
     "logs",
     "next_number",
     "poll_until",
@@ -104,6 +107,22 @@ def auth_header(user: str, password: str) -> dict[str, str]:
     """The HTTP Basic ``Authorization`` header of part 4, 3.2 (security profile 1)."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+def client_hello() -> bytes:
+    """A TLS client's first flight (its ClientHello), as bytes: no socket involved.
+
+    Sent over a raw TCP connection, it shows whether the server starts a
+    handshake (its answer begins with a handshake record, ``0x16``).
+    """
+    context = ssl.create_default_context()
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="127.0.0.1")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
 
 class RecordingHost:

@@ -219,7 +219,8 @@ async def test_the_summary_of_refusals_names_ten_cbids_per_reason_then_counts() 
         text == "refused connection attempts: "
         f"16 x HTTP 401 (wrong or missing credentials): {named} and 5 more; "
         "1 x HTTP 404 (unknown identity): 'STRANGER'; "
-        "1 x HTTP 503 (over a connection cap, or too many password hashes to check); from 10.0.0.1, 10.0.0.2, 10.0.0.3"
+        "1 x HTTP 503 (over a connection cap, or too many password hashes to check);"
+        " from 10.0.0.1, 10.0.0.2, 10.0.0.3"
     ), text
 
 
@@ -282,4 +283,8 @@ async def test_the_summary_orders_http_statuses_close_codes_then_words() -> None
     refusals.count(401, "10.0.0.7", "CS1")
     refusals.report()
     ((_, text),) = host.logs
-    assert text.index("HTTP 401") < text.index("code 1002") < text.index("1 x upgrade_timeout")
+    assert (
+        text.index("HTTP 401")
+        < text.index("code 1002")
+        < text.index("1 x no websocket upgrade within upgrade_timeout")
+    )

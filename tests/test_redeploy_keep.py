@@ -104,6 +104,9 @@ def csms_flow(
             message_timeout=30 + version,
             max_connections=5000 + 1000 * version,
             handshakes_per_second=5000 + 100 * version,
+            # the test's stations all come from 127.0.0.1
+            handshakes_per_address=0,
+            upgrade_timeout=10 + version,
             credentials={"basic_auths": json.dumps(auths)},
         ),
         _node("k.answer", "function", [["k.csms"], ["k.rec"]], func=ANSWER_HEARTBEAT, outputs=2),

@@ -27,7 +27,7 @@ import pytest
 import trustme
 import websockets
 
-from tests.common import OCPP201, auth_header
+from tests.common import OCPP201, auth_header, client_hello
 from tests.flowkit import Flow, http_api, node, recorder, wait_port
 from tests.nodered import NodeRed, free_port, running_node_red
 
@@ -85,7 +85,9 @@ class Pki:
         )
 
 
-def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[str, Any]]:
+def tls_flow(
+    pki: Pki, p2_port: int, p3_port: int, both_port: int, limits_port: int
+) -> list[dict[str, Any]]:
     nodes = [
         {"id": TAB, "type": "tab", "label": "tls"},
         _tls_config("tls.server2", cert=pki.server_cert, key=pki.server_key),
@@ -133,6 +135,20 @@ def tls_flow(pki: Pki, p2_port: int, p3_port: int, both_port: int) -> list[dict[
             security_profile=2,
             tls="tls.server2",
             tls2="tls.serverrsa",
+            outputs=2,
+            credentials={"basic_auths": "{}"},
+        ),
+        # the limits before TLS, as the dialog stores them (text)
+        _node(
+            "csmslimits",
+            "CSMS",
+            [[], []],
+            port=str(limits_port),
+            path="/ocpp",
+            security_profile=2,
+            tls="tls.server2",
+            handshakes_per_address="0.01",
+            upgrade_timeout="0.5",
             outputs=2,
             credentials={"basic_auths": "{}"},
         ),
@@ -216,9 +232,9 @@ PORTS: dict[str, int] = {}
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeRed, Pki, int]]:
     pki = Pki(tmp_path_factory.mktemp("pki"))
     with running_node_red(tmp_path_factory.mktemp("tls-nr"), "test_security_nodered") as runtime:
-        p2_port, p3_port, both_port = free_port(), free_port(), free_port()
-        PORTS.update(csms2=p2_port, csmsboth=both_port)
-        runtime.deploy(tls_flow(pki, p2_port, p3_port, both_port))
+        p2_port, p3_port, both_port, limits_port = (free_port() for _ in range(4))
+        PORTS.update(csms2=p2_port, csmsboth=both_port, csmslimits=limits_port)
+        runtime.deploy(tls_flow(pki, p2_port, p3_port, both_port, limits_port))
         runtime.wait_for_endpoint("GET", "/t/records")
         yield runtime, pki, p2_port
 
@@ -281,6 +297,48 @@ async def test_outside_station_needs_the_ca_to_reach_the_wss_csms(setup) -> None
             ),
             10,
         )
+
+
+async def test_limits_before_tls_reach_the_engine(setup) -> None:
+    """``handshakes_per_address`` 0.01 (a burst of one) and ``upgrade_timeout`` 0.5 s."""
+    runtime, _, _ = setup
+    port = PORTS["csmslimits"]
+    # listening? asked from another address (wait_port's would take this one's token)
+    await listening(port, "127.0.0.9")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(client_hello())
+    assert (await asyncio.wait_for(reader.read(5), 10))[:1] == b"\x16", "a ServerHello"
+    # the client never finishes its handshake: closed at the deadline
+    try:
+        await asyncio.wait_for(reader.read(), 10)
+    except ConnectionResetError:
+        pass
+    writer.close()
+    # the next attempt from this address: closed at accept, not a byte of TLS
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(client_hello())
+    try:
+        assert await asyncio.wait_for(reader.read(5), 10) == b""
+    except ConnectionResetError:
+        pass
+    writer.close()
+    runtime.wait_for_log("1 x no websocket upgrade within upgrade_timeout")
+    runtime.wait_for_log("1 x over handshakes_per_address, closed before TLS")
+
+
+async def listening(port: int, local: str, timeout: float = 20.0) -> None:
+    """Until a connection from ``local`` to ``port`` is accepted."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
 
 
 def s_client(port: int, ca: Path, *options: str) -> str:

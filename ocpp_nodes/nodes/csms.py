@@ -124,6 +124,9 @@ class CsmsNode(OcppNode):
         # Connection caps (0 = none); see docs/security.md.
         self.max_connections = int(number_setting(config.get("max_connections"), 25_000))
         self.handshakes_per_second = number_setting(config.get("handshakes_per_second"), 500)
+        # Before TLS and HTTP (0 = none); see docs/security.md, "Limits".
+        self.handshakes_per_address = number_setting(config.get("handshakes_per_address"), 20)
+        self.upgrade_timeout = number_setting(config.get("upgrade_timeout"), 10)
         # The package we replace answered get_auth_list / get_auth_cs to any
         # flow; keep that unless the node says otherwise.
         self.auth_list_readable = config.get("allow_auth_list_read", True) is not False
@@ -226,6 +229,8 @@ class CsmsNode(OcppNode):
             ssl_context=ssl_context,
             max_connections=self.max_connections,
             handshakes_per_second=self.handshakes_per_second,
+            handshakes_per_address=self.handshakes_per_address,
+            upgrade_timeout=self.upgrade_timeout,
         )
 
     def _cannot_bind(self, exc: OSError) -> None:
@@ -287,6 +292,11 @@ class CsmsNode(OcppNode):
         self._refusals.count(status, remote, cb_id)
         if self.meter is not None:
             self.meter.handshake(status)
+
+    def dropped(self, reason: str, remote: str) -> None:
+        self._refusals.count(reason, remote)
+        if self.meter is not None:
+            self.meter.handshake(reason)
 
     async def authenticate(
         self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None

@@ -74,6 +74,10 @@ class RefusalLog:
         404: "unknown identity",
         409: "already connected",
         503: "over a connection cap, or too many password hashes to check",
+        # closed before any HTTP answer (StationListener.dropped)
+        "rate_limited": "over handshakes_per_address, closed before TLS",
+        "upgrade_timeout": "no websocket upgrade within upgrade_timeout",
+        "tls_failed": "TLS handshake failed",
     }
     #: not HTTP: closed after the upgrade, as part 4 asks
     CLOSED = {NO_COMMON_VERSION: "no OCPP version in common; closed with code 1002"}

@@ -18,13 +18,14 @@ import binascii
 import logging
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
 from aiohttp import WSMsgType, hdrs, web
 
 from ..rpc import VERSIONS, OcppVersion, Role, select_version
+from .admission import AdmissionGate, AdmissionOptions
 from .identity import identity_problem
 from .limits import RateLimit
 from .link import LinkListener, LinkOptions
@@ -196,6 +197,11 @@ class StationListener(LinkListener, Protocol):
         or (``status`` :data:`NO_COMMON_VERSION`) closed after it; ``cb_id`` is the
         identity its URL named (``None`` when it named none)."""
 
+    def dropped(self, reason: str, remote: str) -> None:
+        """A TCP connection from ``remote`` was closed before any HTTP answer: ``reason``
+        ``"rate_limited"`` (over ``handshakes_per_address``, before TLS),
+        ``"upgrade_timeout"`` or ``"tls_failed"`` (see :mod:`.admission`)."""
+
 
 #: What :meth:`StationListener.refused` gets for a station that offered no
 #: version the node accepts: the websocket close code it was closed with
@@ -212,7 +218,11 @@ class ServerOptions:
     station's link behaves. ``ssl_context`` serves ``wss://`` (profiles 2
     and 3); ``max_connections`` caps open station connections and
     ``handshakes_per_second`` connection attempts (0 = no cap): both answer
-    HTTP 503 beyond the cap.
+    HTTP 503 beyond the cap. Before TLS and HTTP (:mod:`.admission`):
+    ``handshakes_per_address`` caps connections per second from one source
+    address (a burst of 2 s worth; beyond it closed at accept), and
+    ``upgrade_timeout`` closes a connection whose websocket upgrade is not
+    complete after that many seconds (0 = no cap, no deadline).
     """
 
     host: str | None
@@ -227,6 +237,8 @@ class ServerOptions:
     ssl_context: ssl.SSLContext | None = None
     max_connections: int = 0
     handshakes_per_second: float = 0.0
+    handshakes_per_address: float = 0.0
+    upgrade_timeout: float = 0.0
 
 
 class Admission(NamedTuple):
@@ -263,6 +275,7 @@ class CsmsServer:
         self.listener = listener
         self.session_class = session_class
         self._runner: web.AppRunner | None = None
+        self._gate: AdmissionGate | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._handshakes = RateLimit(options.handshakes_per_second)
         self._admitted: dict[OcppSession, Admission] = {}
@@ -276,22 +289,29 @@ class CsmsServer:
         app.router.add_get(route_for(self.options.path), self._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(
-            runner,
-            self.options.host,
-            self.options.port,
-            reuse_address=True,
-            ssl_context=self.options.ssl_context,
+        assert runner.server is not None
+        options = self.options
+        # the gate listens, not a web.TCPSite: TLS starts after admission
+        gate = AdmissionGate(
+            AdmissionOptions(
+                per_address=options.handshakes_per_address,
+                upgrade_timeout=options.upgrade_timeout,
+                ssl_context=options.ssl_context,
+            ),
+            runner.server,
+            self._dropped,
         )
-        # A cancel (the node stopping) must not land inside the bind: asyncio's
-        # create_server can be listening by then, and nothing would close it.
-        binding = asyncio.ensure_future(site.start())
+        # A cancel (the node stopping) must not land inside the bind: the gate can
+        # be listening by then, and nothing would close it.
+        binding = asyncio.ensure_future(gate.listen(options.host, options.port))
         try:
             await asyncio.shield(binding)
         except BaseException:
             await asyncio.wait([binding])
+            gate.close()
             await runner.cleanup()
             raise
+        self._gate = gate
         self._runner = runner
 
     def update(self, options: ServerOptions, listener: StationListener) -> None:
@@ -303,15 +323,28 @@ class CsmsServer:
         were (the caller keeps them); a new ``ssl_context`` serves the TLS
         handshakes from now on (a connected station keeps its TLS session),
         with the client certificate rule of the one the server started with.
+        The limits before TLS (``handshakes_per_address``, ``upgrade_timeout``)
+        apply to connections accepted from now on; drops are told to ``listener``.
         """
         if options.handshakes_per_second != self.options.handshakes_per_second:
             self._handshakes = RateLimit(options.handshakes_per_second)
+        if self._gate is not None:  # its TLS context stays: see _serve_current_context
+            self._gate.update(
+                replace(
+                    self._gate.options,
+                    per_address=options.handshakes_per_address,
+                    upgrade_timeout=options.upgrade_timeout,
+                )
+            )
         self.options = options
         self.listener = listener
         for session, admission in self._admitted.items():
             session.listener = listener
             session.update_options(options.link)
             admission.socket.set_ping_interval(options.ping_interval)
+
+    def _dropped(self, reason: str, remote: str) -> None:
+        self.listener.dropped(reason, remote)  # the listener of now (update)
 
     def connections(self) -> list[tuple[OcppSession, Admission]]:
         """The stations connected now, with what each was admitted with."""
@@ -326,6 +359,9 @@ class CsmsServer:
         """Close every station connection and release the port."""
         for ws in list(self._sockets):
             await ws.close(code=1001, message=b"CSMS node stopped")
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -387,6 +423,8 @@ class CsmsServer:
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="Expected a websocket upgrade")
         await ws.prepare(request)
+        if self._gate is not None:
+            self._gate.upgraded(request.transport)
         if version is None or ws.ws_protocol != version.subprotocol:
             accepted = ", ".join(v.subprotocol for v in self.options.versions)
             await ws.close(

@@ -45,6 +45,8 @@ def live_view_flow(port: int, auth: dict[str, str]) -> list[dict[str, Any]]:
     (csms,) = [n for n in nodes if n["type"] == "CSMS"]
     csms["port"] = str(port)
     csms["credentials"] = {"basic_auths": json.dumps(auth)}
+    # the benchmark generator's stations all come from 127.0.0.1
+    csms["handshakes_per_address"] = 0
     return nodes
 
 
