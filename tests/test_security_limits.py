@@ -433,11 +433,11 @@ async def test_a_station_from_another_address_connects_during_a_flood(
     assert "127.0.0.2" not in text, text
 
 
-async def test_by_default_a_burst_from_one_address_is_limited(
+async def test_the_dialogs_default_limits_a_burst_from_one_address(
     shim: ShimDouble, make_csms: MakeCsms
 ) -> None:
-    """Absent fields: 20 per second from one address, a burst of 40, a 10 s deadline."""
-    csms = await make_csms({"CP1": "pw"})
+    """New nodes' 20 per second from one address: a burst of 40."""
+    csms = await make_csms({"CP1": "pw"}, handshakes_per_address=20)
     opened = await asyncio.gather(
         *(asyncio.open_connection("127.0.0.1", csms.port) for _ in range(100))
     )
@@ -445,6 +445,25 @@ async def test_by_default_a_burst_from_one_address_is_limited(
         writer.close()
     text = await summary(shim, csms.node)
     assert "over handshakes_per_address" in text, text
+
+
+async def test_an_older_export_has_no_per_address_limit(
+    shim: ShimDouble, make_csms: MakeCsms
+) -> None:
+    """No ``handshakes_per_address`` (an older export): 100 connections from one
+    address at once are all served, as before; only the upgrade deadline applies."""
+    csms = await make_csms({"CP1": "pw"}, upgrade_timeout=0.5)
+    opened = await asyncio.gather(
+        *(asyncio.open_connection("127.0.0.1", csms.port) for _ in range(100))
+    )
+    # each is closed by the server at its deadline, none at once by the gate
+    closed = await asyncio.gather(*(reader.read() for reader, _ in opened))
+    for _, writer in opened:
+        writer.close()
+    assert closed == [b""] * 100
+    text = await summary(shim, csms.node)
+    assert "over handshakes_per_address" not in text, text
+    assert "100 x no websocket upgrade within upgrade_timeout" in text, text
 
 
 async def test_drops_counted_in_the_metrics() -> None:

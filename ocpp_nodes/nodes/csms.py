@@ -125,7 +125,10 @@ class CsmsNode(OcppNode):
         self.max_connections = int(number_setting(config.get("max_connections"), 25_000))
         self.handshakes_per_second = number_setting(config.get("handshakes_per_second"), 500)
         # Before TLS and HTTP (0 = none); see docs/security.md, "Limits".
-        self.handshakes_per_address = number_setting(config.get("handshakes_per_address"), 20)
+        # 20 for new nodes (the dialog's default); absent (older exports): no limit,
+        # as before, so that their stations behind one address (a NAT, a proxy, the
+        # CS nodes of the same Node-RED) are not held back after the switch
+        self.handshakes_per_address = number_setting(config.get("handshakes_per_address"), 0)
         self.upgrade_timeout = number_setting(config.get("upgrade_timeout"), 10)
         # The package we replace answered get_auth_list / get_auth_cs to any
         # flow; keep that unless the node says otherwise.
