@@ -3,7 +3,7 @@
 One real Node-RED with our package (bench/run.py's ``NodeRedSystem``), a CSMS
 node serving ``wss://`` (security profile 2, a trustme certificate in a
 ``tls-config`` node) with ``handshakes_per_address`` and ``upgrade_timeout``
-at their defaults (absent: 20 per second, a burst of 40; 10 s), answering
+at a new node's defaults (20 per second, a burst of 40; 10 s), answering
 Heartbeats through bench/flows.py's function node. Everything on loopback,
 each party from its own source address:
 
@@ -336,10 +336,10 @@ def limits_flow(
     }
     for node in nodes:
         if node.get("type") == "CSMS":
-            node.pop("handshakes_per_address", None)  # the default: 20 per second
+            # a new node's default (absent, in an older export: no limit)
+            node["handshakes_per_address"] = 0 if unlimited else 20
+            node.pop("upgrade_timeout", None)  # the default: 10 s
             node.update(security_profile=2, tls=tls["id"])
-            if unlimited:
-                node["handshakes_per_address"] = 0
     return [*nodes, tls]
 
 
