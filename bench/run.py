@@ -660,6 +660,22 @@ def versions_scenario(
     save(results)
 
 
+def turn_args(plan: dict[str, Any]) -> list[str]:
+    """bench/loadgen.py's arguments for groups taking turns, from a scenario's plan."""
+    return [
+        "--rounds",
+        str(plan["rounds"]),
+        "--slice",
+        str(plan["slice_s"]),
+        "--settle",
+        str(plan["settle_s"]),
+        "--warm-turn",
+        str(plan["warm_turn_s"]),
+        "--connect-timeout",
+        "90",
+    ]
+
+
 def versions_run(system: Any, action: str, vplan: dict[str, Any], block: dict[str, Any]) -> None:
     n = vplan["n"]
     args = [
@@ -669,16 +685,7 @@ def versions_run(system: Any, action: str, vplan: dict[str, Any], block: dict[st
         action,
         "--groups",
         "/".join(",".join(versions) for versions in VERSION_GROUPS.values()),
-        "--rounds",
-        str(vplan["rounds"]),
-        "--slice",
-        str(vplan["slice_s"]),
-        "--settle",
-        str(vplan["settle_s"]),
-        "--warm-turn",
-        str(vplan["warm_turn_s"]),
-        "--connect-timeout",
-        "90",
+        *turn_args(vplan),
     ]
     turns = vplan["rounds"] * len(VERSION_GROUPS)
     log(
@@ -817,16 +824,7 @@ def metrics_run(
         ",".join(pair[group].url for group in METRICS_GROUPS),
         "--group-labels",
         ",".join(METRICS_GROUPS),
-        "--rounds",
-        str(mplan["rounds"]),
-        "--slice",
-        str(mplan["slice_s"]),
-        "--settle",
-        str(mplan["settle_s"]),
-        "--warm-turn",
-        str(mplan["warm_turn_s"]),
-        "--connect-timeout",
-        "90",
+        *turn_args(mplan),
     ]
     turns = mplan["rounds"] * len(METRICS_GROUPS)
     log(f"metrics: {action}, N={n} off and on, {turns} turns of {mplan['slice_s']} s")

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import itertools
 import json
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -412,6 +413,17 @@ class FakeCsms:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+
+def port_free(port: int) -> bool:
+    """True when a listener could bind the port now (as the CSMS node does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 MakeCsms = Callable[..., Awaitable[DaemonCsms]]

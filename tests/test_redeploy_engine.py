@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -39,7 +38,7 @@ from ocpp_nodes.ipc.framing import FrameDecoder, encode
 from ocpp_nodes.ipc.server import ShimConnection
 from ocpp_nodes.nodes import redeploy
 from ocpp_nodes.transport.csms_server import Admission
-from tests.common import auth_header
+from tests.common import auth_header, port_free
 from tests.shim_double import free_port
 
 PASSWORD = "pw"
@@ -135,16 +134,6 @@ async def station(port: int, cb_id: str) -> Any:
         additional_headers=auth_header(cb_id, PASSWORD),
         ping_interval=None,
     )
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 async def closed_code(ws: Any, timeout: float = 10.0) -> int | None:

@@ -24,7 +24,6 @@ import itertools
 import json
 import random
 import re
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +36,7 @@ import trustme
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.common import auth_header
+from tests.common import auth_header, port_free
 from tests.flowkit import Flow, http_api, node, online, recorder, until, wait_port
 from tests.nodered import NodeRed, free_port, running_node_red, wait_until
 
@@ -237,17 +236,6 @@ async def logged(runtime: NodeRed, mark: int, text: str, timeout: float = 20.0) 
         return since if text in since else None
 
     return await asyncio.to_thread(wait_until, probe, timeout, what=f"{text!r} in the log")
-
-
-def port_free(port: int) -> bool:
-    """True when a listener could bind the port now (as the CSMS node does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 async def connection_events(flow: Flow) -> list[dict[str, Any]]:
