@@ -73,12 +73,43 @@ def node_red_missing_reason() -> str | None:
     return None
 
 
+def _listening_ports() -> range:
+    """Ports for the tests' servers: outside the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the same range as
+    the local ports of outgoing connections: with thousands of them (the
+    redeploy, limits and load tests), one could take a test server's port
+    between ``free_port()`` and the server's bind ("port busy").
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low > 11024:
+        return range(low - 10000, low)
+    return range(high + 1, 65536)
+
+
+_PORTS = _listening_ports()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A TCP port that nothing listens on right now, outside the ephemeral range,
+    not handed out before by this process."""
+    while len(_handed_out) < len(_PORTS):
+        port = _PORTS[secrets.randbelow(len(_PORTS))]
+        if port in _handed_out:
+            continue
+        _handed_out.add(port)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port left in {_PORTS}")
 
 
 def wait_until(
