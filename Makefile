@@ -16,6 +16,10 @@ SHIM_STAMP := js_shim/node_modules/.ocpp-nodes-installed
 TOOLS_STAMP := tools/node/node_modules/.ocpp-nodes-installed
 BROWSER_STAMP := tools/node/node_modules/.ocpp-nodes-chromium
 CHROMIUM := /usr/bin/chromium
+MOSQUITTO_STAMP := $(VENV)/.ocpp-nodes-mosquitto
+MOSQUITTO := /usr/sbin/mosquitto
+HAPROXY_STAMP := $(VENV)/.ocpp-nodes-haproxy
+HAPROXY := /usr/sbin/haproxy
 NODE_RED := $(CURDIR)/tools/node/node_modules/.bin/node-red
 
 DEMO_DIR := .local/demo
@@ -32,7 +36,7 @@ SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.te
 .PHONY: help setup demo test test-py test-shim lint pack validate clean bench bench-limits screenshots
 
 help:
-	@echo "make setup   install the Python venv and the npm packages (idempotent)"
+	@echo "make setup   install the Python venv, the npm packages and, when missing, the Debian packages the tests run (idempotent)"
 	@echo "make demo    start Node-RED on http://127.0.0.1:$(DEMO_PORT) with flows/demo.json"
 	@echo "make test    lint, then every test (Python and shim)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
@@ -40,7 +44,7 @@ help:
 	@echo "make validate  the Node-RED flow library's checks (node-red-dev) on that package"
 	@echo "make screenshots  run the editor tests and copy the screenshots the docs show to docs/images/"
 
-setup: $(PY_STAMP) $(SHIM_STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP)
+setup: $(PY_STAMP) $(SHIM_STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP) $(MOSQUITTO_STAMP) $(HAPROXY_STAMP)
 
 $(VENV)/bin/python:
 	$(PYTHON3) -m venv $(VENV)
@@ -61,22 +65,37 @@ $(TOOLS_STAMP): tools/node/package.json $(wildcard tools/node/package-lock.json)
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The editor tests (tests/browser) drive Debian's Chromium through
-# playwright-core (a browser download by playwright itself does not work
-# here). Installed with apt only when missing; without apt (or root) the
-# browser tests skip and say why.
-$(BROWSER_STAMP): | $(TOOLS_STAMP)
-	@if [ -x $(CHROMIUM) ]; then \
+# A program some tests need, from Debian: $(call debian_package,BINARY,PACKAGE,TESTS)
+# touches the target (a stamp) when BINARY is there, installs PACKAGE with apt
+# when it is missing and apt-get runs as root, and otherwise says which TESTS
+# will be skipped (they skip and say why).
+define debian_package
+	@if [ -x $(1) ]; then \
 		touch $@; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "make setup: installing Debian's chromium for the editor tests (tests/browser)"; \
+		echo "make setup: installing Debian's $(2) for $(3)"; \
 		apt-get update -qq; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2); \
 		touch $@; \
 	else \
-		echo "make setup: $(CHROMIUM) is missing and apt-get as root is not available;" \
-			"the editor tests in tests/browser will be skipped (install Chromium to run them)"; \
+		echo "make setup: $(1) is missing and apt-get as root is not available;" \
+			"$(3) will be skipped (install $(2) to run them)"; \
 	fi
+endef
+
+# The editor tests (tests/browser) drive Debian's Chromium through
+# playwright-core (a browser download by playwright itself does not work
+# here).
+$(BROWSER_STAMP): | $(TOOLS_STAMP)
+	$(call debian_package,$(CHROMIUM),chromium,the editor tests in tests/browser)
+
+# Fleet mode's tests (tests/fleetkit.py) start a real MQTT 5 broker and a TCP
+# load balancer on loopback ports.
+$(MOSQUITTO_STAMP): | $(VENV)/bin/python
+	$(call debian_package,$(MOSQUITTO),mosquitto,the fleet tests that need an MQTT broker)
+
+$(HAPROXY_STAMP): | $(VENV)/bin/python
+	$(call debian_package,$(HAPROXY),haproxy,the fleet tests that need a load balancer)
 
 lint: setup
 	$(VENV)/bin/ruff check $(PY_SOURCES)

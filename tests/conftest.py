@@ -7,11 +7,14 @@ and a real Node-RED runtime with the checkout's shim (see tests/nodered.py).
   ``pytestmark = pytest.mark.asyncio(loop_scope="module")``.
 - ``fresh_shim``: a daemon of the test's own, on the test's own loop, for
   tests that use fixed node ids or read everything the daemon ever said.
+- ``mosquitto``, ``make_haproxy``: fleet mode's broker and load balancer
+  (tests/fleetkit.py), real processes of the test's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,13 @@ from tests.common import (
     MakeFakeCsms,
     next_number,
     start_csms,
+)
+from tests.fleetkit import (
+    HAProxy,
+    MakeHAProxy,
+    Mosquitto,
+    running_haproxy,
+    running_mosquitto,
 )
 from tests.nodered import NodeRed, node_red_missing_reason, running_node_red
 from tests.shim_double import ShimDouble
@@ -51,6 +61,38 @@ def nodered(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NodeRed]
     """
     with running_node_red(tmp_path / "node-red", request.node.name) as runtime:
         yield runtime
+
+
+# -- fleet mode's broker and load balancer ---------------------------------------------
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mosquitto]:
+    """A started Mosquitto (MQTT 5, user and password, persistence) on a free loopback
+    port; stopped after the test. Skips when mosquitto is not installed."""
+    with running_mosquitto(tmp_path / "mosquitto", request.node.name) as broker:
+        yield broker
+
+
+@pytest.fixture
+def make_haproxy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeHAProxy]:
+    """Factory of started HAProxys (TCP, in front of the given backend ports) on free
+    loopback ports; all stopped after the test. Skips when haproxy is not installed."""
+    made: list[HAProxy] = []
+    with ExitStack() as stack:
+
+        def make(backends: Sequence[int]) -> HAProxy:
+            number = len(made)
+            made.append(
+                stack.enter_context(
+                    running_haproxy(
+                        tmp_path / f"haproxy{number}", backends, f"{request.node.name}.{number}"
+                    )
+                )
+            )
+            return made[-1]
+
+        yield make
 
 
 # -- the daemon ----------------------------------------------------------------------

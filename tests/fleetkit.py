@@ -1,0 +1,471 @@
+"""Fleet mode's real parts for tests (issue 24): an MQTT 5 broker and a TCP load balancer.
+
+- :class:`Mosquitto`: Debian's ``mosquitto`` (MQTT 5 is mosquitto 2's default)
+  on 127.0.0.1 and a free port, with a generated config: no anonymous
+  clients, a password file made with ``mosquitto_passwd`` (user
+  :attr:`Mosquitto.username`, a random password), persistence in its own
+  directory, so persistent sessions and their queued QoS 1 messages survive a
+  restart (a graceful one; a ``kill -9`` too with ``save_every_change=True``,
+  once :meth:`Mosquitto.wait_persisted` saw the save: Mosquitto acknowledges
+  a QoS 1 message before it writes it to disk).
+  ``stop()``, ``kill()`` (SIGKILL), ``start()`` again on the same port,
+  ``restart()``; :meth:`Mosquitto.client_args` are the keywords for
+  ``aiomqtt.Client``.
+- :class:`HAProxy`: Debian's ``haproxy`` in TCP mode on 127.0.0.1 and a free
+  port in front of backend ports on 127.0.0.1 (servers ``b0``, ``b1``, ...),
+  round robin (or leastconn), health checks every second, a refused
+  connection retried on another server (``option redispatch``); its stats
+  socket tells a server's state (:meth:`HAProxy.wait_server_state`).
+
+Each runs as a child process in its own session, in a directory of the test
+(config, password file, data, ``<name>.log`` with everything the process
+wrote, appended over restarts). Readiness is a TCP connection that succeeds
+(never a fixed sleep); a process that exits first fails the start with its
+log. ``running_mosquitto`` and ``running_haproxy`` skip the test, naming the
+Debian package and ``make setup``, when the program is missing, and stop the
+process afterwards; tests/conftest.py makes the ``mosquitto`` and
+``make_haproxy`` fixtures of them (their logs are copied to test-artifacts/
+and printed, which pytest shows when the test failed).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.nodered import ARTIFACTS, free_port
+
+__all__ = [
+    "HAProxy",
+    "MakeHAProxy",
+    "Mosquitto",
+    "haproxy_missing_reason",
+    "mosquitto_missing_reason",
+    "running_haproxy",
+    "running_mosquitto",
+    "wait_listening",
+]
+
+HOST = "127.0.0.1"
+
+
+def _program(name: str) -> str | None:
+    """`name` on PATH or in the sbin directories Debian puts daemons in (not on a
+    normal user's PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        candidate = Path(directory) / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _missing(package: str, programs: Sequence[str]) -> str | None:
+    absent = [name for name in programs if _program(name) is None]
+    if not absent:
+        return None
+    return (
+        f"{' and '.join(absent)} not found: install Debian's `{package}` package "
+        f"(`make setup` does, when it runs as root with apt-get)"
+    )
+
+
+def mosquitto_missing_reason() -> str | None:
+    """Why the MQTT broker cannot run here, or None when it can."""
+    return _missing("mosquitto", ["mosquitto", "mosquitto_passwd"])
+
+
+def haproxy_missing_reason() -> str | None:
+    """Why the load balancer cannot run here, or None when it can."""
+    return _missing("haproxy", ["haproxy"])
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_listening(
+    port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = "server"
+) -> None:
+    """Return once a TCP connection to 127.0.0.1:`port` succeeds.
+
+    Raises:
+        RuntimeError: `proc` exited first.
+        TimeoutError: nothing accepted a connection within `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0):
+                return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} did not listen on {HOST}:{port} within {timeout}s")
+        time.sleep(0.01)
+
+
+class _Process:
+    """A child process (own session) writing to `<directory>/<name>.log`."""
+
+    name = "process"
+
+    def __init__(self, directory: Path, port: int | None) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.host = HOST
+        self.port = port if port is not None else free_port()
+        self.log_path = directory / f"{self.name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the process and return once its port accepts connections."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        with self.log_path.open("ab") as log:
+            log.write(f"--- {self.name} starting on port {self.port}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                start_new_session=True,
+            )
+        try:
+            wait_listening(self.port, timeout, self._proc, self.name)
+        except (RuntimeError, TimeoutError) as error:
+            self.kill()
+            raise RuntimeError(f"{error}; its log:\n{self.log_tail()}") from error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (a graceful stop), SIGKILL after `timeout` seconds; no-op when stopped."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    def kill(self) -> None:
+        """``kill -9``: nothing is saved or closed cleanly; no-op when stopped."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(10)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """A graceful stop, then a start on the same port."""
+        self.stop()
+        self.start(timeout)
+
+    def log(self) -> str:
+        """Everything the process wrote, over all its starts."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines)
+
+    def save_log(self, test_name: str) -> Path:
+        """Copy the log to test-artifacts/<test name>.<name>.log (kept for CI inspection)."""
+        ARTIFACTS.mkdir(exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in test_name)
+        dest = ARTIFACTS / f"{safe}.{self.name}.log"
+        dest.write_text(self.log())
+        return dest
+
+
+class Mosquitto(_Process):
+    """A Mosquitto broker (MQTT 5 and 3.1.1) with password authentication and persistence.
+
+    Args:
+        directory: where its config, password file, data and log go.
+        port: its port on 127.0.0.1 (a free one when None).
+        users: username -> password (default: one user, ``fleet``, random password).
+        save_every_change: write the persistence file after every change, so queued
+            messages survive ``kill -9`` too (by default, as Mosquitto's own default,
+            they are saved when it stops gracefully).
+    """
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        users: dict[str, str] | None = None,
+        save_every_change: bool = False,
+    ) -> None:
+        super().__init__(directory, port)
+        self.users = dict(users) if users else {"fleet": secrets.token_urlsafe(12)}
+        self.username, self.password = next(iter(self.users.items()))
+        self.save_every_change = save_every_change
+        self.config_path = directory / "mosquitto.conf"
+        self.password_file = directory / "passwd"
+        self.data_dir = directory / "data"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def client_args(self) -> dict[str, Any]:
+        """``hostname``, ``port``, ``username``, ``password`` for ``aiomqtt.Client``."""
+        return {
+            "hostname": self.host,
+            "port": self.port,
+            "username": self.username,
+            "password": self.password,
+        }
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "mosquitto.db"
+
+    def wait_persisted(self, payload: bytes, timeout: float = 5.0) -> None:
+        """Return once the persistence file on disk holds a message with `payload`.
+
+        Mosquitto acknowledges a QoS 1 message before it saves it, even with
+        ``save_every_change`` (it saves on a later turn of its loop, to a new file it
+        then renames over the old one): a ``kill -9`` right after the PUBACK can lose
+        the message. Wait here before killing when it must survive.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if payload in self.db_path.read_bytes():
+                    return
+            except FileNotFoundError:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"mosquitto did not save {payload!r} to {self.db_path} within {timeout}s;"
+                    f" its log:\n{self.log_tail()}"
+                )
+            time.sleep(0.01)
+
+    def _write_config(self) -> None:
+        passwd = _program("mosquitto_passwd")
+        assert passwd is not None, mosquitto_missing_reason()
+        self.password_file.unlink(missing_ok=True)
+        for index, (user, password) in enumerate(self.users.items()):
+            create = ["-c"] if index == 0 else []
+            subprocess.run(
+                [passwd, "-b", *create, str(self.password_file), user, password],
+                check=True,
+                capture_output=True,
+            )
+        self.data_dir.mkdir(exist_ok=True)
+        autosave = (
+            ["autosave_on_changes true", "autosave_interval 1"] if self.save_every_change else []
+        )
+        lines = [
+            # Run as root, mosquitto switches to this user: the one running the tests
+            # keeps access to the password file and the data directory.
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+            f"listener {self.port} {self.host}",
+            "allow_anonymous false",
+            f"password_file {self.password_file}",
+            "persistence true",
+            f"persistence_location {self.data_dir}/",
+            "persistence_file mosquitto.db",
+            *autosave,
+            "set_tcp_nodelay true",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "log_timestamp_format %H:%M:%S",
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _command(self) -> list[str]:
+        binary = _program("mosquitto")
+        assert binary is not None, mosquitto_missing_reason()
+        if not self.config_path.exists():
+            self._write_config()
+        return [binary, "-c", str(self.config_path)]
+
+
+class HAProxy(_Process):
+    """HAProxy in TCP mode on 127.0.0.1 in front of `backends` (ports on 127.0.0.1).
+
+    The servers are named ``b0``, ``b1``, ... in the order of `backends`; each is
+    health-checked (a TCP connect) every second, one failed check marks it DOWN and
+    one good one UP again. A connection a server refuses is retried on another.
+    """
+
+    name = "haproxy"
+
+    def __init__(
+        self,
+        directory: Path,
+        backends: Sequence[int],
+        port: int | None = None,
+        balance: str = "roundrobin",
+    ) -> None:
+        super().__init__(directory, port)
+        if not backends:
+            raise ValueError("HAProxy needs at least one backend port")
+        self.backends = list(backends)
+        self.balance = balance
+        self.config_path = directory / "haproxy.cfg"
+        self.stats_socket = directory / "haproxy.sock"
+
+    def server_name(self, index: int) -> str:
+        return f"b{index}"
+
+    def _write_config(self) -> None:
+        servers = [
+            f"    server {self.server_name(i)} {HOST}:{port} check inter 1s fall 1 rise 1"
+            for i, port in enumerate(self.backends)
+        ]
+        lines = [
+            "global",
+            "    log stderr format raw local0 info",
+            f"    stats socket {self.stats_socket} mode 600 level admin",
+            "defaults",
+            "    mode tcp",
+            "    log global",
+            "    option tcplog",
+            "    option redispatch",
+            "    retries 2",
+            "    timeout connect 1s",
+            "    timeout check 1s",
+            "    timeout client 1h",
+            "    timeout server 1h",
+            "frontend fleet",
+            f"    bind {HOST}:{self.port}",
+            "    default_backend gateways",
+            "backend gateways",
+            f"    balance {self.balance}",
+            *servers,
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _command(self) -> list[str]:
+        binary = _program("haproxy")
+        assert binary is not None, haproxy_missing_reason()
+        self._write_config()
+        # -db: stay in the foreground, no daemon.
+        return [binary, "-db", "-f", str(self.config_path)]
+
+    def command(self, line: str) -> str:
+        """Send one command to the stats socket (admin level) and return the answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def server_states(self) -> dict[str, str]:
+        """Each server's status as HAProxy sees it: ``UP``, ``DOWN``, ``UP 1/2`` ..."""
+        lines = self.command("show stat").splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        px, sv, status = header.index("pxname"), header.index("svname"), header.index("status")
+        states = {}
+        for line in lines[1:]:
+            fields = line.split(",")
+            if len(fields) > status and fields[px] == "gateways" and fields[sv].startswith("b"):
+                states[fields[sv]] = fields[status]
+        return states
+
+    def wait_server_state(self, index: int, state: str, timeout: float = 5.0) -> None:
+        """Return once server `index` is in `state` (``UP`` or ``DOWN``)."""
+        name = self.server_name(index)
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.server_states().get(name)
+            if seen == state:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"haproxy server {name} still {seen!r}, not {state!r}, after {timeout}s;"
+                    f" its log:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+
+MakeHAProxy = Callable[[Sequence[int]], "HAProxy"]
+"""The ``make_haproxy`` fixture: backend ports -> a started HAProxy in front of them."""
+
+
+@contextmanager
+def _running(process: _Process, test_name: str | None) -> Iterator[None]:
+    try:
+        process.start()
+        yield
+    finally:
+        process.stop()
+        if test_name is not None:
+            path = process.save_log(test_name)
+            # Captured: pytest shows it when the test failed.
+            print(f"{process.name} log ({path}), last lines:\n{process.log_tail()}")
+
+
+@contextmanager
+def running_mosquitto(
+    directory: Path, test_name: str | None = None, **options: Any
+) -> Iterator[Mosquitto]:
+    """A started :class:`Mosquitto` (`options` as its constructor's), stopped on exit
+    (its log saved as `test_name`'s); skips the test when mosquitto is not installed."""
+    reason = mosquitto_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    broker = Mosquitto(directory, **options)
+    with _running(broker, test_name):
+        yield broker
+
+
+@contextmanager
+def running_haproxy(
+    directory: Path, backends: Sequence[int], test_name: str | None = None, **options: Any
+) -> Iterator[HAProxy]:
+    """A started :class:`HAProxy` in front of `backends`, stopped on exit (its log saved
+    as `test_name`'s); skips the test when haproxy is not installed."""
+    reason = haproxy_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    proxy = HAProxy(directory, backends, **options)
+    with _running(proxy, test_name):
+        yield proxy
