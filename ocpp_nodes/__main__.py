@@ -160,9 +160,19 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="scrypt: ln, log2 of N (default 14); pbkdf2: rounds (default 600000)",
     )
+    gateway_parser = commands.add_parser(
+        "gateway",
+        help="run a fleet station gateway (docs/fleet.md)",
+        description="Listens for Charging Stations as a CSMS node does and bridges them "
+        "to the fleet's MQTT 5 broker, where CSMS nodes in fleet mode serve them.",
+    )
+    gateway_parser.add_argument("--config", required=True, help="the gateway's JSON config file")
+    gateway_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     args = parser.parse_args(argv)
     if args.command == "hash-password":
         return hash_password(args.scheme, args.cost)
+    if args.command == "gateway":
+        return gateway(args.config, args.log_level)
 
     logging.basicConfig(
         stream=sys.stderr,
@@ -221,6 +231,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocpp-nodes: cannot listen on {args.socket or args.tcp}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def gateway(config_path: str, log_level: str) -> int:
+    """``ocpp-nodes gateway``: run a fleet gateway until SIGTERM; the exit status."""
+    from .fleet.gateway import ConfigError, load_config, run_gateway
+
+    logging.basicConfig(
+        stream=sys.stderr, level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"ocpp-nodes gateway: {exc}", file=sys.stderr)
+        return 2
+    schemas.use_code_cache(DiskCodeCache(default_directory()))
+    for version in VERSIONS.values():
+        version.schemas  # noqa: B018 (built before the first station connects)
+    status = 0
+
+    async def run() -> None:
+        nonlocal status
+        status = await run_gateway(config)
+
+    _run(run())
+    return status
 
 
 def hash_password(scheme: str, cost: int | None) -> int:

@@ -16,7 +16,8 @@ module.exports = function (RED) {
     const frame = createFrame(node, "CSMS", config);
     // The second tls-config holds a certificate of the other key type (RSA or
     // ECDSA): with both, the node serves all four suites of OCPP part 2.
-    for (const key of ["tls", "tls2"]) {
+    // fleet_tls: the broker's, in fleet mode (mqtts://).
+    for (const key of ["tls", "tls2", "fleet_tls"]) {
       const tls = config[key] ? tlsOptions(RED.nodes.getNode(config[key])) : undefined;
       if (tls) {
         frame[key] = tls;
@@ -35,6 +36,9 @@ module.exports = function (RED) {
       // A JSON object cbId -> password or hash (docs/security.md), kept as the
       // text the editor stores; "password": never sent back to the editor.
       basic_auths: { type: "password" },
+      // fleet mode: the broker's user and password (docs/fleet.md)
+      fleet_username: { type: "text" },
+      fleet_password: { type: "password" },
     },
   });
 };

@@ -378,6 +378,7 @@ class ShimConnection(asyncio.Protocol):
             credentials=part("credentials") or {},
             tls=part("tls"),
             tls2=part("tls2"),
+            fleet_tls=part("fleet_tls"),
             target=part("target"),
             user_dir=user_dir if isinstance(user_dir, str) and user_dir else None,
         )

@@ -114,6 +114,8 @@ class NodeSpec:
         tls: the PEM text of its ``tls-config`` node, if it names one.
         tls2: the same of a second ``tls-config`` node (a CSMS node's
             certificate of the other key type).
+        fleet_tls: the same of the ``tls-config`` node of a CSMS node's fleet
+            broker (``mqtts://``).
         target: the ``target-csms`` config node a CS node names (``url``, ``name``).
         user_dir: Node-RED's user directory (where a CS node keeps its offline queue).
     """
@@ -123,6 +125,7 @@ class NodeSpec:
     credentials: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] | None = None
     tls2: dict[str, Any] | None = None
+    fleet_tls: dict[str, Any] | None = None
     target: dict[str, Any] | None = None
     user_dir: str | None = None
 

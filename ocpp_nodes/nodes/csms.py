@@ -17,6 +17,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from ..fleet.remote import FleetOptions, FleetServer, fleet_options
 from ..rpc import V201, CallReceived, ErrorCode, OcppVersion, Role
 from ..rpc.registration import BOOT_ACTION, Registration, RegistrationStatus
 from ..transport import AuthDecision, ServerOptions, StationLink, StationServer
@@ -152,7 +153,25 @@ class CsmsNode(OcppNode):
         self.replace_duplicates = config.get("duplicate_cbid", "newest") != "reject"
         # Off when absent, so flows imported from older exports see no new messages.
         self.connection_events = bool(config.get("connection_events", False))
-        self.server: StationServer | None = None
+        # Fleet mode (docs/fleet.md): gateways hold the stations' sockets, this node
+        # serves them through the broker instead of listening.
+        self.fleet: FleetOptions | None = None
+        self.fleet_problem: str | None = None
+        #: what identifies the fleet connection (a redeploy keeps it when unchanged)
+        self.fleet_identity = (
+            config.get("mode") == "fleet",
+            config.get("fleet_broker"),
+            config.get("fleet_group"),
+            spec.credentials.get("fleet_username"),
+            spec.credentials.get("fleet_password"),
+            spec.fleet_tls,
+        )
+        if config.get("mode") == "fleet":
+            try:
+                self.fleet = fleet_options(config, spec.credentials, spec.fleet_tls)
+            except ValueError as exc:
+                self.fleet_problem = str(exc)
+        self.server: StationServer | FleetServer | None = None
         # tries a busy port again until it is free (or the node stops)
         self._bind_retry: asyncio.Task[None] | None = None
         self._refusals = RefusalLog(host)
@@ -168,7 +187,7 @@ class CsmsNode(OcppNode):
         self._refusals_told: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
-        if self.port_problem:
+        if self.port_problem and self.fleet is None and self.fleet_problem is None:
             self.host.status("red", "ring", "bad port")
             self.host.log("error", self.port_problem)
             return
@@ -201,6 +220,12 @@ class CsmsNode(OcppNode):
             self.host.status("red", "ring", "bad CS Auth list")
             self.host.log("error", f"{self.auth_problem}; not listening")
             return False
+        if self.fleet_problem is not None:
+            self.host.status("red", "ring", "fleet config error")
+            self.host.log("error", self.fleet_problem)
+            return False
+        if self.fleet is not None:
+            return await self._join_fleet(self.fleet)
         try:
             if self.versions_problem:
                 raise ValueError(self.versions_problem)
@@ -218,6 +243,33 @@ class CsmsNode(OcppNode):
         self.server = server
         self._show_connection_count()
         return True
+
+    async def _join_fleet(self, fleet: FleetOptions) -> bool:
+        if self.versions_problem:
+            self.host.status("red", "ring", "config error")
+            self.host.log("error", self.versions_problem)
+            return False
+        server = self.transports.fleet(self.server_options(None), self, fleet, self._broker_state)
+        server.publish_auth(self.auth_list)
+        await server.start()
+        self.server = server
+        self._show_connection_count()
+        return True
+
+    def _broker_state(self, connected: bool, problem: str) -> None:
+        """The fleet's broker connection came (``connected``) or went (``problem``)."""
+        if connected:
+            self.host.log(
+                "info", f"fleet {self.fleet.group if self.fleet else ''}: broker connected"
+            )
+        else:
+            self.host.log("warn", f"fleet: {problem}; trying again")
+        self._show_connection_count()
+
+    def _auth_list_changed(self) -> None:
+        """A flow changed the CS Auth list: in fleet mode the gateways learn it."""
+        if isinstance(self.server, FleetServer):
+            self.server.publish_auth(self.auth_list)
 
     def server_options(self, ssl_context: ssl.SSLContext | None) -> ServerOptions:
         """Where and how this node's server listens (also for one it takes over)."""
@@ -277,6 +329,13 @@ class CsmsNode(OcppNode):
     def _show_connection_count(self) -> None:
         if self.server is None:
             self.host.status("grey", "ring", "not listening")
+            return
+        if isinstance(self.server, FleetServer) and not self.server.connected:
+            broker = self.server.broker
+            if broker is not None and broker.problem.startswith("lost"):
+                self.host.status("red", "ring", "broker lost, reconnecting")
+            else:
+                self.host.status("yellow", "ring", "connecting to broker")
             return
         text = f"{len(self.stations)} connected"
         counts = Counter(
@@ -477,6 +536,7 @@ class CsmsNode(OcppNode):
             except ValueError as exc:
                 raise InputError(f"set_auth_list: {exc}; the list was not changed") from None
             self.auth_problem = None  # ws_open listens again
+            self._auth_list_changed()
         elif command in ("get_auth_cs", "get_auth_user"):
             self._check_auth_list_readable(command)
             name = self._station_name(settings)
@@ -495,6 +555,7 @@ class CsmsNode(OcppNode):
                 self.auth_list = self.auth_list.with_entry(name, password)
             except ValueError as exc:
                 raise InputError(str(exc)) from None
+            self._auth_list_changed()
         elif command == "ws_close":
             self.tasks.start(self._ws_close(seq, settings))
             return False

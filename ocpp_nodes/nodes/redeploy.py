@@ -34,6 +34,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
+from ..fleet.remote import FleetServer
 from ..rpc.registration import RegistrationStatus
 from ..transport import AuthDecision, StationLink
 from ..transport.csms_server import route_for
@@ -165,6 +166,8 @@ def conflicts(parked: OcppNode, node: OcppNode) -> bool:
         isinstance(parked, CsmsNode)
         and isinstance(node, CsmsNode)
         and parked.server is not None
+        and parked.fleet is None
+        and node.fleet is None
         and node.port == parked.port
     )
 
@@ -191,6 +194,8 @@ def _csms_obstacle(new: CsmsNode, old: CsmsNode) -> tuple[str | None, Any]:
     """Why ``new`` cannot keep ``old``'s stations (``None``: it can), and its TLS context."""
     if old.server is None:
         return "the node was not listening", None
+    if new.fleet is not None or old.fleet is not None or new.fleet_problem:
+        return _fleet_obstacle(new, old), None
     if new.port_problem or new.port != old.port:
         return f"the port changed from {old.port} to {new.config.get('port')}", None
     if route_for(new.path) != route_for(old.path):
@@ -215,10 +220,27 @@ def _csms_obstacle(new: CsmsNode, old: CsmsNode) -> tuple[str | None, Any]:
     return None, ssl_context
 
 
+def _fleet_obstacle(new: CsmsNode, old: CsmsNode) -> str | None:
+    """Why ``new`` cannot go on with ``old``'s fleet connection, or ``None``."""
+    if new.fleet_problem:
+        return new.fleet_problem
+    if (new.fleet is None) != (old.fleet is None):
+        return "the node switched between direct and fleet mode"
+    if new.fleet_identity != old.fleet_identity:
+        return "the fleet's broker, group or broker credentials changed"
+    if new.versions_problem:
+        return new.versions_problem
+    if new.auth_problem:
+        return new.auth_problem
+    return None
+
+
 async def _no_longer_admitted(
     new: CsmsNode, old: CsmsNode, link: StationLink, credentials: Any, client_cn: Any
 ) -> str | None:
     """Why a connected station must go under ``new``'s settings, or ``None``."""
+    if new.fleet is not None:
+        return None  # its gateway admitted it, against the list published below
     if link.version not in new.versions:
         return f"OCPP {link.version.name} is no longer accepted"
     if new.security_profile == 3:
@@ -256,6 +278,10 @@ async def _take_over_csms(new: CsmsNode, old: CsmsNode) -> bool:
     new._refusals_told = old._refusals_told
     new._orphans = old._orphans
     server.update(new.server_options(ssl_context), new)
+    if isinstance(server, FleetServer):
+        new.fleet = old.fleet  # the same instance: its answers topic stays
+        server.on_broker = new._broker_state
+        server.publish_auth(new.auth_list)
     old._refusals.report()
     held = old.host
     if isinstance(held, HeldHost):

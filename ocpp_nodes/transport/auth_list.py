@@ -116,7 +116,8 @@ VERIFIER = Verifier()
 
 
 class AuthList:
-    """cbId -> entry (a plain password or a parsed hash); replaced, never changed, on edits.
+    """cbId -> entry (a plain password or a parsed hash); a node's list is replaced,
+    never changed, on edits (a gateway's: :meth:`put`, :meth:`remove`).
 
     Use :meth:`parse` to make one.
     """
@@ -167,6 +168,20 @@ class AuthList:
         entries = dict(self._entries)
         entries[cb_id] = self._entry(cb_id, value, self)
         return AuthList(entries, self._verifier)
+
+    # A fleet gateway's list is fed entry by entry from the broker, so it is
+    # changed in place; a change forgets what was remembered of that cbId.
+
+    def put(self, cb_id: str, entry: str | PasswordHash) -> None:
+        """Add or change one entry in place."""
+        if self._entries.get(cb_id) != entry:
+            self._entries[cb_id] = entry
+            self._remembered.pop(cb_id, None)
+
+    def remove(self, cb_id: str) -> None:
+        """Remove one entry in place (nothing when absent)."""
+        self._entries.pop(cb_id, None)
+        self._remembered.pop(cb_id, None)
 
     def __contains__(self, cb_id: object) -> bool:
         return cb_id in self._entries

@@ -1,0 +1,391 @@
+"""One MQTT 5 connection to the fleet's broker, kept up: paho-mqtt on the event loop.
+
+paho-mqtt (2.x) speaks MQTT; this module only drives its socket from the
+asyncio loop, as paho's own asyncio example does (a reader and a writer on
+the socket, ``loop_misc`` once a second for keep-alive), and reconnects after
+a loss with a back-off of 1, 2, 4 ... 30 s. paho's ``connect`` opens the TCP
+(and TLS) connection blocking, so it runs in a thread; everything else runs
+on the loop, and paho's callbacks are called there.
+
+:meth:`Broker.publish` is not a coroutine: it hands the message to paho and
+returns whether it could (``False`` while there is no connection: nothing is
+queued for later). Fleet code answers a station or a flow at once instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .topics import QOS
+
+__all__ = ["Broker", "BrokerOptions", "BrokerUnreachable", "broker_address", "publish_properties"]
+
+log = logging.getLogger(__name__)
+
+#: waits between connection attempts, then the last one again
+RECONNECT_WAITS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+#: topics per SUBSCRIBE packet when many are (re)subscribed at once
+SUBSCRIBE_BATCH = 200
+
+
+class BrokerUnreachable(Exception):
+    """There is no connection to the broker now."""
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of ``mqtt://host[:1883]`` or ``mqtts://host[:8883]``.
+
+    Raises ``ValueError`` saying what is wrong (never quoting a password in the URL).
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(
+            f"broker URL must start with mqtt:// or mqtts://, not {parts.scheme or 'nothing'}"
+        )
+    if parts.username or parts.password:
+        raise ValueError("put the broker's user and password in the credentials, not the URL")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError("the broker URL's port is not a number") from None
+    if not parts.hostname:
+        raise ValueError("the broker URL names no host")
+    return parts.hostname, port, tls
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """How to reach the broker. ``password`` never appears in ``repr``.
+
+    ``session_expiry``: seconds the broker keeps our subscriptions and queued
+    QoS 1 messages after we are gone (0: a clean session each time).
+    ``will``: ``(topic, payload)`` the broker publishes (retained) when we
+    vanish without a DISCONNECT.
+    """
+
+    url: str
+    client_id: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: ssl.SSLContext | None = None
+    session_expiry: int = 0
+    keepalive: int = 30
+    will: tuple[str, bytes] | None = None
+
+
+def publish_properties(
+    *,
+    response_topic: str | None = None,
+    correlation: str | None = None,
+    expiry: float | None = None,
+    user: Iterable[tuple[str, str]] = (),
+) -> Properties:
+    """MQTT 5 PUBLISH properties."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if response_topic is not None:
+        properties.ResponseTopic = response_topic
+    if correlation is not None:
+        properties.CorrelationData = correlation.encode()
+    if expiry is not None:
+        properties.MessageExpiryInterval = max(1, int(expiry + 0.999))
+    user = list(user)
+    if user:
+        properties.UserProperty = user
+    return properties
+
+
+class Broker:
+    """A connection to the broker that comes back by itself.
+
+    Args:
+        options: where and who.
+        on_message: called on the loop with each paho ``MQTTMessage``.
+        on_connected: called on the loop after each CONNACK, with whether the
+            broker still had our session; subscribe here.
+        on_lost: called on the loop when a connection ends, with why.
+    """
+
+    def __init__(
+        self,
+        options: BrokerOptions,
+        on_message: Callable[[mqtt.MQTTMessage], None],
+        on_connected: Callable[[bool], None] = lambda session_present: None,
+        on_lost: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.options = options
+        self.host, self.port, self._tls = broker_address(options.url)
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._on_lost = on_lost
+        self.connected = False
+        #: why the last attempt or connection failed ("" while connected)
+        self.problem = "not connected yet"
+        self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
+        self._socket: Any = None
+        self._misc: asyncio.TimerHandle | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._up = asyncio.Event()
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._stopping = False
+
+    def _make_client(self) -> mqtt.Client:
+        options = self.options
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=options.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        if options.username is not None:
+            client.username_pw_set(options.username, options.password)
+        if self._tls:
+            client.tls_set_context(options.tls or ssl.create_default_context())
+        elif options.tls is not None:
+            raise ValueError("a TLS configuration needs an mqtts:// broker URL")
+        if options.will is not None:
+            topic, payload = options.will
+            client.will_set(topic, payload, qos=QOS, retain=True)
+        client.on_connect = self._connected
+        client.on_disconnect = self._disconnected
+        client.on_message = self._message
+        client.on_subscribe = self._acked
+        client.on_unsubscribe = self._acked
+        client.on_socket_close = self._socket_closed
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._written
+        # paho's own log lines go to the logging module (never with a password)
+        client.enable_logger(log)
+        return client
+
+    # -- life ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, and keep connecting after every loss, until :meth:`stop`."""
+        if self._runner is None:
+            self._runner = asyncio.ensure_future(self._run())
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """True once connected; False when ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (the broker does not publish our will) and stop."""
+        self._stopping = True
+        if self.connected:
+            self._client.disconnect()
+            self._flush_writes()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait([runner])
+        self._close_socket()
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(BrokerUnreachable("the broker connection was stopped"))
+        self._acks.clear()
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._lost.clear()
+            try:
+                await self._connect()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self.problem = f"cannot reach the broker at {self.options.url}: {exc}"
+            else:
+                await self._lost.wait()
+                if self.connected or self._up.is_set():
+                    failures = 0
+            if self._stopping:
+                return
+            wait = RECONNECT_WAITS[min(failures, len(RECONNECT_WAITS) - 1)]
+            failures += 1
+            log.info("%s; trying again in %g s", self.problem, wait)
+            await asyncio.sleep(wait)
+
+    async def _connect(self) -> None:
+        options = self.options
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = options.session_expiry
+        client = self._client
+        # Opens TCP (and TLS) and writes CONNECT; blocking, so in a thread. The
+        # socket's callbacks are bound on the loop afterwards.
+        await self._loop.run_in_executor(
+            None,
+            lambda: client.connect(
+                self.host,
+                self.port,
+                options.keepalive,
+                clean_start=options.session_expiry == 0,
+                properties=properties,
+            ),
+        )
+        self._socket = client.socket()
+        if self._socket is None:
+            raise OSError("paho opened no socket")
+        self._loop.add_reader(self._socket, self._readable)
+        if client.want_write():
+            self._loop.add_writer(self._socket, self._writable)
+        self._misc = self._loop.call_later(1.0, self._keep_alive)
+
+    def _close_socket(self) -> None:
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._socket)
+                self._loop.remove_writer(self._socket)
+            self._socket = None
+
+    # -- paho's socket, driven by the loop -------------------------------------
+
+    def _readable(self) -> None:
+        client = self._client
+        client.loop_read()
+        socket = self._socket
+        # TLS may hold decrypted bytes the file descriptor no longer signals
+        while isinstance(socket, ssl.SSLSocket) and socket is self._socket and socket.pending():
+            client.loop_read()
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    def _flush_writes(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.loop_write()
+
+    def _want_write(self, client: Any, userdata: Any, socket: Any) -> None:
+        if socket is self._socket and socket is not None:
+            self._loop.add_writer(socket, self._writable)
+
+    def _written(self, client: Any, userdata: Any, socket: Any) -> None:
+        if socket is self._socket and socket is not None:
+            self._loop.remove_writer(socket)
+
+    def _keep_alive(self) -> None:
+        self._misc = None
+        if self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and self._socket is not None:
+            self._misc = self._loop.call_later(1.0, self._keep_alive)
+
+    def _socket_closed(self, client: Any, userdata: Any, socket: Any) -> None:
+        if self.connected:
+            self.problem = f"lost the connection to the broker at {self.options.url}"
+        self._close_socket()
+        self._went(self.problem)
+
+    # -- paho's callbacks --------------------------------------------------------
+
+    def _connected(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self.problem = f"the broker at {self.options.url} refused the connection: {reason}"
+            return  # paho closes the socket: _socket_closed
+        self.connected = True
+        self.problem = ""
+        self._up.set()
+        try:
+            self._on_connected(bool(flags.session_present))
+        except Exception:
+            log.exception("handling the broker connection failed")
+
+    def _disconnected(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if self.connected or self.problem.startswith("lost"):
+            self.problem = f"lost the connection to the broker at {self.options.url}: {reason}"
+        self._went(self.problem)
+
+    def _went(self, reason: str) -> None:
+        was_connected = self.connected
+        self.connected = False
+        self._up.clear()
+        self._lost.set()
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(BrokerUnreachable(reason))
+        self._acks.clear()
+        if was_connected and not self._stopping:
+            try:
+                self._on_lost(reason)
+            except Exception:
+                log.exception("handling the broker's loss failed")
+
+    def _message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_message(message)
+        except Exception:  # one bad message must not end the connection
+            log.exception("handling a message on %s failed", message.topic)
+
+    def _acked(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        future = self._acks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reasons)
+
+    # -- publish and subscribe ---------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> bool:
+        """Hand a QoS 1 message to paho; False (nothing sent, nothing kept) when offline."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    async def subscribe(self, topics: Iterable[str], *, no_local: bool = False) -> None:
+        """Subscribe (QoS 1) and wait for the broker's SUBACKs.
+
+        Raises:
+            BrokerUnreachable: not connected, or lost before the acknowledgement.
+        """
+        options = SubscribeOptions(qos=QOS, noLocal=no_local)
+        await self._batched([(topic, options) for topic in topics], self._client.subscribe)
+
+    async def unsubscribe(self, topics: Iterable[str]) -> None:
+        """Unsubscribe and wait for the UNSUBACKs (raises :class:`BrokerUnreachable`)."""
+        await self._batched(list(topics), self._client.unsubscribe)
+
+    async def _batched(
+        self, items: list[Any], send: Callable[[Any], tuple[int, int | None]]
+    ) -> None:
+        waits = []
+        for start in range(0, len(items), SUBSCRIBE_BATCH):
+            if not self.connected:
+                raise BrokerUnreachable(self.problem or "not connected to the broker")
+            rc, mid = send(items[start : start + SUBSCRIBE_BATCH])
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                raise BrokerUnreachable(
+                    f"the broker connection refused it: {mqtt.error_string(rc)}"
+                )
+            future = self._loop.create_future()
+            self._acks[mid] = future
+            waits.append(future)
+        for future in waits:
+            await future

@@ -1,0 +1,685 @@
+"""``ocpp-nodes gateway``: stations' websockets on one side, the fleet's broker on the other.
+
+A gateway listens for stations as a CSMS node does (the same server: port,
+path, versions, TLS, limits before TLS and HTTP, Basic auth), runs each
+station's OCPP-J connection (so malformed frames are answered next to the
+station, and a station gets one CALL of the CSMS at a time, whichever
+Node-RED instance sent it), and bridges what is valid to the broker
+(:mod:`ocpp_nodes.fleet.topics`).
+
+Theory of operation:
+
+1. Logins are checked against the salted hashes the CSMS nodes publish on
+   ``auth/<cbId>``; no password leaves the gateway. Until the broker has
+   been reached, and while it is unreachable, a station is answered HTTP 503
+   (it retries with its back-off): it could not reach a CSMS anyway.
+2. An admitted station: the gateway subscribes to ``station/<cbId>/down``
+   and publishes its online presence before reading any frame from it.
+3. A station's CALL goes to ``station/<cbId>/up``. It is answered by what
+   comes back on ``down``; if nothing comes within the answer timeout, or
+   the broker connection is lost meanwhile, or it cannot be published, the
+   gateway answers it with a CALLERROR ``InternalError`` at once, which a
+   station retries transaction messages on (E13). Nothing is dropped
+   silently.
+4. A CALL from ``down`` goes to the station when its previous CALL is
+   answered (one at a time, part 4); the station's answer goes to the CALL's
+   response topic. The broker drops a CALL that waited longer than its
+   expiry (the sender's call timeout).
+5. Presence: the last record on ``presence/<cbId>`` wins. A gateway that
+   sees, after its own record came back to it, a newer online record of
+   another connection for a station it holds, closes its socket ("replaced
+   by a newer connection", as a CSMS node does); an offline record of
+   another connection that overwrote its own is answered by publishing its
+   own again. A gateway's will marks it offline; every gateway then marks
+   the stations that gateway held offline, unless they are online elsewhere.
+   With ``duplicate_cbid: "reject"``, a station online anywhere is refused
+   409.
+6. After a reconnect the gateway subscribes and publishes its stations'
+   presence again (the broker may have lost them). Its session is kept by
+   the broker (``session_expiry``), so what was published to it meanwhile is
+   delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import MQTTMessage
+
+from ..rpc import (
+    VERSIONS,
+    CallReceived,
+    ErrorCode,
+    ErrorReceived,
+    Event,
+    OcppVersion,
+    OutgoingError,
+    RequestExpired,
+    ResultInvalid,
+    ResultReceived,
+    SendReceived,
+)
+from ..rpc.frames import Call, CallError, CallResult, Send, error_description, serialize
+from ..transport.auth_list import AuthList, VerifierBusy
+from ..transport.csms_server import AuthDecision, CsmsServer, ServerOptions
+from ..transport.link import LinkOptions, StationLink
+from ..transport.passwords import HashFormatError, parse_hash
+from ..transport.tls import TlsMaterial, server_context
+from . import topics as fleet
+from .broker import Broker, BrokerOptions, publish_properties
+from .topics import Presence, Topics, group_problem
+
+__all__ = ["Gateway", "GatewayConfig", "load_config", "run_gateway"]
+
+log = logging.getLogger(__name__)
+
+#: what the broker keeps for a gateway that is gone (its subscriptions and
+#: the messages for its stations), unless the config says otherwise
+DEFAULT_SESSION_EXPIRY = 300
+
+
+class ConfigError(ValueError):
+    """The gateway's config file is wrong; the text says where."""
+
+
+@dataclass
+class GatewayConfig:
+    """The gateway's settings (docs/fleet.md, "The gateway's config file")."""
+
+    id: str
+    group: str
+    broker: BrokerOptions
+    server: ServerOptions
+    security_profile: int = 1
+    reject_duplicates: bool = False
+    answer_timeout: float = 30.0
+
+
+def _read_text(base: Path, value: Any, what: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a file name")
+    path = base / value
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+
+
+def _number(section: dict[str, Any], key: str, default: float, what: str) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{what}.{key} must be a number of at least 0")
+    return float(value)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and check a gateway config file (JSON); raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    base = path.parent
+    gateway_id = str(data.get("id") or socket.gethostname())
+    if not fleet.GROUP_PATTERN.fullmatch(gateway_id):
+        raise ConfigError(f"id {gateway_id!r} must be 1-64 letters, digits, '_', '-' or '.'")
+    group = data.get("group", "default")
+    problem = group_problem(group)
+    if problem is not None:
+        raise ConfigError(problem)
+
+    broker = data.get("broker")
+    if not isinstance(broker, dict) or not broker.get("url"):
+        raise ConfigError('"broker" must be an object with at least "url"')
+    password = broker.get("password")
+    if broker.get("password_file"):
+        password = (_read_text(base, broker["password_file"], "broker.password_file") or "").strip()
+    elif os.environ.get("OCPP_GATEWAY_BROKER_PASSWORD"):
+        password = os.environ["OCPP_GATEWAY_BROKER_PASSWORD"]
+    broker_tls = None
+    ca = _read_text(base, broker.get("ca"), "broker.ca")
+    cert = _read_text(base, broker.get("cert"), "broker.cert")
+    key = _read_text(base, broker.get("key"), "broker.key")
+    if ca or cert:
+        from ..transport.tls import client_context
+
+        broker_tls = client_context(TlsMaterial(cert=cert, key=key, ca=ca))
+    topics = Topics(group)
+    broker_options = BrokerOptions(
+        url=str(broker["url"]),
+        client_id=f"ocpp-gateway-{group}-{gateway_id}",
+        username=broker.get("username"),
+        password=password,
+        tls=broker_tls,
+        session_expiry=int(_number(broker, "session_expiry", DEFAULT_SESSION_EXPIRY, "broker")),
+        keepalive=int(_number(broker, "keepalive", 30, "broker")) or 30,
+        will=(topics.gateway(gateway_id), json.dumps({"online": False}).encode()),
+    )
+    try:
+        from .broker import broker_address
+
+        broker_address(broker_options.url)
+    except ValueError as exc:
+        raise ConfigError(f"broker.url: {exc}") from None
+
+    listen = data.get("listen", {})
+    if not isinstance(listen, dict) or not isinstance(listen.get("port"), int):
+        raise ConfigError('"listen" must be an object with "port" (and "host", "path")')
+    names = data.get("versions", ["2.0.1", "1.6", "2.1"])
+    versions: list[OcppVersion] = []
+    for name in names if isinstance(names, list) else [names]:
+        version = VERSIONS.get(str(name).removeprefix("ocpp"))
+        if version is None:
+            raise ConfigError(f"versions: {name!r} is not one of {', '.join(VERSIONS)}")
+        versions.append(version)
+    if not versions:
+        raise ConfigError("versions must name at least one OCPP version")
+    profile = data.get("security_profile", 1)
+    if profile not in (1, 2, 3):
+        raise ConfigError("security_profile must be 1, 2 or 3")
+    tls = data.get("tls") or {}
+    ssl_context = None
+    if tls:
+        material = TlsMaterial(
+            cert=_read_text(base, tls.get("cert"), "tls.cert"),
+            key=_read_text(base, tls.get("key"), "tls.key"),
+            ca=_read_text(base, tls.get("ca"), "tls.ca"),
+        )
+        try:
+            ssl_context = server_context(material, require_client_certificate=profile == 3)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"tls: the certificate or key does not load: {exc}") from None
+    if profile >= 2 and ssl_context is None:
+        raise ConfigError(f'security_profile {profile} needs "tls" with cert and key')
+    limits = data.get("limits", {})
+    timeouts = data.get("timeouts", {})
+    duplicate = data.get("duplicate_cbid", "newest")
+    if duplicate not in ("newest", "reject"):
+        raise ConfigError('duplicate_cbid must be "newest" or "reject"')
+    answer_timeout = _number(timeouts, "answer", 30, "timeouts")
+    link = LinkOptions(
+        call_timeout=_number(timeouts, "call", 30, "timeouts"),
+        # the gateway's own deadline (rule 3) ends a wait; the core's must not first
+        answer_timeout=answer_timeout + 3600,
+        max_frame_size=int(_number(limits, "max_frame_size", 1024 * 1024, "limits")),
+    )
+    server = ServerOptions(
+        host=listen.get("host") or None,
+        port=listen["port"],
+        path=str(listen.get("path", "")),
+        versions=versions,
+        own_order=data.get("version_preference") == "gateway",
+        link=link,
+        ping_interval=_number(timeouts, "ping_interval", 30, "timeouts"),
+        ssl_context=ssl_context,
+        max_connections=int(_number(limits, "max_connections", 25_000, "limits")),
+        handshakes_per_second=_number(limits, "handshakes_per_second", 500, "limits"),
+        handshakes_per_address=_number(limits, "handshakes_per_address", 20, "limits"),
+        upgrade_timeout=_number(limits, "upgrade_timeout", 10, "limits"),
+    )
+    return GatewayConfig(
+        id=gateway_id,
+        group=group,
+        broker=broker_options,
+        server=server,
+        security_profile=profile,
+        reject_duplicates=duplicate == "reject",
+        answer_timeout=answer_timeout,
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class Held:
+    """A station connected to this gateway."""
+
+    def __init__(self, link: StationLink, connection: str) -> None:
+        self.link = link
+        self.connection = connection
+        self.presence = Presence(
+            online=True,
+            gateway="",
+            connection=connection,
+            since=_now(),
+            version=link.version.subprotocol,
+            remote=link.remote,
+        )
+        #: our presence record came back from the broker (rule 5)
+        self.echoed = False
+        #: the CSMS's CALLs on the wire or queued: MessageId -> the response topic
+        self.calls: dict[str, str] = {}
+        #: the station's CALLs forwarded, waiting for the CSMS: MessageId -> deadline timer
+        self.forwarded: dict[str, asyncio.TimerHandle] = {}
+
+
+class Gateway:
+    """One gateway (theory: the module's doc)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.topics = Topics(config.group)
+        self.broker = Broker(config.broker, self._message, self._broker_up, self._broker_lost)
+        self.server = CsmsServer(config.server, self)
+        self.auth = AuthList({})
+        self.auth_received = False
+        self.held: dict[str, Held] = {}
+        #: the last presence record of every station of the fleet
+        self.presence: dict[str, Presence] = {}
+        self.gateways_gone: set[str] = set()
+        self.refusals: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # -- life -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the broker and listen for stations (``OSError``: the port)."""
+        self.broker.start()
+        await self.server.start()
+        log.info(
+            "gateway %s of fleet %r: listening on port %d, broker %s",
+            self.config.id,
+            self.config.group,
+            self.config.server.port,
+            self.config.broker.url,
+        )
+
+    async def stop(self) -> None:
+        """Close every station (their presence goes offline), say so, disconnect."""
+        await self.server.stop()
+        if self.broker.connected:
+            self.broker.publish(
+                self.topics.gateway(self.config.id),
+                json.dumps({"online": False, "since": _now()}),
+                retain=True,
+            )
+        for task in list(self._tasks):
+            task.cancel()
+        await self.broker.stop()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the broker -------------------------------------------------------------------
+
+    def _broker_up(self, session_present: bool) -> None:
+        self._spawn(self._resume(session_present))
+
+    async def _resume(self, session_present: bool) -> None:
+        topics = self.topics
+        broker = self.broker
+        try:
+            await broker.subscribe([topics.all_auth, topics.all_gateways, topics.all_presence])
+            if not session_present:
+                await broker.subscribe(topics.down(cb_id) for cb_id in list(self.held))
+        except Exception as exc:
+            log.info("subscribing failed: %s", exc)
+            return
+        broker.publish(
+            topics.gateway(self.config.id),
+            json.dumps({"online": True, "since": _now()}),
+            retain=True,
+        )
+        for cb_id, held in self.held.items():
+            self._publish_presence(cb_id, held)
+        self.auth_received = True
+
+    def _broker_lost(self, reason: str) -> None:
+        log.warning(
+            "%s; stations stay connected, their requests are answered InternalError", reason
+        )
+        for held in list(self.held.values()):
+            for message_id in list(held.forwarded):
+                self._unanswerable(held, message_id, "the CSMS is unreachable (broker lost)")
+
+    def _message(self, message: MQTTMessage) -> None:
+        parsed = self.topics.parse(message.topic)
+        if parsed is None:
+            return
+        kind, name = parsed
+        if kind == "down":
+            self._down(name, message)
+        elif kind == "presence":
+            self._presence(name, Presence.from_json(message.payload))
+        elif kind == "auth":
+            self._auth(name, message.payload)
+        elif kind == "gateway":
+            self._gateway(name, message.payload)
+
+    def _auth(self, cb_id: str, payload: bytes) -> None:
+        if not payload:
+            self.auth.remove(cb_id)
+            return
+        try:
+            self.auth.put(cb_id, parse_hash(payload.decode()))
+        except (HashFormatError, UnicodeDecodeError) as exc:
+            log.warning("auth entry of %s on the broker is not a hash we can check: %s", cb_id, exc)
+            self.auth.remove(cb_id)
+
+    def _gateway(self, gateway_id: str, payload: bytes) -> None:
+        try:
+            online = bool(json.loads(payload).get("online")) if payload else False
+        except (ValueError, AttributeError):
+            return
+        if online:
+            self.gateways_gone.discard(gateway_id)
+            return
+        if gateway_id == self.config.id:
+            return  # our own will from before a restart, or our stop
+        self.gateways_gone.add(gateway_id)
+        for cb_id, presence in list(self.presence.items()):
+            if presence.online and presence.gateway == gateway_id and cb_id not in self.held:
+                self._mark_offline(cb_id, presence, f"its gateway {gateway_id} is gone")
+
+    def _mark_offline(self, cb_id: str, presence: Presence, reason: str) -> None:
+        record = Presence(
+            online=False,
+            gateway=presence.gateway,
+            connection=presence.connection,
+            since=_now(),
+            reason=reason,
+        )
+        self.presence[cb_id] = record
+        self.broker.publish(self.topics.presence(cb_id), record.to_json(), retain=True)
+
+    def _presence(self, cb_id: str, presence: Presence | None) -> None:
+        if presence is None:
+            return
+        self.presence[cb_id] = presence
+        held = self.held.get(cb_id)
+        if held is None:
+            if presence.online and presence.gateway == self.config.id:
+                # a connection of ours from before a restart
+                self._mark_offline(cb_id, presence, f"gateway {self.config.id} restarted")
+            return
+        if presence.connection == held.connection:
+            if presence.online:
+                held.echoed = True
+            return
+        if not held.echoed:
+            return  # older than our record: the broker orders each topic
+        if presence.online:
+            self._spawn(held.link.close(1000, "replaced by a newer connection"))
+        else:  # someone marked an older connection offline over ours
+            held.echoed = False
+            self._publish_presence(cb_id, held)
+
+    # -- stations (the StationListener) --------------------------------------------------
+
+    async def authenticate(
+        self, cb_id: str, credentials: tuple[str, str] | None, client_cn: str | None
+    ) -> AuthDecision:
+        if not self.broker.connected or not self.auth_received:
+            return AuthDecision.BUSY  # 503: the CSMS cannot be reached now (rule 1)
+        if self.config.security_profile == 3:
+            if client_cn != cb_id:
+                return AuthDecision.WRONG_CERTIFICATE
+        else:
+            if cb_id not in self.auth:
+                return AuthDecision.UNKNOWN_IDENTITY
+            if credentials is None or credentials[0] != cb_id:
+                return AuthDecision.BAD_CREDENTIALS
+            try:
+                if not await self.auth.check(cb_id, credentials[1]):
+                    return AuthDecision.BAD_CREDENTIALS
+            except VerifierBusy:
+                return AuthDecision.BUSY
+        if self.config.reject_duplicates:
+            presence = self.presence.get(cb_id)
+            if cb_id in self.held or (
+                presence is not None
+                and presence.online
+                and presence.gateway not in self.gateways_gone
+            ):
+                return AuthDecision.ALREADY_CONNECTED
+        return AuthDecision.ACCEPT
+
+    def refused(self, status: int, remote: str, cb_id: str | None = None) -> None:
+        self.refusals[str(status)] = self.refusals.get(str(status), 0) + 1
+        log.debug("refused %s from %s: %s", cb_id, remote, status)
+
+    def dropped(self, reason: str, remote: str) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        log.debug("dropped a connection from %s: %s", remote, reason)
+
+    async def link_opened(self, link: StationLink) -> None:
+        cb_id = link.cb_id
+        previous = self.held.get(cb_id)
+        held = Held(link, secrets.token_hex(8))
+        held.presence = Presence(
+            online=True,
+            gateway=self.config.id,
+            connection=held.connection,
+            since=held.presence.since,
+            version=link.version.subprotocol,
+            remote=link.remote,
+        )
+        self.held[cb_id] = held
+        if previous is not None:  # the newest connection of an identity wins
+            self._spawn(previous.link.close(1000, "replaced by a newer connection"))
+        else:
+            try:
+                await self.broker.subscribe([self.topics.down(cb_id)])
+            except Exception as exc:
+                log.info("%s: cannot subscribe to its messages: %s", cb_id, exc)
+                # its CALLs are answered InternalError until the broker is back (rule 3)
+        self._publish_presence(cb_id, held)
+        log.debug("%s connected (%s, %s)", cb_id, link.version.name, held.connection)
+
+    def _publish_presence(self, cb_id: str, held: Held) -> None:
+        self.presence[cb_id] = held.presence
+        self.broker.publish(self.topics.presence(cb_id), held.presence.to_json(), retain=True)
+
+    def link_closed(self, link: StationLink, reason: str | None) -> None:
+        cb_id = link.cb_id
+        held = self.held.get(cb_id)
+        if held is None or held.link is not link:
+            return  # replaced: the newer connection holds the station
+        del self.held[cb_id]
+        for timer in held.forwarded.values():
+            timer.cancel()
+        latest = self.presence.get(cb_id)
+        if latest is None or latest.connection == held.connection:
+            self._mark_offline(cb_id, held.presence, reason or "gateway stopping")
+        if self.broker.connected:
+            self._spawn(self._unsubscribe(cb_id))
+        log.debug("%s disconnected: %s", cb_id, reason)
+
+    async def _unsubscribe(self, cb_id: str) -> None:
+        if cb_id in self.held:
+            return  # back meanwhile
+        try:
+            await self.broker.unsubscribe([self.topics.down(cb_id)])
+        except Exception as exc:
+            log.debug("%s: unsubscribe failed: %s", cb_id, exc)
+
+    def link_frame(self, link: StationLink, text: str, from_peer: bool) -> None:
+        pass  # frames are not logged by a gateway
+
+    def link_events(self, link: StationLink, events: list[Event]) -> None:
+        held = self.held.get(link.cb_id)
+        if held is None or held.link is not link:
+            return
+        for event in events:
+            if isinstance(event, CallReceived):
+                self._forward_call(held, event)
+            elif isinstance(event, SendReceived):
+                self._publish_up(
+                    held, serialize(Send(event.message_id, event.action, event.payload)), None
+                )
+            elif isinstance(event, ResultReceived | ResultInvalid):
+                self._answer_csms(
+                    held, event.message_id, serialize(CallResult(event.message_id, event.payload))
+                )
+            elif isinstance(event, ErrorReceived):
+                frame = CallError(
+                    event.message_id,
+                    event.error_code,
+                    event.error_description,
+                    event.error_details,
+                )
+                self._answer_csms(held, event.message_id, serialize(frame))
+            elif isinstance(event, RequestExpired):
+                held.forwarded.pop(event.message_id, None)
+            else:  # timeouts, aborts: the CSMS node's own timers say the same
+                message_id = getattr(event, "message_id", None)
+                if message_id is not None:
+                    held.calls.pop(message_id, None)
+
+    def _forward_call(self, held: Held, event: CallReceived) -> None:
+        text = serialize(Call(event.message_id, event.action, event.payload))
+        if not self._publish_up(held, text, event.message_id):
+            self._unanswerable_now(held, event.message_id, "the CSMS is unreachable")
+            return
+        held.forwarded[event.message_id] = self._loop.call_later(
+            self.config.answer_timeout,
+            self._unanswerable,
+            held,
+            event.message_id,
+            f"the CSMS did not answer within {self.config.answer_timeout:g} s",
+        )
+
+    def _publish_up(self, held: Held, text: str, message_id: str | None) -> bool:
+        cb_id = held.link.cb_id
+        properties = publish_properties(
+            response_topic=self.topics.down(cb_id) if message_id is not None else None,
+            correlation=message_id,
+            expiry=self.config.answer_timeout if message_id is not None else None,
+            user=(
+                (fleet.CONNECTION, held.connection),
+                (fleet.VERSION, held.link.version.subprotocol),
+                (fleet.GATEWAY, self.config.id),
+            ),
+        )
+        return self.broker.publish(self.topics.up(cb_id), text, properties=properties)
+
+    def _unanswerable(self, held: Held, message_id: str, why: str) -> None:
+        timer = held.forwarded.pop(message_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._unanswerable_now(held, message_id, why)
+
+    def _unanswerable_now(self, held: Held, message_id: str, why: str) -> None:
+        link = held.link
+        try:
+            link.send_error(message_id, link.version.code(ErrorCode.INTERNAL_ERROR), why)
+        except OutgoingError as exc:
+            log.debug("%s: %s", link.cb_id, exc)
+
+    def _answer_csms(self, held: Held, message_id: str, text: str) -> None:
+        response_topic = held.calls.pop(message_id, None)
+        if response_topic is None:
+            return
+        properties = publish_properties(
+            correlation=message_id,
+            user=(("cbId", held.link.cb_id), (fleet.CONNECTION, held.connection)),
+        )
+        self.broker.publish(response_topic, text, properties=properties)
+
+    def _down(self, cb_id: str, message: MQTTMessage) -> None:
+        held = self.held.get(cb_id)
+        if held is None:
+            log.debug("%s: a message for a station not here; dropped", cb_id)
+            return
+        properties = message.properties
+        user = dict(getattr(properties, "UserProperty", None) or ())
+        link = held.link
+        if user.get(fleet.CONTROL) == "close":
+            if user.get(fleet.CONNECTION) == held.connection:
+                try:
+                    request = json.loads(message.payload)
+                    code, reason = int(request.get("code", 1000)), str(request.get("reason", ""))
+                except (ValueError, AttributeError, TypeError):
+                    code, reason = 1000, ""
+                self._spawn(link.close(code, reason))
+            return
+        try:
+            frame = json.loads(message.payload)
+            kind, message_id = frame[0], frame[1]
+        except (ValueError, IndexError, KeyError, TypeError):
+            log.warning("%s: a message on its down topic is not an OCPP-J frame; dropped", cb_id)
+            return
+        try:
+            if kind == 2:
+                response_topic = getattr(properties, "ResponseTopic", None)
+                link.send_call(frame[2], frame[3], message_id=message_id)
+                if response_topic:
+                    held.calls[message_id] = response_topic
+            elif kind in (3, 4):
+                timer = held.forwarded.pop(message_id, None)
+                if timer is None:
+                    log.info(
+                        "%s: an answer to %s that is no longer awaited; dropped", cb_id, message_id
+                    )
+                    return
+                timer.cancel()
+                if kind == 3:
+                    link.send_result(message_id, frame[2])
+                else:
+                    link.send_error(
+                        message_id, frame[2], frame[3], frame[4] if len(frame) > 4 else None
+                    )
+            elif kind == 6:
+                link.send_unconfirmed(frame[2], frame[3], message_id=message_id)
+        except (OutgoingError, IndexError) as exc:
+            log.info("%s: cannot send %s: %s", cb_id, message_id, exc)
+            response_topic = getattr(properties, "ResponseTopic", None)
+            if kind == 2 and response_topic:
+                error = CallError(
+                    str(message_id),
+                    link.version.code(ErrorCode.GENERIC_ERROR),
+                    error_description(f"gateway {self.config.id}: {exc}"),
+                )
+                self.broker.publish(
+                    response_topic,
+                    serialize(error),
+                    properties=publish_properties(
+                        correlation=str(message_id),
+                        user=(("cbId", cb_id), (fleet.CONNECTION, held.connection)),
+                    ),
+                )
+
+
+async def run_gateway(config: GatewayConfig) -> int:
+    """Run until SIGTERM or SIGINT; 0, or 1 when the port cannot be had."""
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+    except OSError as exc:
+        log.error("cannot listen on port %d: %s", config.server.port, exc.strerror or exc)
+        await gateway.broker.stop()
+        return 1
+    print(
+        json.dumps(
+            {"event": "ready", "gateway": config.id, "port": config.server.port, "pid": os.getpid()}
+        ),
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.stop()
+    return 0
