@@ -30,6 +30,7 @@ and printed, which pytest shows when the test failed).
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -37,6 +38,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +50,7 @@ import pytest
 from tests.nodered import ARTIFACTS, free_port
 
 __all__ = [
+    "GatewayProcess",
     "HAProxy",
     "MakeHAProxy",
     "Mosquitto",
@@ -322,6 +325,73 @@ class Mosquitto(_Process):
         if not self.config_path.exists():
             self._write_config()
         return [binary, "-c", str(self.config_path)]
+
+
+class GatewayProcess(_Process):
+    """``ocpp-nodes gateway`` (docs/fleet.md) on 127.0.0.1 and a free port, with a
+    generated config file: ``broker``'s URL and user, fleet ``group``, ``gateway_id``,
+    and ``settings`` merged over the defaults (versions, timeouts, limits ...).
+
+    A kill -9 and a start again on the same port work as for the broker; its
+    log (``gateway-<id>.log``) is appended over restarts.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        broker: Mosquitto,
+        gateway_id: str,
+        group: str = "fleet",
+        port: int | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = f"gateway-{gateway_id}"
+        super().__init__(directory, port)
+        self.gateway_id = gateway_id
+        self.config_path = directory / f"{self.name}.json"
+        config: dict[str, Any] = {
+            "id": gateway_id,
+            "group": group,
+            "broker": {
+                "url": broker.url,
+                "username": broker.username,
+                "password": broker.password,
+                "session_expiry": 300,
+            },
+            "listen": {"host": HOST, "port": self.port, "path": "/ocpp"},
+            "limits": {"handshakes_per_address": 0},
+        }
+        config.update(settings or {})
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.port}/ocpp"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start and return once it listens and has read the logins from the broker."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        super().start(timeout)
+        deadline = time.monotonic() + timeout
+        ready = f"gateway {self.gateway_id}: ready"
+        while ready not in self.log_path.read_text(errors="replace")[offset:]:
+            if not self.running:
+                raise RuntimeError(f"{self.name} exited; its log:\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "ocpp_nodes",
+            "gateway",
+            "--config",
+            str(self.config_path),
+            "--log-level",
+            "INFO",
+        ]
 
 
 class HAProxy(_Process):

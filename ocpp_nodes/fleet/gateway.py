@@ -280,7 +280,9 @@ class Gateway:
         self.broker = Broker(config.broker, self._message, self._broker_up, self._broker_lost)
         self.server = CsmsServer(config.server, self)
         self.auth = AuthList({})
+        #: the broker's auth entries have arrived (rule 1)
         self.auth_received = False
+        self._ready_marker: str | None = None
         self.held: dict[str, Held] = {}
         #: the last presence record of every station of the fleet
         self.presence: dict[str, Presence] = {}
@@ -336,14 +338,16 @@ class Gateway:
         except Exception as exc:
             log.info("subscribing failed: %s", exc)
             return
+        # When this record comes back, the retained auth entries the broker sent
+        # on subscribing have come before it: logins can be checked (rule 1).
+        self._ready_marker = _now()
         broker.publish(
             topics.gateway(self.config.id),
-            json.dumps({"online": True, "since": _now()}),
+            json.dumps({"online": True, "since": self._ready_marker}),
             retain=True,
         )
         for cb_id, held in self.held.items():
             self._publish_presence(cb_id, held)
-        self.auth_received = True
 
     def _broker_lost(self, reason: str) -> None:
         log.warning(
@@ -379,9 +383,14 @@ class Gateway:
 
     def _gateway(self, gateway_id: str, payload: bytes) -> None:
         try:
-            online = bool(json.loads(payload).get("online")) if payload else False
+            record = json.loads(payload) if payload else {}
+            online = bool(record.get("online"))
         except (ValueError, AttributeError):
             return
+        if gateway_id == self.config.id and online and record.get("since") == self._ready_marker:
+            if not self.auth_received:
+                log.info("gateway %s: ready, %d station logins known", gateway_id, len(self.auth))
+            self.auth_received = True
         if online:
             self.gateways_gone.discard(gateway_id)
             return
