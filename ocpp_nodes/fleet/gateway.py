@@ -11,8 +11,9 @@ Theory of operation:
 
 1. Logins are checked against the salted hashes the CSMS nodes publish on
    ``auth/<cbId>``; no password leaves the gateway. Until the broker has
-   been reached, and while it is unreachable, a station is answered HTTP 503
-   (it retries with its back-off): it could not reach a CSMS anyway.
+   been reached, while it is unreachable, and while no CSMS node has
+   published a list, a station is answered HTTP 503 (it retries with its
+   back-off): it could not reach a CSMS anyway.
 2. An admitted station: the gateway subscribes to ``station/<cbId>/down``
    and publishes its online presence before reading any frame from it.
 3. A station's CALL goes to ``station/<cbId>/up``. It is answered by what
@@ -425,6 +426,9 @@ class Gateway:
         if presence.connection == held.connection:
             if presence.online:
                 held.echoed = True
+            else:  # marked offline by someone who thought us gone: we are not
+                held.echoed = False
+                self._publish_presence(cb_id, held)
             return
         if not held.echoed:
             return  # older than our record: the broker orders each topic
@@ -445,6 +449,8 @@ class Gateway:
             if client_cn != cb_id:
                 return AuthDecision.WRONG_CERTIFICATE
         else:
+            if not len(self.auth):
+                return AuthDecision.BUSY  # no CSMS node has published its list yet (rule 1)
             if cb_id not in self.auth:
                 return AuthDecision.UNKNOWN_IDENTITY
             if credentials is None or credentials[0] != cb_id:
