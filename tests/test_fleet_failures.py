@@ -202,6 +202,10 @@ async def wait_state(
         await asyncio.sleep(0.1)
 
 
+def online_record(cb_id: str, record: dict[str, Any]) -> bool:
+    return online(record) and record["ocpp"]["cbId"] == cb_id
+
+
 def connected_status(count: int) -> Any:
     return lambda body: body["status"].startswith(f"{count} connected")
 
@@ -444,3 +448,309 @@ async def until_true(probe: Any, timeout: float, what: str) -> None:
         if loop.time() >= deadline:
             raise TimeoutError(f"{what}: not within {timeout}s")
         await asyncio.sleep(0.05)
+
+
+# -- transaction load: every TransactionEvent retried until answered (E13) ---------------
+
+
+def transaction_event(cb_id: str, seq_no: int) -> dict[str, Any]:
+    return {
+        "eventType": "Started" if seq_no == 0 else "Updated",
+        "timestamp": now_iso(),
+        "triggerReason": "CablePluggedIn" if seq_no == 0 else "MeterValuePeriodic",
+        "seqNo": seq_no,
+        "transactionInfo": {"transactionId": f"tx-{cb_id}"},
+    }
+
+
+class TransactionLoad:
+    """Each station sends TransactionEvents one after the other (``pace`` s apart),
+    each again after a CALLERROR, a timeout (``timeout``) or a lost connection until
+    a CALLRESULT comes: :attr:`answered` (cbId -> [(seqNo, loop time)]); a message
+    not answered within ``give_up`` s counts in :attr:`lost`."""
+
+    def __init__(
+        self,
+        stations: list[FleetStation],
+        pace: float = 0.05,
+        timeout: float = 10.0,
+        retry_after: float = 0.2,
+        give_up: float = 60.0,
+    ) -> None:
+        self.stations = stations
+        self.pace, self.timeout, self.retry_after, self.give_up = pace, timeout, retry_after, give_up
+        self.answered: dict[str, list[tuple[int, float]]] = {s.cb_id: [] for s in stations}
+        self.outcomes: dict[str, list[CallOutcome]] = {s.cb_id: [] for s in stations}
+        self.lost: list[tuple[str, int]] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._run(s)) for s in self.stations]
+
+    async def _run(self, station: FleetStation) -> None:
+        loop = asyncio.get_running_loop()
+        seq_no = 0
+        while not self._stop.is_set():
+            try:
+                await call_until_answered(
+                    station,
+                    "TransactionEvent",
+                    transaction_event(station.cb_id, seq_no),
+                    timeout=self.timeout,
+                    retry_after=self.retry_after,
+                    deadline=loop.time() + self.give_up,
+                    seen=self.outcomes[station.cb_id],
+                )
+            except TimeoutError:
+                self.lost.append((station.cb_id, seq_no))
+                return
+            self.answered[station.cb_id].append((seq_no, loop.time()))
+            seq_no += 1
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.pace)
+
+    def answered_after(self, at: float) -> int:
+        """How many stations have had at least one answer after loop time ``at``."""
+        return sum(any(t > at for _, t in done) for done in self.answered.values())
+
+    def errors(self, since: float = 0.0, until: float = float("inf")) -> list[CallOutcome]:
+        return [
+            o
+            for outcomes in self.outcomes.values()
+            for o in outcomes
+            if o.kind != "result" and since <= o.at <= until
+        ]
+
+    def stations_with_errors(self, since: float) -> int:
+        return sum(
+            any(o.kind != "result" and o.at >= since for o in outcomes)
+            for outcomes in self.outcomes.values()
+        )
+
+    async def finish(self, timeout: float = 90.0) -> None:
+        """Stop after each station's message in hand is answered."""
+        self._stop.set()
+        await asyncio.wait_for(asyncio.gather(*self._tasks), timeout)
+
+    def total(self) -> int:
+        return sum(len(done) for done in self.answered.values())
+
+
+async def wait_answers_after(load: TransactionLoad, at: float, timeout: float, what: str) -> None:
+    await until_true(lambda: load.answered_after(at) == len(load.stations), timeout, what)
+
+
+def tx_stations(url: str, count: int, package: int, prefix: str) -> list[FleetStation]:
+    stations = [FleetStation(url, f"{prefix}{i:02d}", PASSWORD) for i in range(count)]
+    stations += [
+        FleetStation(url, f"{prefix}K{i}", PASSWORD, package=True) for i in range(package)
+    ]
+    return stations
+
+
+# -- b. kill -9 of one of two Node-RED instances under load -------------------------------
+
+
+async def test_b_node_red_killed_the_other_carries_on_and_no_transaction_message_is_lost(
+    mosquitto: Mosquitto,
+    nodered: NodeRed,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stations_n, package_n = 20, 2
+    ids = [f"{BULK}B{i:02d}" for i in range(stations_n)] + [
+        f"{BULK}BK{i}" for i in range(package_n)
+    ]
+    flow = fleet_flow(mosquitto, hashed(ids), message_timeout=10)
+    with running_node_red(tmp_path / "nr2", f"{request.node.name}.nr2") as second:
+        first = nodered
+        await asyncio.gather(
+            asyncio.to_thread(first.deploy, flow), asyncio.to_thread(second.deploy, flow)
+        )
+        for runtime in (first, second):
+            await asyncio.to_thread(runtime.wait_for_endpoint, "GET", "/t/state")
+        await retained(mosquitto, f"ocpp/{GROUP}/auth/{ids[-1]}")
+        # the gateway answers InternalError for a CALL the CSMS leaves unanswered 3 s
+        gateways = await start_gateways(
+            tmp_path / "gw", mosquitto, ["gb"], settings={"timeouts": {"answer": 3}}
+        )
+        stations = tx_stations(gateways[0].url, stations_n, package_n, f"{BULK}B")
+        pool = StationPool(stations)
+        pool.start()
+        load = TransactionLoad(stations)
+        try:
+            await pool.wait_connected(30)
+            for runtime in (first, second):
+                await wait_state(runtime, connected_status(len(ids)), 20, "stations at each node")
+            load.start()
+            # both instances take a share of the stations' CALLs
+            for runtime in (first, second):
+                await wait_state(runtime, lambda b: len(b["tx"]) >= 20, 20, "load on both", tx=1)
+            daemons = kill_node_red(first)
+            killed_at = loop.time()
+            assert daemons, "no ocpp_nodes daemon found for the first Node-RED"
+            await until_true(
+                lambda: not any(proc_alive(pid) for pid in daemons), 15, "its daemon exits"
+            )
+            daemon_gone_s = loop.time() - killed_at
+            # the other carries on: every station is answered again, some after a retry
+            await wait_answers_after(load, killed_at + 5, 30, "every station answered again")
+            fan_started = loop.time()
+            await runtime_send(
+                second, "fan", {"payload": {"ids": ids, "command": "ClearCache", "data": {}}}
+            )
+            fan = await wait_state(
+                second, lambda b: b["fan"]["ok"] + b["fan"]["errors"] >= len(ids), 20, "fan-out"
+            )
+            fan_s = loop.time() - fan_started
+            await load.finish()
+        finally:
+            await pool.stop()
+            stop_gateways(gateways, request.node.name)
+        seen = await state(second, tx=1)
+        first.proc = None  # killed: nothing left to stop but what stop() finds by marker
+
+    assert not load.lost, f"transaction messages never answered: {load.lost}"
+    assert fan["fan"] == {**fan["fan"], "ok": len(ids), "errors": 0}, fan["fan"]
+    assert not any(s.outages for s in stations), "a station lost its connection"
+    # what was answered after the first instance was gone, the second one saw
+    unseen = [
+        (cb_id, seq_no)
+        for cb_id, done in load.answered.items()
+        for seq_no, at in done
+        if at > killed_at + 1 and f"{cb_id}:{seq_no}" not in seen["tx"]
+    ]
+    assert not unseen, f"answered after the kill but not seen by the other instance: {unseen}"
+    retried = load.errors(killed_at)
+    in_flight = [o for o in retried if o.kind == "error"]
+    assert all(o.code == "InternalError" for o in in_flight), {o.code for o in in_flight}
+    report(
+        "b_node_red_kill",
+        {
+            "stations": len(ids),
+            "transaction_events_answered": load.total(),
+            "lost": len(load.lost),
+            "in_flight_at_the_dead_instance_answered_internal_error": len(in_flight),
+            "internal_error_after_s_max": round(max((o.latency for o in in_flight), default=0), 2),
+            "timeouts_at_station": sum(o.kind == "timeout" for o in retried),
+            "daemon_exit_after_node_red_kill_s": round(daemon_gone_s, 2),
+            "fan_out_from_the_other_s": round(fan_s, 2),
+            "station_disconnects": sum(len(s.outages) for s in stations),
+        },
+    )
+
+
+# -- c. broker restart, graceful and kill -9 ----------------------------------------------
+
+
+async def test_c_broker_restart_keeps_stations_connected_and_nothing_is_silently_dropped(
+    mosquitto: Mosquitto,
+    nodered: NodeRed,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    loop = asyncio.get_running_loop()
+    ids = [f"{BULK}C{i:02d}" for i in range(10)] + [f"{BULK}CK0", "CNEW1", "CNEW2"]
+    await asyncio.to_thread(nodered.deploy, fleet_flow(mosquitto, hashed(ids), 10))
+    await asyncio.to_thread(nodered.wait_for_endpoint, "GET", "/t/state")
+    await retained(mosquitto, f"ocpp/{GROUP}/auth/{ids[-1]}")
+    gateways = await start_gateways(tmp_path / "gw", mosquitto, ["gc"])
+    url = gateways[0].url
+    stations = tx_stations(url, 10, 1, f"{BULK}C")
+    pool = StationPool(stations)
+    pool.start()
+    load = TransactionLoad(stations, pace=0.1)
+    flow = Flow(nodered)
+    numbers: dict[str, Any] = {}
+    try:
+        await pool.wait_connected(30)
+        await wait_state(nodered, connected_status(len(stations)), 20, "stations at the node")
+        load.start()
+        await wait_answers_after(load, loop.time(), 20, "load running")
+        for how in ("graceful", "kill9"):
+            down_at = loop.time()
+            if how == "graceful":
+                await asyncio.to_thread(mosquitto.stop)
+            else:
+                await asyncio.to_thread(mosquitto.kill)
+            numbers[how] = await while_the_broker_is_down(load, flow, nodered, url, down_at)
+            up_at = loop.time()
+            await asyncio.to_thread(mosquitto.start)
+            await wait_state(nodered, connected_status(len(stations)), 30, "node reconnected")
+            await wait_answers_after(load, up_at, 30, "every station answered again")
+            numbers[how]["broker_down_s"] = round(up_at - down_at, 2)
+            numbers[how]["served_again_after_broker_start_s"] = round(loop.time() - up_at, 2)
+            # the flow reaches every station again, and a new station can log in
+            await runtime_send(
+                nodered, "fan", {"payload": {"ids": ids[:11], "command": "ClearCache", "data": {}}}
+            )
+            fan = await wait_state(
+                nodered, lambda b: b["fan"]["ok"] + b["fan"]["errors"] >= 11, 20, "fan-out"
+            )
+            assert fan["fan"]["errors"] == 0, (how, fan["fan"])
+            newcomer = "CNEW1" if how == "graceful" else "CNEW2"
+            async with websockets.connect(
+                f"{url}/{newcomer}",
+                subprotocols=OCPP201,
+                additional_headers=auth_header(newcomer, PASSWORD),
+                open_timeout=10,
+            ):
+                await flow.await_("csms", partial(online_record, newcomer))
+        await load.finish()
+    finally:
+        await pool.stop()
+        stop_gateways(gateways, request.node.name)
+
+    assert not load.lost, f"transaction messages never answered: {load.lost}"
+    assert not any(s.outages for s in stations), [s.outages for s in stations if s.outages]
+    numbers["transaction_events_answered"] = load.total()
+    numbers["lost"] = len(load.lost)
+    numbers["station_disconnects"] = 0
+    report("c_broker_restart", numbers)
+
+
+async def while_the_broker_is_down(
+    load: TransactionLoad, flow: Flow, runtime: NodeRed, url: str, down_at: float
+) -> dict[str, Any]:
+    """What stations and the flow see while the broker is away; returns the numbers."""
+    loop = asyncio.get_running_loop()
+    # the stations' CALLs are answered InternalError at once, and retried
+    await until_true(
+        lambda: load.stations_with_errors(down_at) == len(load.stations),
+        15,
+        "CALLERRORs while the broker is down",
+    )
+    errors = load.errors(down_at)
+    assert {o.kind for o in errors} == {"error"}, {o.kind for o in errors}
+    assert {o.code for o in errors} == {"InternalError"}, {o.code for o in errors}
+    assert max(o.latency for o in errors) < 1.5, sorted(o.latency for o in errors)[-5:]
+    # the node says so, and a request of the flow ends with done(err) at once: "broker
+    # unreachable", or, when the broker published the gateway's will as it stopped
+    # (Mosquitto does on a graceful stop), "not connected"
+    seen = await wait_state(runtime, lambda b: "broker" in b["status"], 10, "the node's status")
+    tag = marker("down")
+    sent = loop.time()
+    await request(flow, "csms", "ClearCache", {}, tag, cbId=f"{BULK}C00")
+    error = await caught(flow, "csms", tag)
+    done_err_s = loop.time() - sent
+    assert "broker" in error or "not connected" in error, error
+    assert done_err_s < 3, done_err_s
+    # a station that connects now is asked to come back later (503)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(
+            f"{url}/CNEW1",
+            subprotocols=OCPP201,
+            additional_headers=auth_header("CNEW1", PASSWORD),
+            open_timeout=10,
+        )
+    assert refused.value.response.status_code == 503
+    return {
+        "station_call_errors": len(errors),
+        "call_error_latency_s_max": round(max(o.latency for o in errors), 3),
+        "flow_done_err_s": round(done_err_s, 3),
+        "flow_error": error,
+        "node_status": seen["status"],
+        "flow_saw_stations_offline": seen["online"] < len(load.stations),
+    }
