@@ -153,6 +153,8 @@ class BrokerSocket:
         self._frames: deque[str] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.ended: str | None = None  # why, once ended
+        #: a newer connection of the station is here: closing this one ends it here only
+        self.superseded = False
 
     @property
     def connection(self) -> str:
@@ -188,6 +190,8 @@ class BrokerSocket:
         self.server.send_down(self, text)
 
     async def close(self, code: int, reason: str) -> None:
+        if self.ended is None and self.superseded:
+            self.end(reason)  # its gateway closes the websocket itself (gateway rule 5)
         if self.ended is None:
             self.server.request_close(self, code, reason)
             self.end(reason or f"closed by the CSMS (code {code})")
@@ -448,14 +452,20 @@ class FleetServer:
             log.warning("%s: unknown OCPP version %r from the fleet", cb_id, presence.version)
             return None
         previous = self._stations.get(cb_id)
-        if previous is not None:
-            previous[0].end("replaced by a newer connection")
         socket = BrokerSocket(self, cb_id, presence)
         remote = presence.remote or f"gateway {presence.gateway}"
         session = self.session_class(
             cb_id, version, Role.CSMS, socket, self.listener, self.options.link, remote
         )
         task = asyncio.ensure_future(self._run(cb_id, socket, session))
+        if previous is not None:
+            # The new link opens first, as in direct mode: the node then closes the
+            # previous one as replaced (no OFFLINE between them); ended here after
+            # that in any case.
+            previous[0].superseded = True
+            asyncio.get_running_loop().call_soon(
+                previous[0].end, "replaced by a newer connection"
+            )
         entry = (socket, session, task)
         self._stations[cb_id] = entry
         return entry
