@@ -64,7 +64,8 @@ from tests.fleetkit import (
     call_until_answered,
     kill_node_red,
 )
-from tests.flowkit import Flow, caught, http_api, marker, node, online, recorder, request
+from tests.flowkit import Flow, caught, http_api, marker, node, online, recorder
+from tests.flowkit import request as flow_request
 from tests.nodered import ARTIFACTS, NodeRed, proc_alive, running_node_red
 
 pytestmark = [pytest.mark.nodered, pytest.mark.asyncio]
@@ -732,7 +733,7 @@ async def while_the_broker_is_down(
     seen = await wait_state(runtime, lambda b: "broker" in b["status"], 10, "the node's status")
     tag = marker("down")
     sent = loop.time()
-    await request(flow, "csms", "ClearCache", {}, tag, cbId=f"{BULK}C00")
+    await flow_request(flow, "csms", "ClearCache", {}, tag, cbId=f"{BULK}C00")
     error = await caught(flow, "csms", tag)
     done_err_s = loop.time() - sent
     assert "broker" in error or "not connected" in error, error
@@ -754,3 +755,225 @@ async def while_the_broker_is_down(
         "node_status": seen["status"],
         "flow_saw_stations_offline": seen["online"] < len(load.stations),
     }
+
+
+# -- d. a request to a station connected nowhere ends with done(err) at once ---------------
+
+AT_ONCE = 2.0  # seconds; the flow's call timeout is 10 s
+
+
+async def test_d_a_request_to_a_station_gone_ends_with_done_err_at_once(
+    mosquitto: Mosquitto,
+    nodered: NodeRed,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    loop = asyncio.get_running_loop()
+    ids = ["D1", "D2"]
+    await asyncio.to_thread(nodered.deploy, fleet_flow(mosquitto, hashed(ids), 10))
+    await asyncio.to_thread(nodered.wait_for_endpoint, "GET", "/t/state")
+    await retained(mosquitto, f"ocpp/{GROUP}/auth/D2")
+    gateways = await start_gateways(tmp_path / "gw", mosquitto, ["gd1", "gd2"])
+    flow = Flow(nodered)
+    just_gone: list[float] = []
+    errors: dict[str, str] = {}
+    try:
+        # a station that just disconnected: asked right after its socket closed
+        for _ in range(20):
+            after = len(await flow.arecords("csms"))
+            ws = await connect_ws(gateways[0].url, "D1")
+            await flow.await_("csms", partial(online_record, "D1"), after=after)
+            tag = marker("just-gone")
+            sent = loop.time()
+            # the request and the close race: the node may send before it hears of it
+            await asyncio.gather(
+                ws.close(), flow_request(flow, "csms", "ClearCache", {}, tag, cbId="D1")
+            )
+            error = await caught(flow, "csms", tag)
+            just_gone.append(loop.time() - sent)
+            # sent before the node heard of the close: the CALL was on its way
+            assert "not connected" in error or "not answered: closed" in error, error
+            errors["not connected" if "not connected" in error else "in flight"] = error
+        assert max(just_gone) < AT_ONCE, just_gone
+
+        # a station whose gateway was killed: once the gateway's will is out
+        ws = await connect_ws(gateways[1].url, "D2")
+        await flow.await_("csms", partial(online_record, "D2"))
+        killed_at = loop.time()
+        gone = asyncio.ensure_future(wait_gateway_gone(mosquitto, "gd2"))
+        await asyncio.sleep(0)  # subscribed before the kill is not needed: the will is retained
+        gateways[1].kill()
+        will_at = await gone
+        tag = marker("gateway-gone")
+        sent = loop.time()
+        await flow_request(flow, "csms", "ClearCache", {}, tag, cbId="D2")
+        error = await caught(flow, "csms", tag)
+        gateway_gone_s = loop.time() - sent
+        assert "not connected" in error, error
+        assert gateway_gone_s < AT_ONCE, gateway_gone_s
+        offline = await flow.await_(
+            "csms", lambda r: r["topic"] == "D2/Connection" and not online(r)
+        )
+        with suppress(websockets.ConnectionClosed):
+            await ws.close()
+    finally:
+        stop_gateways(gateways, request.node.name)
+    report(
+        "d_not_connected",
+        {
+            "just_disconnected_done_err_s_max": round(max(just_gone), 3),
+            "just_disconnected_errors": errors,
+            "gateway_killed_will_after_s": round(will_at - killed_at, 3),
+            "gateway_killed_done_err_s": round(gateway_gone_s, 3),
+            "offline_reason": (offline.get("payload") or {}).get("reason"),
+        },
+    )
+
+
+async def connect_ws(url: str, cb_id: str, password: str = PASSWORD) -> Any:
+    return await websockets.connect(
+        f"{url}/{cb_id}",
+        subprotocols=OCPP201,
+        additional_headers=auth_header(cb_id, password),
+        open_timeout=10,
+        ping_interval=None,
+        close_timeout=2,
+    )
+
+
+# -- e. one cbId on two gateways at once --------------------------------------------------
+
+
+async def answer_calls(ws: Any, answered: list[str]) -> None:
+    """A raw station: answer every CALL of the CSMS with {"status": "Accepted"}."""
+    with suppress(websockets.ConnectionClosed):
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame[0] == 2:
+                answered.append(frame[2])
+                await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+
+
+async def flow_call(flow: Flow, cb_id: str) -> dict[str, Any]:
+    """A ClearCache from the flow to ``cb_id``; its response record."""
+    tag = marker(f"call-{cb_id}")
+    await flow_request(flow, "csms", "ClearCache", {}, tag, cbId=cb_id)
+    return await flow.await_("csms", lambda r: r.get("customData") == tag, timeout=12)
+
+
+def connection_events(records: list[dict[str, Any]], cb_id: str) -> list[str]:
+    return [
+        (r.get("ocpp") or {}).get("websocket", "")
+        for r in records
+        if r.get("topic") == f"{cb_id}/Connection"
+    ]
+
+
+async def test_e_one_cbid_on_two_gateways_one_wins(
+    mosquitto: Mosquitto,
+    nodered: NodeRed,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    loop = asyncio.get_running_loop()
+    ids = ["E1", "E2", "E3"]
+    await asyncio.to_thread(nodered.deploy, fleet_flow(mosquitto, hashed(ids), 10))
+    await asyncio.to_thread(nodered.wait_for_endpoint, "GET", "/t/state")
+    await retained(mosquitto, f"ocpp/{GROUP}/auth/E3")
+    directory = tmp_path / "gw"
+    newest = [
+        GatewayProcess(directory, mosquitto, "ga", GROUP, log_level="DEBUG"),
+        GatewayProcess(directory, mosquitto, "gb", GROUP),
+    ]
+    reject = [
+        GatewayProcess(directory, mosquitto, gid, GROUP, settings={"duplicate_cbid": "reject"})
+        for gid in ("gr1", "gr2")
+    ]
+    gateways = newest + reject
+    await asyncio.gather(*(asyncio.to_thread(g.start) for g in gateways))
+    flow = Flow(nodered)
+    forwarder = TcpForwarder(newest[0].port)
+    await forwarder.start()
+    numbers: dict[str, Any] = {}
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        # newest wins: the connection at ga is closed when the same cbId logs in at gb
+        older = await connect_ws(newest[0].url, "E1")
+        await flow.await_("csms", partial(online_record, "E1"))
+        answered: list[str] = []
+        started = loop.time()
+        newer = await connect_ws(newest[1].url, "E1")
+        tasks.append(asyncio.ensure_future(answer_calls(newer, answered)))
+        await asyncio.wait_for(older.wait_closed(), 10)
+        numbers["older_closed_after_s"] = round(loop.time() - started, 3)
+        assert (older.close_code, older.close_reason) == (1000, "replaced by a newer connection")
+        response = await flow_call(flow, "E1")
+        assert response["payload"]["data"] == {"status": "Accepted"}, response
+        assert answered == ["ClearCache"]
+        records = await flow.arecords("csms")
+        assert connection_events(records, "E1") == ["ONLINE", "ONLINE"], [
+            (r["ocpp"], r["payload"]) for r in records if r.get("topic") == "E1/Connection"
+        ]
+
+        # reject: the second is refused 409, the first is kept and served
+        first = await connect_ws(reject[0].url, "E2")
+        tasks.append(asyncio.ensure_future(answer_calls(first, answered := [])))
+        await flow.await_("csms", partial(online_record, "E2"))
+        for gateway in reject:  # another gateway, and the same one again
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await connect_ws(gateway.url, "E2")
+            assert refused.value.response.status_code == 409, gateway.gateway_id
+        response = await flow_call(flow, "E2")
+        assert response["payload"]["data"] == {"status": "Accepted"} and answered
+        assert connection_events(await flow.arecords("csms"), "E2") == ["ONLINE"]
+
+        # moved from ga to gb while its socket at ga is dead; ga notices later
+        offset = newest[0].log_size()
+        stale = await connect_ws(f"ws://127.0.0.1:{forwarder.port}/ocpp", "E3")
+        await flow.await_("csms", partial(online_record, "E3"))
+        at_ga = json.loads(await retained(mosquitto, f"ocpp/{GROUP}/presence/E3"))
+        assert at_ga["gateway"] == "ga", at_ga
+        forwarder.freeze()  # ga's socket of E3 now carries nothing either way
+        moved = await connect_ws(newest[1].url, "E3")
+        tasks.append(asyncio.ensure_future(answer_calls(moved, answered := [])))
+        await flow.await_(
+            "csms", lambda r: connection_events([r], "E3") == ["ONLINE"], after=0
+        )
+        await until_true(
+            lambda: len(connection_events(flow.records("csms"), "E3")) >= 2, 10, "E3 via gb"
+        )
+        noticed = loop.time()
+        forwarder.cut()  # ga sees its socket die now, well after gb's record
+        await asyncio.to_thread(newest[0].wait_for_log, "E3 disconnected", offset)
+        numbers["dead_socket_noticed_after_move_s"] = round(loop.time() - noticed, 3)
+        presence = json.loads(await retained(mosquitto, f"ocpp/{GROUP}/presence/E3"))
+        assert presence["online"] and presence["gateway"] == "gb", presence
+        # and when ga's offline record of its old connection comes last (ga noticed
+        # before it heard of gb): gb publishes its own again, the node ignores it
+        late = {"online": False, "gateway": "ga", "connection": at_ga["connection"],
+                "since": now_iso(), "reason": "ping timeout"}  # fmt: skip
+        topic = f"ocpp/{GROUP}/presence/E3"
+        async with aiomqtt.Client(
+            **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+        ) as mqtt:
+            await mqtt.subscribe(topic, qos=1)
+            await mqtt.publish(topic, json.dumps(late), qos=1, retain=True)
+            overwritten = False
+            async with asyncio.timeout(10):
+                async for message in mqtt.messages:
+                    record = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    overwritten = overwritten or record == late
+                    if overwritten and record["online"] and record["gateway"] == "gb":
+                        break  # gb put its own record back
+        numbers["own_record_restored_s"] = round(loop.time() - noticed, 3)
+        response = await flow_call(flow, "E3")
+        assert response["payload"]["data"] == {"status": "Accepted"} and answered
+        assert connection_events(await flow.arecords("csms"), "E3") == ["ONLINE", "ONLINE"]
+        with suppress(Exception):
+            await stale.close()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await forwarder.stop()
+        stop_gateways(gateways, request.node.name)
+    report("e_duplicate_cbid", numbers)
