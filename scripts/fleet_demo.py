@@ -52,6 +52,11 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, required=True, help="the demo's directory")
     parser.add_argument("--port", type=int, default=1881, help="Node-RED's port")
     parser.add_argument("--node-red", required=True, help="the node-red command")
+    parser.add_argument("--broker-port", type=int, default=BROKER_PORT)
+    parser.add_argument("--proxy-port", type=int, default=PROXY_PORT)
+    parser.add_argument(
+        "--gateway-ports", type=int, nargs=2, default=GATEWAY_PORTS, metavar=("PORT1", "PORT2")
+    )
     args = parser.parse_args()
     for missing in (mosquitto_missing_reason(), haproxy_missing_reason()):
         if missing is not None:
@@ -62,12 +67,12 @@ def main() -> int:
     password = secrets.token_urlsafe(16)
     # a new password each run: the broker's config and password file are made again
     (directory / "mosquitto" / "mosquitto.conf").unlink(missing_ok=True)
-    broker = Mosquitto(directory / "mosquitto", BROKER_PORT, users={"fleet-demo": password})
+    broker = Mosquitto(directory / "mosquitto", args.broker_port, users={"fleet-demo": password})
     gateways = [
         GatewayProcess(directory / f"gateway-{n}", broker, f"gw{n}", GROUP, port, {"limits": {}})
-        for n, port in enumerate(GATEWAY_PORTS, 1)
+        for n, port in enumerate(args.gateway_ports, 1)
     ]
-    proxy = HAProxy(directory / "haproxy", list(GATEWAY_PORTS), PROXY_PORT)
+    proxy = HAProxy(directory / "haproxy", list(args.gateway_ports), args.proxy_port)
     started: list[object] = []
     node_red: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
@@ -75,7 +80,10 @@ def main() -> int:
     try:
         broker.start()
         started.append(broker)
-        print(f"Mosquitto: mqtt://127.0.0.1:{BROKER_PORT} (user fleet-demo)", flush=True)
+        print(
+            f"Mosquitto: mqtt://127.0.0.1:{args.broker_port} (user fleet-demo, pid {broker.pid})",
+            flush=True,
+        )
         user_dir = directory / "node-red"
         subprocess.run(
             [
@@ -94,8 +102,14 @@ def main() -> int:
         node_red = subprocess.Popen([*args.node_red.split(), "-u", str(user_dir)])
         url = f"http://127.0.0.1:{args.port}"
         wait_for_admin(url)
-        flow = (ROOT / "flows" / "fleet-demo.json").read_text()
-        deploy(url, json.loads(flow.replace("${FLEET_DEMO_PASSWORD}", password)))
+        flow = (
+            (ROOT / "flows" / "fleet-demo.json")
+            .read_text()
+            .replace("${FLEET_DEMO_PASSWORD}", password)
+            .replace(f"127.0.0.1:{BROKER_PORT}", f"127.0.0.1:{args.broker_port}")
+            .replace(f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{args.proxy_port}")
+        )
+        deploy(url, json.loads(flow))
         for gateway in gateways:
             gateway.start()
             started.append(gateway)
@@ -106,7 +120,10 @@ def main() -> int:
             )
         proxy.start()
         started.append(proxy)
-        print(f"HAProxy: ws://127.0.0.1:{PROXY_PORT}/ocpp -> the gateways", flush=True)
+        print(
+            f"HAProxy: ws://127.0.0.1:{args.proxy_port}/ocpp -> the gateways (pid {proxy.pid})",
+            flush=True,
+        )
         print(f"Node-RED: {url}  (Ctrl-C stops everything)", flush=True)
         while not stop.is_set() and node_red.poll() is None:
             stop.wait(0.5)

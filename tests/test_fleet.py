@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 import websockets
 
@@ -326,16 +327,30 @@ async def test_a_cbid_with_topic_characters_works_end_to_end(
             assert result[0].payload == GET_VARIABLES_RESULT
 
 
+async def scrape(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+            return response.status, await response.text()
+
+
 async def test_without_the_broker_station_calls_get_internal_error_at_once(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    async with fleet(mosquitto, tmp_path) as setup:
+    metrics_port = free_port()
+    async with fleet(mosquitto, tmp_path, metrics=f"127.0.0.1:{metrics_port}") as setup:
         csms = Csms(answer=False)
         await setup.csms(csms)
         async with setup.station("CS1") as ws:
             # forwarded, not answered yet: the broker goes away
             await ws.send(json.dumps([*BOOT[:1], "w1", *BOOT[2:]]))
             await until(lambda: csms.received(CallReceived), 10, "the CALL to reach the CSMS")
+            status, text = await scrape(metrics_port, "/metrics")
+            assert status == 200
+            assert 'ocpp_nodes_stations_connected{node="gwu",version="2.0.1"} 1.0' in text
+            assert 'ocpp_nodes_gateway_broker_connected{gateway="gwu"} 1.0' in text
+            assert 'ocpp_nodes_gateway_forwarded_waiting{gateway="gwu"} 1.0' in text
+            assert 'ocpp_nodes_handshakes_total{node="gwu",outcome="accepted"} 1.0' in text
+            assert (await scrape(metrics_port, "/health"))[0] == 200
             await asyncio.to_thread(mosquitto.stop)
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -354,6 +369,17 @@ async def test_without_the_broker_station_calls_get_internal_error_at_once(
                 async with setup.station("CS3"):
                     pass
             assert refused.value.response.status_code == 503
+            status, text = await scrape(metrics_port, "/health")
+            assert status == 503 and "broker" in text, text
+            _, text = await scrape(metrics_port, "/metrics")
+            assert (
+                'ocpp_nodes_gateway_internal_errors_total{cause="broker_lost",gateway="gwu"} 1.0'
+                in text
+            ), text
+            assert (
+                'ocpp_nodes_gateway_internal_errors_total{cause="no_broker",gateway="gwu"} 1.0'
+                in text
+            )
             # the broker is back: the station, still connected, is served again
             await asyncio.to_thread(mosquitto.start)
             await until(lambda: setup.gateway.broker.connected, 40, "the gateway to reconnect")
