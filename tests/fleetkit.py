@@ -58,11 +58,19 @@ from websockets.typing import Subprotocol
 from tests.nodered import ARTIFACTS, free_port
 
 __all__ = [
+    "CallOutcome",
+    "FleetStation",
     "GatewayProcess",
     "HAProxy",
     "MakeHAProxy",
     "Mosquitto",
+    "NotConnected",
+    "Outage",
+    "StationPool",
+    "TcpForwarder",
+    "call_until_answered",
     "haproxy_missing_reason",
+    "kill_node_red",
     "mosquitto_missing_reason",
     "running_haproxy",
     "running_mosquitto",
@@ -867,9 +875,7 @@ async def call_until_answered(
     while loop.time() < deadline:
         if not station.connected.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    station.connected.wait(), max(0.01, deadline - loop.time())
-                )
+                await asyncio.wait_for(station.connected.wait(), max(0.01, deadline - loop.time()))
             continue
         attempts += 1
         try:

@@ -38,8 +38,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import time
-from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 from datetime import datetime, timezone
 from functools import partial
@@ -48,7 +46,6 @@ from typing import Any
 
 import aiomqtt
 import pytest
-import pytest_asyncio
 import websockets
 
 from ocpp_nodes.transport.passwords import make_hash
@@ -78,7 +75,10 @@ _node = partial(node, tab=TAB)
 #: prefix of the stations whose traffic is only counted (not recorded one by one)
 BULK = "P"
 
-_STATE = "const s = global.get('fs') || {online: {}, onlines: {}, fan: {ok: 0, err: []}, tx: {}, status: ''};\n"
+_STATE = (
+    "const s = global.get('fs')\n"
+    "  || {online: {}, onlines: {}, fan: {ok: 0, err: []}, tx: {}, status: ''};\n"
+)
 
 STATE_JS = _STATE + (
     "if (msg.status && msg.status.source) { s.status = msg.status.text || ''; }\n"
@@ -114,6 +114,11 @@ ANSWER_JS = (
     "if (command === 'BootNotification') data = {currentTime: now, interval: 300,"
     " status: 'Accepted'};\n"
     "else if (command === 'Heartbeat') data = {currentTime: now};\n"
+    "else if (command === 'TransactionEvent' && global.get('hold')) {\n"
+    "  const s = global.get('fs') || {};\n"
+    "  s.held = (s.held || 0) + 1;  // left unanswered: in flight here\n"
+    "  return null;\n"
+    "}\n"
     "else if (command === 'TransactionEvent' || command === 'StatusNotification') data = {};\n"
     "else return null;\n"
     "msg.payload = {msgType: 3, data: data};\n"
@@ -121,8 +126,7 @@ ANSWER_JS = (
 )
 
 FAN_JS = (
-    _STATE
-    + "s.fan = {ok: 0, err: [], start: Date.now()};\n"
+    _STATE + "s.fan = {ok: 0, err: [], start: Date.now()};\n"
     "global.set('fs', s);\n"
     "const p = msg.payload;\n"
     "return [p.ids.map(id => ({payload: {command: p.command, data: p.data, cbId: id},"
@@ -130,10 +134,9 @@ FAN_JS = (
 )
 
 STATE_API_JS = (
-    _STATE
-    + "const q = msg.req.query || {};\n"
+    _STATE + "const q = msg.req.query || {};\n"
     "const up = Object.keys(s.online).filter(k => s.online[k]);\n"
-    "msg.payload = {status: s.status, online: up.length,\n"
+    "msg.payload = {status: s.status, online: up.length, held: s.held || 0,\n"
     "  onlines: q.onlines ? s.onlines : undefined, tx: q.tx ? s.tx : undefined,\n"
     "  fan: {ok: s.fan.ok, errors: s.fan.err.length, some: s.fan.err.slice(0, 5),\n"
     "        start: s.fan.start, last: s.fan.last}};\n"
@@ -167,13 +170,14 @@ def fleet_flow(broker: Mosquitto, auths: dict[str, str], message_timeout: float 
         _node("filter", "function", [["rec.csms"]], func=FILTER_JS, outputs=1),
         recorder("rec.csms", TAB, "csms"),
         _node("fan", "function", [["csms"]], func=FAN_JS, outputs=1),
+        _node("hold", "function", [[]], func="global.set('hold', true);\nreturn null;\n"),
         _node("catch", "catch", [["rec.catch", "state"]], scope=["csms"], uncaught=False),
         recorder("rec.catch", TAB, "catch"),
         _node("status", "status", [["state"]], scope=["csms"]),
         _node("state.in", "http in", [["state.fn"]], url="/t/state", method="get", upload=False),
         _node("state.fn", "function", [["state.out"]], func=STATE_API_JS, outputs=1),
         _node("state.out", "http response", []),
-        *http_api(TAB, {"csms": "csms", "fan": "fan"}),
+        *http_api(TAB, {"csms": "csms", "fan": "fan", "hold": "hold"}),
     ]
 
 
@@ -274,11 +278,6 @@ def stop_gateways(gateways: list[GatewayProcess], test_name: str) -> None:
     for gateway in gateways:
         gateway.stop()
         gateway.save_log(test_name)
-
-
-@pytest.fixture
-def flow_runtime(nodered: NodeRed) -> NodeRed:
-    return nodered
 
 
 def now_iso() -> str:
@@ -384,7 +383,8 @@ async def run_gateway_kill(
     outages = [s.outages[-1] for s in moved]
     assert all(o.closed_at >= killed_at for o in outages)
     late = [
-        (s.cb_id, o.took, o.waited) for s, o in zip(moved, outages, strict=True)
+        (s.cb_id, o.took, o.waited)
+        for s, o in zip(moved, outages, strict=True)
         if (o.took or 0) > o.waited + 10
     ]
     assert not late, f"connected again later than back-off + 10 s: {late[:5]}"
@@ -402,7 +402,9 @@ async def run_gateway_kill(
 
     # a request from the flow to each of the 3,000 is answered
     fan_started = loop.time()
-    await runtime_send(runtime, "fan", {"payload": {"ids": ids, "command": "ClearCache", "data": {}}})
+    await runtime_send(
+        runtime, "fan", {"payload": {"ids": ids, "command": "ClearCache", "data": {}}}
+    )
     fan = await wait_state(
         runtime,
         lambda body: body["fan"]["ok"] + body["fan"]["errors"] >= STATIONS,
@@ -479,7 +481,12 @@ class TransactionLoad:
         give_up: float = 60.0,
     ) -> None:
         self.stations = stations
-        self.pace, self.timeout, self.retry_after, self.give_up = pace, timeout, retry_after, give_up
+        self.pace, self.timeout, self.retry_after, self.give_up = (
+            pace,
+            timeout,
+            retry_after,
+            give_up,
+        )
         self.answered: dict[str, list[tuple[int, float]]] = {s.cb_id: [] for s in stations}
         self.outcomes: dict[str, list[CallOutcome]] = {s.cb_id: [] for s in stations}
         self.lost: list[tuple[str, int]] = []
@@ -544,9 +551,7 @@ async def wait_answers_after(load: TransactionLoad, at: float, timeout: float, w
 
 def tx_stations(url: str, count: int, package: int, prefix: str) -> list[FleetStation]:
     stations = [FleetStation(url, f"{prefix}{i:02d}", PASSWORD) for i in range(count)]
-    stations += [
-        FleetStation(url, f"{prefix}K{i}", PASSWORD, package=True) for i in range(package)
-    ]
+    stations += [FleetStation(url, f"{prefix}K{i}", PASSWORD, package=True) for i in range(package)]
     return stations
 
 
@@ -589,6 +594,11 @@ async def test_b_node_red_killed_the_other_carries_on_and_no_transaction_message
             # both instances take a share of the stations' CALLs
             for runtime in (first, second):
                 await wait_state(runtime, lambda b: len(b["tx"]) >= 20, 20, "load on both", tx=1)
+            # the first instance stops answering TransactionEvents: what it gets now
+            # is in flight there when it dies
+            held_from = loop.time()
+            await runtime_send(first, "hold", {"payload": True})
+            held = await wait_state(first, lambda b: b["held"] >= 3, 10, "held at the first")
             daemons = kill_node_red(first)
             killed_at = loop.time()
             assert daemons, "no ocpp_nodes daemon found for the first Node-RED"
@@ -624,15 +634,17 @@ async def test_b_node_red_killed_the_other_carries_on_and_no_transaction_message
         if at > killed_at + 1 and f"{cb_id}:{seq_no}" not in seen["tx"]
     ]
     assert not unseen, f"answered after the kill but not seen by the other instance: {unseen}"
-    retried = load.errors(killed_at)
+    retried = load.errors(held_from)
     in_flight = [o for o in retried if o.kind == "error"]
     assert all(o.code == "InternalError" for o in in_flight), {o.code for o in in_flight}
+    assert len(in_flight) >= held["held"], (len(in_flight), held["held"])
     report(
         "b_node_red_kill",
         {
             "stations": len(ids),
             "transaction_events_answered": load.total(),
             "lost": len(load.lost),
+            "held_unanswered_at_the_dead_instance": held["held"],
             "in_flight_at_the_dead_instance_answered_internal_error": len(in_flight),
             "internal_error_after_s_max": round(max((o.latency for o in in_flight), default=0), 2),
             "timeouts_at_station": sum(o.kind == "timeout" for o in retried),
@@ -936,9 +948,7 @@ async def test_e_one_cbid_on_two_gateways_one_wins(
         forwarder.freeze()  # ga's socket of E3 now carries nothing either way
         moved = await connect_ws(newest[1].url, "E3")
         tasks.append(asyncio.ensure_future(answer_calls(moved, answered := [])))
-        await flow.await_(
-            "csms", lambda r: connection_events([r], "E3") == ["ONLINE"], after=0
-        )
+        await flow.await_("csms", lambda r: connection_events([r], "E3") == ["ONLINE"], after=0)
         await until_true(
             lambda: len(connection_events(flow.records("csms"), "E3")) >= 2, 10, "E3 via gb"
         )

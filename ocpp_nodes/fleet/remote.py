@@ -463,9 +463,7 @@ class FleetServer:
             # previous one as replaced (no OFFLINE between them); ended here after
             # that in any case.
             previous[0].superseded = True
-            asyncio.get_running_loop().call_soon(
-                previous[0].end, "replaced by a newer connection"
-            )
+            asyncio.get_running_loop().call_soon(previous[0].end, "replaced by a newer connection")
         entry = (socket, session, task)
         self._stations[cb_id] = entry
         return entry
