@@ -69,6 +69,7 @@ __all__ = [
     "StationPool",
     "TcpForwarder",
     "call_until_answered",
+    "first_message",
     "haproxy_missing_reason",
     "kill_node_red",
     "mosquitto_missing_reason",
@@ -959,3 +960,26 @@ def kill_node_red(runtime: Any) -> set[int]:
     proc.kill()
     proc.wait(10)
     return set(daemons)
+
+
+# -- reading the broker as any consumer does ---------------------------------------------
+
+
+async def first_message(
+    broker: Mosquitto,
+    topic: str,
+    accept: Callable[[bytes], bool] = bool,
+    timeout: float = 10.0,
+) -> bytes:
+    """The first message on ``topic`` (a retained one counts) whose payload ``accept``
+    takes (by default: any non-empty one)."""
+    import aiomqtt
+
+    async with aiomqtt.Client(**broker.client_args(), protocol=aiomqtt.ProtocolVersion.V5) as mqtt:
+        await mqtt.subscribe(topic, qos=1)
+        async with asyncio.timeout(timeout):
+            async for message in mqtt.messages:
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray) and accept(bytes(payload)):
+                    return bytes(payload)
+    raise AssertionError("unreachable")

@@ -59,9 +59,10 @@ from tests.fleetkit import (
     StationPool,
     TcpForwarder,
     call_until_answered,
+    first_message,
     kill_node_red,
 )
-from tests.flowkit import Flow, caught, http_api, marker, node, online, recorder
+from tests.flowkit import Flow, caught, connect_station, http_api, marker, node, online, recorder
 from tests.flowkit import request as flow_request
 from tests.nodered import ARTIFACTS, NodeRed, proc_alive, running_node_red
 
@@ -220,13 +221,7 @@ def connected_status(count: int) -> Any:
 
 async def retained(broker: Mosquitto, topic: str, timeout: float = 15.0) -> bytes:
     """The retained (non-empty) message on ``topic``; waits until there is one."""
-    async with aiomqtt.Client(**broker.client_args(), protocol=aiomqtt.ProtocolVersion.V5) as mqtt:
-        await mqtt.subscribe(topic, qos=1)
-        async with asyncio.timeout(timeout):
-            async for message in mqtt.messages:
-                if isinstance(message.payload, bytes | bytearray) and message.payload:
-                    return bytes(message.payload)
-    raise AssertionError("unreachable")
+    return await first_message(broker, topic, timeout=timeout)
 
 
 async def presences(broker: Mosquitto, count: int, timeout: float = 15.0) -> dict[str, Any]:
@@ -246,19 +241,25 @@ async def presences(broker: Mosquitto, count: int, timeout: float = 15.0) -> dic
 
 async def wait_gateway_gone(broker: Mosquitto, gateway_id: str, timeout: float = 10.0) -> float:
     """Wait for a gateway's will (its record says offline); returns the loop time."""
-    topic = f"ocpp/{GROUP}/gateway/{gateway_id}"
-    async with aiomqtt.Client(**broker.client_args(), protocol=aiomqtt.ProtocolVersion.V5) as mqtt:
-        await mqtt.subscribe(topic, qos=1)
-        async with asyncio.timeout(timeout):
-            async for message in mqtt.messages:
-                payload = message.payload
-                if isinstance(payload, bytes | bytearray) and payload:
-                    if json.loads(payload).get("online") is False:
-                        return asyncio.get_running_loop().time()
-    raise AssertionError("unreachable")
+    await first_message(
+        broker,
+        f"ocpp/{GROUP}/gateway/{gateway_id}",
+        lambda payload: bool(payload) and json.loads(payload).get("online") is False,
+        timeout,
+    )
+    return asyncio.get_running_loop().time()
 
 
 # -- the parts -------------------------------------------------------------------------
+
+
+async def deploy_fleet(
+    runtime: NodeRed, broker: Mosquitto, auths: dict[str, str], message_timeout: float = 10
+) -> None:
+    """Deploy ``fleet_flow`` and return once the gateways can read its last login."""
+    await asyncio.to_thread(runtime.deploy, fleet_flow(broker, auths, message_timeout))
+    await asyncio.to_thread(runtime.wait_for_endpoint, "GET", "/t/state")
+    await retained(broker, f"ocpp/{GROUP}/auth/{list(auths)[-1]}")
 
 
 def hashed(cb_ids: list[str], password: str = PASSWORD) -> dict[str, str]:
@@ -323,9 +324,7 @@ async def test_a_gateway_killed_its_stations_come_back_through_the_others(
     ids = [f"{BULK}{i:04d}" for i in range(STATIONS - PACKAGE_STATIONS)]
     ids += [f"{BULK}K{i}" for i in range(PACKAGE_STATIONS)]
     auths = hashed(ids)
-    await asyncio.to_thread(nodered.deploy, fleet_flow(mosquitto, auths, message_timeout=30))
-    await asyncio.to_thread(nodered.wait_for_endpoint, "GET", "/t/state")
-    await retained(mosquitto, f"ocpp/{GROUP}/auth/{ids[-1]}")
+    await deploy_fleet(nodered, mosquitto, auths, message_timeout=30)
     gateways = await start_gateways(tmp_path / "gw", mosquitto, ["g0", "g1", "g2"])
     try:
         proxy = make_haproxy([gateway.port for gateway in gateways])
@@ -569,15 +568,10 @@ async def test_b_node_red_killed_the_other_carries_on_and_no_transaction_message
     ids = [f"{BULK}B{i:02d}" for i in range(stations_n)] + [
         f"{BULK}BK{i}" for i in range(package_n)
     ]
-    flow = fleet_flow(mosquitto, hashed(ids), message_timeout=10)
+    auths = hashed(ids)
     with running_node_red(tmp_path / "nr2", f"{request.node.name}.nr2") as second:
         first = nodered
-        await asyncio.gather(
-            asyncio.to_thread(first.deploy, flow), asyncio.to_thread(second.deploy, flow)
-        )
-        for runtime in (first, second):
-            await asyncio.to_thread(runtime.wait_for_endpoint, "GET", "/t/state")
-        await retained(mosquitto, f"ocpp/{GROUP}/auth/{ids[-1]}")
+        await asyncio.gather(*(deploy_fleet(nr, mosquitto, auths) for nr in (first, second)))
         # the gateway answers InternalError for a CALL the CSMS leaves unanswered 3 s
         gateways = await start_gateways(
             tmp_path / "gw", mosquitto, ["gb"], settings={"timeouts": {"answer": 3}}
@@ -666,9 +660,7 @@ async def test_c_broker_restart_keeps_stations_connected_and_nothing_is_silently
 ) -> None:
     loop = asyncio.get_running_loop()
     ids = [f"{BULK}C{i:02d}" for i in range(10)] + [f"{BULK}CK0", "CNEW1", "CNEW2"]
-    await asyncio.to_thread(nodered.deploy, fleet_flow(mosquitto, hashed(ids), 10))
-    await asyncio.to_thread(nodered.wait_for_endpoint, "GET", "/t/state")
-    await retained(mosquitto, f"ocpp/{GROUP}/auth/{ids[-1]}")
+    await deploy_fleet(nodered, mosquitto, hashed(ids))
     gateways = await start_gateways(tmp_path / "gw", mosquitto, ["gc"])
     url = gateways[0].url
     stations = tx_stations(url, 10, 1, f"{BULK}C")
@@ -782,9 +774,7 @@ async def test_d_a_request_to_a_station_gone_ends_with_done_err_at_once(
 ) -> None:
     loop = asyncio.get_running_loop()
     ids = ["D1", "D2"]
-    await asyncio.to_thread(nodered.deploy, fleet_flow(mosquitto, hashed(ids), 10))
-    await asyncio.to_thread(nodered.wait_for_endpoint, "GET", "/t/state")
-    await retained(mosquitto, f"ocpp/{GROUP}/auth/D2")
+    await deploy_fleet(nodered, mosquitto, hashed(ids))
     gateways = await start_gateways(tmp_path / "gw", mosquitto, ["gd1", "gd2"])
     flow = Flow(nodered)
     just_gone: list[float] = []
@@ -793,7 +783,7 @@ async def test_d_a_request_to_a_station_gone_ends_with_done_err_at_once(
         # a station that just disconnected: asked right after its socket closed
         for _ in range(20):
             after = len(await flow.arecords("csms"))
-            ws = await connect_ws(gateways[0].url, "D1")
+            ws = await connect_station(gateways[0].url, "D1", PASSWORD)
             await flow.await_("csms", partial(online_record, "D1"), after=after)
             tag = marker("just-gone")
             sent = loop.time()
@@ -809,7 +799,7 @@ async def test_d_a_request_to_a_station_gone_ends_with_done_err_at_once(
         assert max(just_gone) < AT_ONCE, just_gone
 
         # a station whose gateway was killed: once the gateway's will is out
-        ws = await connect_ws(gateways[1].url, "D2")
+        ws = await connect_station(gateways[1].url, "D2", PASSWORD)
         await flow.await_("csms", partial(online_record, "D2"))
         killed_at = loop.time()
         gone = asyncio.ensure_future(wait_gateway_gone(mosquitto, "gd2"))
@@ -839,17 +829,6 @@ async def test_d_a_request_to_a_station_gone_ends_with_done_err_at_once(
             "gateway_killed_done_err_s": round(gateway_gone_s, 3),
             "offline_reason": (offline.get("payload") or {}).get("reason"),
         },
-    )
-
-
-async def connect_ws(url: str, cb_id: str, password: str = PASSWORD) -> Any:
-    return await websockets.connect(
-        f"{url}/{cb_id}",
-        subprotocols=OCPP201,
-        additional_headers=auth_header(cb_id, password),
-        open_timeout=10,
-        ping_interval=None,
-        close_timeout=2,
     )
 
 
@@ -889,9 +868,7 @@ async def test_e_one_cbid_on_two_gateways_one_wins(
 ) -> None:
     loop = asyncio.get_running_loop()
     ids = ["E1", "E2", "E3"]
-    await asyncio.to_thread(nodered.deploy, fleet_flow(mosquitto, hashed(ids), 10))
-    await asyncio.to_thread(nodered.wait_for_endpoint, "GET", "/t/state")
-    await retained(mosquitto, f"ocpp/{GROUP}/auth/E3")
+    await deploy_fleet(nodered, mosquitto, hashed(ids))
     directory = tmp_path / "gw"
     newest = [
         GatewayProcess(directory, mosquitto, "ga", GROUP, log_level="DEBUG"),
@@ -910,11 +887,11 @@ async def test_e_one_cbid_on_two_gateways_one_wins(
     tasks: list[asyncio.Task[None]] = []
     try:
         # newest wins: the connection at ga is closed when the same cbId logs in at gb
-        older = await connect_ws(newest[0].url, "E1")
+        older = await connect_station(newest[0].url, "E1", PASSWORD)
         await flow.await_("csms", partial(online_record, "E1"))
         answered: list[str] = []
         started = loop.time()
-        newer = await connect_ws(newest[1].url, "E1")
+        newer = await connect_station(newest[1].url, "E1", PASSWORD)
         tasks.append(asyncio.ensure_future(answer_calls(newer, answered)))
         await asyncio.wait_for(older.wait_closed(), 10)
         numbers["older_closed_after_s"] = round(loop.time() - started, 3)
@@ -928,12 +905,12 @@ async def test_e_one_cbid_on_two_gateways_one_wins(
         ]
 
         # reject: the second is refused 409, the first is kept and served
-        first = await connect_ws(reject[0].url, "E2")
+        first = await connect_station(reject[0].url, "E2", PASSWORD)
         tasks.append(asyncio.ensure_future(answer_calls(first, answered := [])))
         await flow.await_("csms", partial(online_record, "E2"))
         for gateway in reject:  # another gateway, and the same one again
             with pytest.raises(websockets.InvalidStatus) as refused:
-                await connect_ws(gateway.url, "E2")
+                await connect_station(gateway.url, "E2", PASSWORD)
             assert refused.value.response.status_code == 409, gateway.gateway_id
         response = await flow_call(flow, "E2")
         assert response["payload"]["data"] == {"status": "Accepted"} and answered
@@ -941,14 +918,14 @@ async def test_e_one_cbid_on_two_gateways_one_wins(
 
         # moved from ga to gb while its socket at ga is dead; ga notices later
         offset = newest[0].log_size()
-        stale = await connect_ws(f"ws://127.0.0.1:{forwarder.port}/ocpp", "E3")
+        stale = await connect_station(f"ws://127.0.0.1:{forwarder.port}/ocpp", "E3", PASSWORD)
         await flow.await_("csms", partial(online_record, "E3"))
         at_ga = json.loads(await retained(mosquitto, f"ocpp/{GROUP}/presence/E3"))
         assert at_ga["gateway"] == "ga", at_ga
         forwarder.freeze()  # ga's socket of E3 now carries nothing either way
         before = len(await flow.arecords("csms"))
         moved_at = loop.time()
-        moved = await connect_ws(newest[1].url, "E3")
+        moved = await connect_station(newest[1].url, "E3", PASSWORD)
         tasks.append(asyncio.ensure_future(answer_calls(moved, answered := [])))
         await flow.await_("csms", partial(online_record, "E3"), after=before)
         # ga lets go of its dead socket when it sees gb's record (gateway rule 5); its
