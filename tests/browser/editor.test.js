@@ -409,6 +409,7 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       "max_frame_size", "boot_rules", "ocpp_logging"]), []);
     assert.equal(await marked("port"), false, "fleet mode needs no port");
     assert.ok(await page.locator("#csms-tab-connection .csms-fleet-note").isVisible());
+    await shotTray("csms-fleet-connection");
     for (const tab of ["csms-tab-security", "csms-tab-limits"]) {
       await showTab(tab);
       assert.ok(await page.locator(`#${tab} .csms-fleet-note`).first().isVisible(), `${tab} says why`);
