@@ -551,6 +551,9 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       { id: "old.csms", type: "CSMS", z, name: "CMSM1", port: "18799", path: "/ocpp2", ws_user: "test",
         ws_pw: "test", log: false, logpath: "", x: 600, y: 120, wires: [[], []] },
       { id: "old.target", type: "target-csms", name: "Legacy CSMS", url: "ws://127.0.0.1:18799/ocpp2" },
+      // a tls-config of some other node: an older CSMS must not take it for its TLS or the broker's
+      { id: "old.tls", type: "tls-config", name: "some TLS", cert: "", key: "", ca: "", certname: "", keyname: "",
+        caname: "", servername: "", verifyservercert: true },
       { id: "old.cs", type: "CS", z, name: "", csms: "old.target", cbId: "LCS2", ws_rt_minimum: "1",
         ws_rt_repeat: "3", ws_rt_rnd_range: "0", auto_connect: true, ocpp_logging: true, outputs: 3,
         x: 600, y: 220, wires: [[], [], []] },
@@ -600,6 +603,24 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
         assert.deepEqual(added, [], "no mode, no fleet settings added");
       }
     }
+  });
+
+  await t.test("Broker TLS: none until chosen, also with a tls-config in the workspace; it needs mqtts://", async () => {
+    await openDialog(fleetId);
+    await showTab("csms-tab-fleet");
+    assert.equal(await page.inputValue("#node-input-fleet_tls"), "_ADD_", "none");
+    await page.selectOption("#node-input-fleet_tls", "old.tls");
+    await page.locator("#node-input-fleet_broker.input-error").waitFor({ timeout: 5000 });
+    await page.fill("#node-input-fleet_broker", "mqtts://broker.example.com");
+    await page.press("#node-input-fleet_broker", "Tab");
+    assert.equal(await marked("fleet_broker"), false);
+    await page.fill("#node-input-fleet_broker", "mqtt://broker.example.com");
+    await page.press("#node-input-fleet_broker", "Tab");
+    assert.equal(await marked("fleet_broker"), true);
+    await page.selectOption("#node-input-fleet_tls", "_ADD_");
+    await page.locator("#node-input-fleet_broker:not(.input-error)").waitFor({ timeout: 5000 });
+    await page.click("#node-dialog-cancel");
+    await page.locator("#node-dialog-ok").waitFor({ state: "detached" });
   });
 
   assert.deepEqual(errors, [], "no script errors in the editor");

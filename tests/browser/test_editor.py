@@ -110,7 +110,7 @@ def test_editor_in_headless_chromium(tmp_path: Path) -> None:
             **fleet,
         )
     assert returncode == 0, output
-    assert "pass 11" in output and "fail 0" in output, output
+    assert "pass 12" in output and "fail 0" in output, output
     for name in ("csms-dialog", "csms-dialog-security", "csms-dialog-fleet", "cs-dialog"):
         assert (SCREENSHOTS / f"{name}.png").is_file(), name
 
