@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import aiomqtt
 import pytest
 import websockets
 
@@ -434,3 +435,25 @@ async def test_one_csms_call_at_a_time_reaches_a_station_across_instances(
                 10,
                 "both answers, each to its instance",
             )
+
+
+async def test_a_starting_gateway_marks_offline_the_stations_of_a_gateway_that_is_gone(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """What a gateway killed with no other gateway running leaves on the broker: its
+    will and its stations' online records. The next gateway to start cleans up."""
+    topics = Topics(GROUP)
+    dead = Presence(True, "gwdead", "c-dead", "2026-01-01T00:00:00+00:00", "ocpp2.0.1")
+    async with aiomqtt.Client(
+        **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+    ) as mqtt:
+        await mqtt.publish(topics.gateway("gwdead"), b'{"online": false}', qos=1, retain=True)
+        await mqtt.publish(topics.presence("CSX"), dead.to_json(), qos=1, retain=True)
+        await mqtt.subscribe(topics.presence("CSX"), qos=1)
+        async with fleet(mosquitto, tmp_path):
+            async with asyncio.timeout(10):
+                async for message in mqtt.messages:
+                    record = Presence.from_json(bytes(message.payload))  # type: ignore[arg-type]
+                    if record is not None and not record.online:
+                        break
+    assert record.connection == "c-dead" and "gwdead is gone" in record.reason, record
