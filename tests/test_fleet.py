@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from urllib.parse import quote
 import aiohttp
 import aiomqtt
 import pytest
+import trustme
 import websockets
 
 from ocpp_nodes.fleet.broker import BrokerOptions, broker_address
@@ -457,3 +459,38 @@ async def test_a_starting_gateway_marks_offline_the_stations_of_a_gateway_that_i
                     if record is not None and not record.online:
                         break
     assert record.connection == "c-dead" and "gwdead is gone" in record.reason, record
+
+
+async def test_a_profile_3_gateway_admits_a_station_by_its_certificate(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """TLS at the gateway as at a CSMS node: the server certificate, client
+    certificates of the station CA whose CN must be the cbId (403 otherwise)."""
+    server_ca, station_ca = trustme.CA(), trustme.CA()
+    server = server_ca.issue_cert("localhost", "127.0.0.1")
+    server.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    station_ca.cert_pem.write_to_path(str(tmp_path / "stations-ca.pem"))
+
+    def client(cb_id: str) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        server_ca.configure_trust(context)
+        station_ca.issue_cert(f"{cb_id.lower()}.test", common_name=cb_id).configure_cert(context)
+        return context
+
+    async with fleet(
+        mosquitto,
+        tmp_path,
+        security_profile=3,
+        tls={"cert": "server.pem", "key": "server.key", "ca": "stations-ca.pem"},
+    ) as setup:
+        csms = Csms()
+        await setup.csms(csms)
+        url = setup.url.replace("ws://", "wss://")
+        async with websockets.connect(
+            f"{url}/CS1", subprotocols=OCPP201, ssl=client("CS1"), ping_interval=None
+        ) as ws:
+            assert (await call(ws, BOOT, "t1"))[:2] == [3, "t1"]
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"{url}/CS1", subprotocols=OCPP201, ssl=client("CS3"))
+        assert refused.value.response.status_code == 403
