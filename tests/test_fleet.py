@@ -19,6 +19,7 @@ with several processes tests/test_fleet_failures.py):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -494,3 +495,38 @@ async def test_a_profile_3_gateway_admits_a_station_by_its_certificate(
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(f"{url}/CS1", subprotocols=OCPP201, ssl=client("CS3"))
         assert refused.value.response.status_code == 403
+
+
+async def retained_auth(mosquitto: Mosquitto) -> dict[str, str]:
+    found: dict[str, str] = {}
+    async with aiomqtt.Client(
+        **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+    ) as mqtt:
+        await mqtt.subscribe(f"ocpp/{GROUP}/auth/+", qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for message in mqtt.messages:
+                    found[cb_id_of(str(message.topic).rsplit("/", 1)[1])] = bytes(
+                        message.payload  # type: ignore[arg-type]
+                    ).decode()
+    return found
+
+
+async def test_the_auth_list_on_the_broker_follows_the_nodes_list(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with fleet(mosquitto, tmp_path) as setup:
+        server = await setup.csms(Csms())
+        first = await until(lambda: asyncio.ensure_future(retained_auth(mosquitto)), 1, "a look")
+        first = await first
+        assert set(first) == set(PASSWORDS)
+        assert all(value.startswith("$pbkdf2-sha256$10000$") for value in first.values())
+        changed = {"CS1": "a-new-password-1", "a/b+c#d%": PASSWORDS["a/b+c#d%"]}
+        server.publish_auth(AuthList.parse(changed))
+        await until(lambda: "CS3" not in setup.gateway.auth, 10, "CS3 to be removed")
+        second = await retained_auth(mosquitto)
+        assert set(second) == set(changed), second  # CS3: removed from the broker
+        assert second["a/b+c#d%"] == first["a/b+c#d%"]  # unchanged: the same hash
+        assert second["CS1"] != first["CS1"]
+        assert await setup.gateway.auth.check("CS1", "a-new-password-1")
+        assert not await setup.gateway.auth.check("CS1", PASSWORDS["CS1"])
