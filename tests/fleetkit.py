@@ -378,6 +378,7 @@ class GatewayProcess(_Process):
             if not self.running:
                 raise RuntimeError(f"{self.name} exited; its log:\n{self.log_tail()}")
             if time.monotonic() >= deadline:
+                self.kill()
                 raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.02)
 
