@@ -148,7 +148,7 @@ fleet-demo: setup
 # the browser tests (tests/browser) always write theirs to .local/screenshots/;
 # this copies the ones named here (the list tests/browser/test_editor.py
 # checks) to docs/images/, to be committed.
-DOC_IMAGES := demo-flow getting-started-flow getting-started-debug getting-started-catch csms-dialog csms-dialog-security cs-dialog live-view
+DOC_IMAGES := demo-flow getting-started-flow getting-started-debug getting-started-catch csms-dialog csms-dialog-security csms-dialog-fleet cs-dialog live-view
 
 screenshots: setup
 	OCPP_NODES_PYTHON=$(VPY) $(VPY) -m pytest -q -p no:cacheprovider tests/browser

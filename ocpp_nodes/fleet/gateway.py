@@ -452,6 +452,9 @@ class Gateway:
             if presence.online and presence.gateway == self.config.id:
                 # a connection of ours from before a restart
                 self._mark_offline(cb_id, presence, f"gateway {self.config.id} restarted")
+            elif presence.online and presence.gateway in self.gateways_gone:
+                # retained from a gateway that is gone (its will came first)
+                self._mark_offline(cb_id, presence, f"its gateway {presence.gateway} is gone")
             return
         if presence.connection == held.connection:
             if presence.online:

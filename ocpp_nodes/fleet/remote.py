@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 #: (about 2 ms here; OCPP's Basic auth passwords are 16-40 random characters)
 PUBLISHED_PBKDF2_ROUNDS = 10_000
 
+#: plain passwords hashed per turn of a password thread
+HASH_BATCH = 100
+
 #: connections closed here whose late frames are ignored rather than reopened
 CLOSED_KEPT = 4096
 
@@ -318,6 +321,7 @@ class FleetServer:
     async def _publish_auth(self, auth_list: AuthList, full: bool) -> None:
         broker = self.broker
         wanted: dict[str, str] = {}
+        plain: list[tuple[str, str]] = []
         for cb_id in auth_list.readable():
             stored = auth_list.stored(cb_id)
             if stored is None:
@@ -325,11 +329,12 @@ class FleetServer:
             if looks_like_hash(stored):
                 wanted[cb_id] = stored
             else:
-                kept = self._auth.get(cb_id)
-                if kept is not None and kept.startswith("$") and await _same(stored, kept):
-                    wanted[cb_id] = kept
-                else:
-                    wanted[cb_id] = await VERIFIER.run(_published_hash, stored)
+                plain.append((cb_id, stored))
+        # hashed in threads, a batch at a time: station logins of direct-mode nodes
+        # in this engine share those threads
+        for start in range(0, len(plain), HASH_BATCH):
+            batch = plain[start : start + HASH_BATCH]
+            wanted.update(await VERIFIER.run(_hashes_to_publish, batch, dict(self._auth)))
         if broker is None or broker is not self.broker:
             return
         for cb_id, hashed in wanted.items():
@@ -517,16 +522,21 @@ class FleetServer:
         broker.publish(socket.down, payload, properties=properties)
 
 
-def _published_hash(password: str) -> str:
-    return make_hash(password, "pbkdf2-sha256", cost=PUBLISHED_PBKDF2_ROUNDS)
-
-
-async def _same(password: str, hashed: str) -> bool:
-    """Whether the published ``hashed`` was made from ``password``."""
-    try:
-        return await VERIFIER.run(verify, password, parse_hash(hashed))
-    except ValueError:
-        return False
+def _hashes_to_publish(plain: list[tuple[str, str]], published: dict[str, str]) -> dict[str, str]:
+    """cbId -> the hash to publish of each plain password: the one published
+    before when it still matches (no new salt, no new message), else a new one."""
+    hashes = {}
+    for cb_id, password in plain:
+        kept = published.get(cb_id)
+        if kept is not None:
+            try:
+                if verify(password, parse_hash(kept)):
+                    hashes[cb_id] = kept
+                    continue
+            except ValueError:
+                pass
+        hashes[cb_id] = make_hash(password, "pbkdf2-sha256", cost=PUBLISHED_PBKDF2_ROUNDS)
+    return hashes
 
 
 def _now() -> str:
