@@ -965,3 +965,65 @@ async def test_e_one_cbid_on_two_gateways_one_wins(
         await forwarder.stop()
         stop_gateways(gateways, request.node.name)
     report("e_duplicate_cbid", numbers)
+
+
+# -- f. a graceful stop of a gateway (a rolling restart) -----------------------------------
+
+
+async def test_f_a_gateway_stopped_gracefully_says_so_for_each_station(
+    mosquitto: Mosquitto,
+    nodered: NodeRed,
+    make_haproxy: MakeHAProxy,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    loop = asyncio.get_running_loop()
+    count = 300
+    ids = [f"{BULK}F{i:03d}" for i in range(count)]
+    await deploy_fleet(nodered, mosquitto, hashed(ids))
+    gateways = await start_gateways(tmp_path / "gw", mosquitto, ["gf0", "gf1"])
+    proxy = make_haproxy([gateway.port for gateway in gateways])
+    url = f"ws://127.0.0.1:{proxy.port}/ocpp"
+    pool = StationPool([FleetStation(url, cb_id, PASSWORD) for cb_id in ids])
+    pool.start()
+    try:
+        await pool.wait_connected(60)
+        await wait_state(nodered, connected_status(count), 30, "all stations at the node")
+        where = await presences(mosquitto, count)
+        held = {cb_id for cb_id, record in where.items() if record["gateway"] == "gf0"}
+        stopped_at = loop.time()
+        await asyncio.to_thread(gateways[0].stop)
+        stop_s = loop.time() - stopped_at
+        # its own record says it stopped (not its will), and so does each station's
+        record = json.loads(await retained(mosquitto, f"ocpp/{GROUP}/gateway/gf0"))
+        assert record["online"] is False and "since" in record, record
+        await until_true(
+            lambda: all(pool.by_id[cb].outages and pool.by_id[cb].outages[-1].took for cb in held),
+            30,
+            "the stopped gateway's stations connected again",
+        )
+
+        def all_back(body: dict[str, Any]) -> bool:
+            onlines = body["onlines"]
+            return body["online"] == count and all(onlines.get(cb, 0) >= 2 for cb in held)
+
+        await wait_state(nodered, all_back, 30, "the node sees them again", onlines=1)
+        after = await presences(mosquitto, count)
+        assert not [cb for cb, r in after.items() if not r["online"] or r["gateway"] != "gf1"]
+        took = [pool.by_id[cb].outages[-1].took or 0.0 for cb in held]
+        codes = {pool.by_id[cb].outages[-1].code for cb in held}
+    finally:
+        await pool.stop()
+        stop_gateways(gateways, request.node.name)
+    assert "disconnected due to" not in mosquitto.log(), "the gateway did not disconnect cleanly"
+    report(
+        "f_gateway_graceful_stop",
+        {
+            "stations": count,
+            "moved_stations": len(held),
+            "gateway_stop_s": round(stop_s, 2),
+            "close_codes": sorted(str(code) for code in codes),
+            "reconnect_s_max": round(max(took), 2),
+            "reconnect_s_p50": round(statistics.median(took), 2),
+        },
+    )
