@@ -52,7 +52,6 @@ import pytest
 import websockets
 
 from ocpp_nodes.transport.passwords import make_hash
-from tests.common import OCPP201, auth_header
 from tests.fleetkit import (
     CallOutcome,
     FleetStation,
@@ -695,7 +694,7 @@ async def test_c_broker_restart_keeps_stations_connected_and_nothing_is_silently
             # gateway's records again)
             again = (await state(nodered, onlines=1))["onlines"]
             numbers[how]["stations_announced_online_again"] = sum(
-                again[s.cb_id] > onlines[s.cb_id] for s in stations
+                again[station.cb_id] > onlines[station.cb_id] for station in stations
             )
             # the flow reaches every station again, and a new station can log in
             await runtime_send(
@@ -706,12 +705,7 @@ async def test_c_broker_restart_keeps_stations_connected_and_nothing_is_silently
             )
             assert fan["fan"]["errors"] == 0, (how, fan["fan"])
             newcomer = "CNEW1" if how == "graceful" else "CNEW2"
-            async with websockets.connect(
-                f"{url}/{newcomer}",
-                subprotocols=OCPP201,
-                additional_headers=auth_header(newcomer, PASSWORD),
-                open_timeout=10,
-            ):
+            async with await connect_station(url, newcomer, PASSWORD):
                 await flow.await_("csms", partial(online_record, newcomer))
         await load.finish()
     finally:
@@ -754,12 +748,7 @@ async def while_the_broker_is_down(
     assert done_err_s < 3, done_err_s
     # a station that connects now is asked to come back later (503)
     with pytest.raises(websockets.InvalidStatus) as refused:
-        await websockets.connect(
-            f"{url}/CNEW1",
-            subprotocols=OCPP201,
-            additional_headers=auth_header("CNEW1", PASSWORD),
-            open_timeout=10,
-        )
+        await connect_station(url, "CNEW1", PASSWORD)
     assert refused.value.response.status_code == 503
     return {
         "station_call_errors": len(errors),
