@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,14 +131,20 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        print("stopping ...", flush=True)
         if node_red is not None and node_red.poll() is None:
+            began = time.monotonic()
             node_red.send_signal(signal.SIGINT)
             try:
-                node_red.wait(15)
+                node_red.wait(30)
             except subprocess.TimeoutExpired:
                 node_red.kill()
+            print(f"Node-RED stopped ({time.monotonic() - began:.1f} s)", flush=True)
         for process in reversed(started):
+            began = time.monotonic()
             process.stop()  # type: ignore[attr-defined]
+            name = process.name  # type: ignore[attr-defined]
+            print(f"{name} stopped ({time.monotonic() - began:.1f} s)", flush=True)
     return 0
 
 

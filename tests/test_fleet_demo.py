@@ -109,11 +109,13 @@ class Demo:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
-                return process.wait(60)
+                return process.wait(120)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                raise
+                raise AssertionError(
+                    f"the demo did not stop in 120 s:\n{self.text()[-3000:]}"
+                ) from None
         return process.returncode
 
 

@@ -268,12 +268,12 @@ def _now() -> str:
 class Held:
     """A station connected to this gateway."""
 
-    def __init__(self, link: StationLink, connection: str) -> None:
+    def __init__(self, link: StationLink, gateway_id: str) -> None:
         self.link = link
-        self.connection = connection
+        self.connection = connection = secrets.token_hex(8)
         self.presence = Presence(
             online=True,
-            gateway="",
+            gateway=gateway_id,
             connection=connection,
             since=_now(),
             version=link.version.subprotocol,
@@ -516,15 +516,7 @@ class Gateway:
     async def link_opened(self, link: StationLink) -> None:
         cb_id = link.cb_id
         previous = self.held.get(cb_id)
-        held = Held(link, secrets.token_hex(8))
-        held.presence = Presence(
-            online=True,
-            gateway=self.config.id,
-            connection=held.connection,
-            since=held.presence.since,
-            version=link.version.subprotocol,
-            remote=link.remote,
-        )
+        held = Held(link, self.config.id)
         self.held[cb_id] = held
         if self.meter is not None:
             self.meter.handshake("accepted")
