@@ -241,6 +241,32 @@ async def presences(broker: Mosquitto, count: int, timeout: float = 15.0) -> dic
     raise AssertionError("unreachable")
 
 
+async def held_by(broker: Mosquitto, count: int, gateway_id: str) -> set[str]:
+    """The stations ``gateway_id`` holds, once the broker has all ``count`` online."""
+    where = await presences(broker, count)
+    assert all(record["online"] for record in where.values()), "not all online"
+    return {cb_id for cb_id, record in where.items() if record["gateway"] == gateway_id}
+
+
+async def connected_again(pool: StationPool, held: set[str], timeout: float) -> None:
+    """Wait until each station of ``held`` lost its connection and has a new one."""
+    await until_true(
+        lambda: all(pool.by_id[cb].outages and pool.by_id[cb].outages[-1].took for cb in held),
+        timeout,
+        "the gateway's stations connected again",
+    )
+
+
+def all_back(count: int, held: set[str]) -> Any:
+    """A ``wait_state`` check: ``count`` online at the node, ``held`` on a new connection."""
+
+    def check(body: dict[str, Any]) -> bool:
+        onlines = body["onlines"]
+        return body["online"] == count and all(onlines.get(cb, 0) >= 2 for cb in held)
+
+    return check
+
+
 async def wait_gateway_gone(broker: Mosquitto, gateway_id: str, timeout: float = 10.0) -> float:
     """Wait for a gateway's will (its record says offline); returns the loop time."""
     await first_message(
@@ -365,18 +391,13 @@ async def run_gateway_kill(
     connect_took = await pool.wait_connected(120)
     await wait_state(runtime, connected_status(STATIONS), 60, "all stations at the CSMS node")
     where = await presences(broker, STATIONS)
-    held = {cb_id for cb_id, record in where.items() if record["gateway"] == "g0"}
-    assert held and all(record["online"] for record in where.values()), "not all online"
+    held = await held_by(broker, STATIONS, "g0")
     spread = {gid: sum(r["gateway"] == gid for r in where.values()) for gid in ("g0", "g1", "g2")}
 
     killed_at = loop.time()
     gateways[0].kill()
     # every station of g0 lost its connection and came back through g1 or g2
-    await until_true(
-        lambda: all(pool.by_id[cb].outages and pool.by_id[cb].outages[-1].took for cb in held),
-        60,
-        "the killed gateway's stations connected again",
-    )
+    await connected_again(pool, held, 60)
     back_at = loop.time()
     moved = [pool.by_id[cb] for cb in held]
     others = [s for s in pool.stations if s.cb_id not in held]
@@ -391,11 +412,9 @@ async def run_gateway_kill(
     assert not late, f"connected again later than back-off + 10 s: {late[:5]}"
 
     # the CSMS node has every station on its new connection
-    def all_back(body: dict[str, Any]) -> bool:
-        onlines = body["onlines"]
-        return body["online"] == STATIONS and all(onlines.get(cb, 0) >= 2 for cb in held)
-
-    node_view = await wait_state(runtime, all_back, 60, "the CSMS node sees them again", onlines=1)
+    node_view = await wait_state(
+        runtime, all_back(STATIONS, held), 60, "the CSMS node sees them again", onlines=1
+    )
     assert node_view["status"].startswith(f"{STATIONS} connected"), node_view["status"]
     node_back_at = loop.time()
     after = await presences(broker, STATIONS)
@@ -1010,25 +1029,15 @@ async def test_f_a_gateway_stopped_gracefully_says_so_for_each_station(
     try:
         await pool.wait_connected(60)
         await wait_state(nodered, connected_status(count), 30, "all stations at the node")
-        where = await presences(mosquitto, count)
-        held = {cb_id for cb_id, record in where.items() if record["gateway"] == "gf0"}
+        held = await held_by(mosquitto, count, "gf0")
         stopped_at = loop.time()
         await asyncio.to_thread(gateways[0].stop)
         stop_s = loop.time() - stopped_at
         # its own record says it stopped (not its will), and so does each station's
         record = json.loads(await retained(mosquitto, f"ocpp/{GROUP}/gateway/gf0"))
         assert record["online"] is False and "since" in record, record
-        await until_true(
-            lambda: all(pool.by_id[cb].outages and pool.by_id[cb].outages[-1].took for cb in held),
-            30,
-            "the stopped gateway's stations connected again",
-        )
-
-        def all_back(body: dict[str, Any]) -> bool:
-            onlines = body["onlines"]
-            return body["online"] == count and all(onlines.get(cb, 0) >= 2 for cb in held)
-
-        await wait_state(nodered, all_back, 30, "the node sees them again", onlines=1)
+        await connected_again(pool, held, 30)
+        await wait_state(nodered, all_back(count, held), 30, "the node sees them", onlines=1)
         after = await presences(mosquitto, count)
         assert not [cb for cb, r in after.items() if not r["online"] or r["gateway"] != "gf1"]
         took = [pool.by_id[cb].outages[-1].took or 0.0 for cb in held]
