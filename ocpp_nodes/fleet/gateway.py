@@ -311,6 +311,9 @@ class Gateway:
         #: the last presence record of every station of the fleet
         self.presence: dict[str, Presence] = {}
         self.gateways_gone: set[str] = set()
+        #: stop() closes the stations: their offline record says so, not how the
+        #: websocket's closing handshake ended
+        self._stopping = False
         #: station CALLs the gateway answered InternalError itself, by why (rule 3)
         self.unanswerable: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -334,6 +337,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Close every station (their presence goes offline), say so, disconnect."""
+        self._stopping = True
         await self.server.stop()
         if self.broker.connected:
             self.broker.publish(
@@ -545,7 +549,9 @@ class Gateway:
             timer.cancel()
         latest = self.presence.get(cb_id)
         if latest is None or latest.connection == held.connection:
-            self._mark_offline(cb_id, held.presence, reason or "gateway stopping")
+            if self._stopping or not reason:
+                reason = f"gateway {self.config.id} stopped"
+            self._mark_offline(cb_id, held.presence, reason)
         if self.broker.connected:
             self._spawn(self._unsubscribe(cb_id))
         log.debug("%s disconnected: %s", cb_id, reason)
