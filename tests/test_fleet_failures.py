@@ -241,6 +241,30 @@ async def presences(broker: Mosquitto, count: int, timeout: float = 15.0) -> dic
     raise AssertionError("unreachable")
 
 
+async def offline_reasons(
+    broker: Mosquitto, count: int, held: set[str], ready: asyncio.Event, timeout: float = 30.0
+) -> dict[str, str]:
+    """The reason of each offline record of a station of ``held`` published from now
+    on (``ready`` is set once the ``count`` retained records came, i.e. subscribed)."""
+    prefix = f"ocpp/{GROUP}/presence/"
+    seen = 0
+    reasons: dict[str, str] = {}
+    async with aiomqtt.Client(**broker.client_args(), protocol=aiomqtt.ProtocolVersion.V5) as mqtt:
+        await mqtt.subscribe(prefix + "+", qos=1)
+        async with asyncio.timeout(timeout):
+            async for message in mqtt.messages:
+                seen += 1
+                if seen >= count:
+                    ready.set()
+                record = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                cb_id = str(message.topic)[len(prefix) :]
+                if not message.retain and not record["online"] and cb_id in held:
+                    reasons[cb_id] = record.get("reason", "")
+                    if len(reasons) == len(held):
+                        return reasons
+    raise AssertionError("unreachable")
+
+
 async def held_by(broker: Mosquitto, count: int, gateway_id: str) -> set[str]:
     """The stations ``gateway_id`` holds, once the broker has all ``count`` online."""
     where = await presences(broker, count)
@@ -1030,9 +1054,14 @@ async def test_f_a_gateway_stopped_gracefully_says_so_for_each_station(
         await pool.wait_connected(60)
         await wait_state(nodered, connected_status(count), 30, "all stations at the node")
         held = await held_by(mosquitto, count, "gf0")
+        subscribed = asyncio.Event()
+        offline = asyncio.ensure_future(offline_reasons(mosquitto, count, held, subscribed))
+        await asyncio.wait_for(subscribed.wait(), 10)
         stopped_at = loop.time()
         await asyncio.to_thread(gateways[0].stop)
         stop_s = loop.time() - stopped_at
+        reasons = set((await offline).values())
+        assert reasons == {"gateway gf0 stopped"}, reasons
         # its own record says it stopped (not its will), and so does each station's
         record = json.loads(await retained(mosquitto, f"ocpp/{GROUP}/gateway/gf0"))
         assert record["online"] is False and "since" in record, record
