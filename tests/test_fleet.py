@@ -34,10 +34,17 @@ import pytest
 import trustme
 import websockets
 
-from ocpp_nodes.fleet.broker import BrokerOptions, broker_address
+from ocpp_nodes.fleet.broker import BrokerOptions, broker_address, publish_properties
 from ocpp_nodes.fleet.gateway import ConfigError, Gateway, load_config
 from ocpp_nodes.fleet.remote import FleetOptions, FleetServer, frame_message_id
-from ocpp_nodes.fleet.topics import Presence, Topics, cb_id_of, group_problem, topic_level
+from ocpp_nodes.fleet.topics import (
+    CONNECTION,
+    Presence,
+    Topics,
+    cb_id_of,
+    group_problem,
+    topic_level,
+)
 from ocpp_nodes.rpc import CallReceived, ResultReceived
 from ocpp_nodes.transport.auth_list import AuthList
 from ocpp_nodes.transport.csms_server import ServerOptions
@@ -529,3 +536,40 @@ async def test_the_auth_list_on_the_broker_follows_the_nodes_list(
         assert second["CS1"] != first["CS1"]
         assert await setup.gateway.auth.check("CS1", "a-new-password-1")
         assert not await setup.gateway.auth.check("CS1", PASSWORDS["CS1"])
+
+
+async def test_a_call_sent_to_an_earlier_connection_never_reaches_the_new_one(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A command meant for a connection that is gone is answered GenericError by the
+    gateway (to where the sender waits), and the station's new connection never sees it."""
+    async with fleet(mosquitto, tmp_path) as setup:
+        csms = Csms()
+        await setup.csms(csms)
+        async with setup.station("CS1") as ws:
+            assert (await call(ws, BOOT, "b1"))[0] == 3
+            topics = Topics(GROUP)
+            answers = topics.answers("probe")
+            properties = publish_properties(
+                response_topic=answers,
+                correlation="stale-1",
+                user=[(CONNECTION, "a-connection-that-is-gone")],
+            )
+            async with aiomqtt.Client(
+                **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+            ) as mqtt:
+                await mqtt.subscribe(answers, qos=1)
+                await mqtt.publish(
+                    topics.down("CS1"),
+                    json.dumps([2, "stale-1", "Reset", {"type": "Immediate"}]),
+                    qos=1,
+                    properties=properties,
+                )
+                async with asyncio.timeout(10):
+                    async for message in mqtt.messages:
+                        answer = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        break
+            assert answer[:3] == [4, "stale-1", "GenericError"], answer
+            assert "gone" in answer[3], answer
+            # and the station got nothing: its next exchange is its own
+            assert (await call(ws, [2, "", "Heartbeat", {}], "h1"))[:2] == [3, "h1"]

@@ -25,7 +25,10 @@ Theory of operation:
 4. A CALL from ``down`` goes to the station when its previous CALL is
    answered (one at a time, part 4); the station's answer goes to the CALL's
    response topic. The broker drops a CALL that waited longer than its
-   expiry (the sender's call timeout).
+   expiry (the sender's call timeout). A message addressed to an earlier
+   connection of the station (user property ``connection``) is not sent to
+   this one; a CALL that cannot be sent is answered CALLERROR
+   ``GenericError`` on its response topic.
 5. Presence: the last record on ``presence/<cbId>`` wins. A gateway that
    sees, after its own record came back to it, a newer online record of
    another connection for a station it holds, closes its socket ("replaced
@@ -338,7 +341,7 @@ class Gateway:
     async def stop(self) -> None:
         """Close every station (their presence goes offline), say so, disconnect."""
         self._stopping = True
-        await self.server.stop()
+        await self.server.stop(f"gateway {self.config.id} stopping")
         if self.broker.connected:
             self.broker.publish(
                 self.topics.gateway(self.config.id),
@@ -672,9 +675,25 @@ class Gateway:
         except (ValueError, IndexError, KeyError, TypeError):
             log.warning("%s: a message on its down topic is not an OCPP-J frame; dropped", cb_id)
             return
+        response_topic = getattr(properties, "ResponseTopic", None)
+        addressed = user.get(fleet.CONNECTION)
+        if addressed and addressed != held.connection:
+            # meant for an earlier connection of the station: never for this one
+            log.info(
+                "%s: %s was sent to its connection before this one; dropped", cb_id, message_id
+            )
+            if kind == 2 and response_topic:
+                self._refuse_call(
+                    cb_id,
+                    held,
+                    addressed,
+                    message_id,
+                    response_topic,
+                    "the connection it was sent to is gone; not sent",
+                )
+            return
         try:
             if kind == 2:
-                response_topic = getattr(properties, "ResponseTopic", None)
                 link.send_call(frame[2], frame[3], message_id=message_id)
                 if response_topic:
                     held.calls[message_id] = response_topic
@@ -696,21 +715,32 @@ class Gateway:
                 link.send_unconfirmed(frame[2], frame[3], message_id=message_id)
         except (OutgoingError, IndexError) as exc:
             log.info("%s: cannot send %s: %s", cb_id, message_id, exc)
-            response_topic = getattr(properties, "ResponseTopic", None)
             if kind == 2 and response_topic:
-                error = CallError(
-                    str(message_id),
-                    link.version.code(ErrorCode.GENERIC_ERROR),
-                    error_description(f"gateway {self.config.id}: {exc}"),
-                )
-                self.broker.publish(
-                    response_topic,
-                    serialize(error),
-                    properties=publish_properties(
-                        correlation=str(message_id),
-                        user=(("cbId", cb_id), (fleet.CONNECTION, held.connection)),
-                    ),
-                )
+                self._refuse_call(cb_id, held, held.connection, message_id, response_topic, exc)
+
+    def _refuse_call(
+        self,
+        cb_id: str,
+        held: Held,
+        connection: str,
+        message_id: Any,
+        response_topic: str,
+        why: object,
+    ) -> None:
+        """Answer a CSMS's CALL that did not go to the station with a CALLERROR (rule 4)."""
+        error = CallError(
+            str(message_id),
+            held.link.version.code(ErrorCode.GENERIC_ERROR),
+            error_description(f"gateway {self.config.id}: {why}"),
+        )
+        self.broker.publish(
+            response_topic,
+            serialize(error),
+            properties=publish_properties(
+                correlation=str(message_id),
+                user=(("cbId", cb_id), (fleet.CONNECTION, connection)),
+            ),
+        )
 
 
 class GatewayMetrics(EngineMetrics):
