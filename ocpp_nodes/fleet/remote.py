@@ -66,6 +66,7 @@ __all__ = [
     "FleetOptions",
     "FleetServer",
     "fleet_options",
+    "remote_session_class",
 ]
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,18 @@ class RemoteSession(OcppSession):
     ) -> None:
         self._check_broker()
         super().send_error(message_id, error_code, description, details)
+
+
+def remote_session_class(transports: Any) -> type[OcppSession]:
+    """The session class of fleet links for a node's ``Transports``: a
+    :class:`RemoteSession` that also observes sends as the transports' own
+    session class does (the benchmark's ``hop_trace``)."""
+    local: type[OcppSession] = getattr(transports, "session_class", OcppSession)
+    if issubclass(local, RemoteSession):
+        return local
+    if local is OcppSession:
+        return RemoteSession
+    return type(f"Remote{local.__name__}", (RemoteSession, local), {})
 
 
 class FleetServer:

@@ -17,7 +17,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from ..fleet.remote import FleetOptions, FleetServer, fleet_options
+from ..fleet.remote import FleetOptions, FleetServer, fleet_options, remote_session_class
 from ..rpc import V201, CallReceived, ErrorCode, OcppVersion, Role
 from ..rpc.registration import BOOT_ACTION, Registration, RegistrationStatus
 from ..transport import AuthDecision, ServerOptions, StationLink, StationServer
@@ -249,7 +249,13 @@ class CsmsNode(OcppNode):
             self.host.status("red", "ring", "config error")
             self.host.log("error", self.versions_problem)
             return False
-        server = self.transports.fleet(self.server_options(None), self, fleet, self._broker_state)
+        server = FleetServer(
+            self.server_options(None),
+            self,
+            fleet,
+            self._broker_state,
+            remote_session_class(self.transports),
+        )
         server.publish_auth(self.auth_list)
         await server.start()
         self.server = server

@@ -9,18 +9,14 @@ sends (the benchmark's ``hop_trace``), without a change to the nodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .backoff import Backoff
 from .cs_client import ClientOptions, CsClient, CsmsListener
 from .csms_server import Admission, CsmsServer, ServerOptions, StationListener
 from .link import LinkOptions
 from .session import OcppSession
-
-if TYPE_CHECKING:
-    from ..fleet.remote import FleetOptions, FleetServer
 
 __all__ = ["LocalTransports", "StationClient", "StationServer", "Transports"]
 
@@ -72,15 +68,6 @@ class Transports(Protocol):
         self, options: ClientOptions, backoff: Backoff, listener: CsmsListener
     ) -> StationClient: ...
 
-    def fleet(
-        self,
-        options: ServerOptions,
-        listener: StationListener,
-        fleet: FleetOptions,
-        on_broker: Callable[[bool, str], None],
-    ) -> FleetServer:
-        """A CSMS node's stations through a fleet's broker (docs/fleet.md)."""
-
 
 @dataclass(frozen=True)
 class LocalTransports:
@@ -93,19 +80,3 @@ class LocalTransports:
 
     def client(self, options: ClientOptions, backoff: Backoff, listener: CsmsListener) -> CsClient:
         return CsClient(options, backoff, listener, self.session_class)
-
-    def fleet(
-        self,
-        options: ServerOptions,
-        listener: StationListener,
-        fleet: FleetOptions,
-        on_broker: Callable[[bool, str], None],
-    ) -> FleetServer:
-        from ..fleet.remote import FleetServer, RemoteSession
-
-        session_class = self.session_class
-        if not issubclass(session_class, RemoteSession):  # an observer of sends: both
-            session_class = type(
-                f"Remote{session_class.__name__}", (RemoteSession, session_class), {}
-            )
-        return FleetServer(options, listener, fleet, on_broker, session_class)
