@@ -425,6 +425,9 @@ class Gateway:
         if presence.connection == held.connection:
             if presence.online:
                 held.echoed = True
+            else:  # marked offline by someone who thought us gone: we are not
+                held.echoed = False
+                self._publish_presence(cb_id, held)
             return
         if not held.echoed:
             return  # older than our record: the broker orders each topic

@@ -74,8 +74,8 @@ log = logging.getLogger(__name__)
 #: (about 2 ms here; OCPP's Basic auth passwords are 16-40 random characters)
 PUBLISHED_PBKDF2_ROUNDS = 10_000
 
-#: connections ended here whose late frames are ignored rather than reopened
-ENDED_KEPT = 4096
+#: connections closed here whose late frames are ignored rather than reopened
+CLOSED_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,7 @@ class BrokerSocket:
         if self.ended is None:
             self.server.request_close(self, code, reason)
             self.end(reason or f"closed by the CSMS (code {code})")
+            self.server.closed_here(self.connection)
 
 
 class RemoteSession(OcppSession):
@@ -252,7 +253,9 @@ class FleetServer:
         self.session_class = session_class
         self.broker: Broker | None = None
         self._stations: dict[str, tuple[BrokerSocket, OcppSession, asyncio.Task[Any]]] = {}
-        self._ended: OrderedDict[str, None] = OrderedDict()
+        # connections this node asked their gateway to close: their late frames
+        # and records do not open them again
+        self._closed: OrderedDict[str, None] = OrderedDict()
         self._gateways_gone: set[str] = set()
         self._auth: dict[str, str] = {}  # cbId -> what is published (a hash)
         self._auth_source: AuthList | None = None
@@ -376,7 +379,7 @@ class FleetServer:
         connection = user.get(fleet.CONNECTION, "")
         entry = self._stations.get(cb_id)
         if entry is None or entry[0].connection != connection:
-            if connection in self._ended or not connection:
+            if connection in self._closed or not connection:
                 return
             presence = Presence(
                 online=True,
@@ -402,7 +405,7 @@ class FleetServer:
             return
         entry = self._stations.get(cb_id)
         if presence.online:
-            if presence.connection in self._ended or presence.gateway in self._gateways_gone:
+            if presence.connection in self._closed or presence.gateway in self._gateways_gone:
                 return
             if entry is None or entry[0].connection != presence.connection:
                 self._open(cb_id, presence)
@@ -466,12 +469,14 @@ class FleetServer:
             log.exception("station %s: fleet link failed", cb_id)
         finally:
             socket.end("ended")
-            self._ended[socket.connection] = None
-            if len(self._ended) > ENDED_KEPT:
-                self._ended.popitem(last=False)
             entry = self._stations.get(cb_id)
             if entry is not None and entry[0] is socket:
                 del self._stations[cb_id]
+
+    def closed_here(self, connection: str) -> None:
+        self._closed[connection] = None
+        if len(self._closed) > CLOSED_KEPT:
+            self._closed.popitem(last=False)
 
     def send_down(self, socket: BrokerSocket, text: str) -> None:
         """Publish a frame of ours to the station (rule 3)."""

@@ -1,0 +1,410 @@
+"""Fleet mode's parts without Node-RED (docs/fleet.md): topics, records, the gateway's
+config file, and a gateway and CSMS-side :class:`FleetServer` in this process
+against a real Mosquitto, with raw websocket stations.
+
+Checked here (the Node-RED side is tests/test_fleet_nodered.py, the failures
+with several processes tests/test_fleet_failures.py):
+
+- cbIds with characters MQTT gives a meaning (``/``, ``+``, ``#``, ``%``) are
+  escaped in topics and work end to end;
+- rule 3 of the gateway: a station CALL the CSMS cannot answer gets a
+  CALLERROR ``InternalError`` at once when the broker is gone, and after the
+  answer timeout when no answer comes; a login while the broker is gone gets
+  HTTP 503; stations stay connected and are served again when it is back;
+- the one-outstanding rule holds across two CSMS instances: the station gets
+  the second instance's CALL only after it answered the first;
+- config file mistakes are named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import websockets
+
+from ocpp_nodes.fleet.broker import BrokerOptions, broker_address
+from ocpp_nodes.fleet.gateway import ConfigError, Gateway, load_config
+from ocpp_nodes.fleet.remote import FleetOptions, FleetServer, frame_message_id
+from ocpp_nodes.fleet.topics import Presence, Topics, cb_id_of, group_problem, topic_level
+from ocpp_nodes.rpc import CallReceived, ResultReceived
+from ocpp_nodes.transport.auth_list import AuthList
+from ocpp_nodes.transport.csms_server import ServerOptions
+from ocpp_nodes.transport.link import LinkOptions, StationLink
+from tests.common import OCPP201, auth_header
+from tests.fleetkit import Mosquitto
+from tests.flowkit import until
+from tests.nodered import free_port
+
+GROUP = "unit"
+BOOT = [
+    2,
+    "",
+    "BootNotification",
+    {"reason": "PowerUp", "chargingStation": {"model": "m", "vendorName": "v"}},
+]
+BOOT_RESULT = {"currentTime": "2026-01-01T00:00:00Z", "interval": 30, "status": "Accepted"}
+GET_VARIABLES = {"getVariableData": [{"component": {"name": "C"}, "variable": {"name": "V"}}]}
+GET_VARIABLES_RESULT = {
+    "getVariableResult": [
+        {"attributeStatus": "Rejected", "component": {"name": "C"}, "variable": {"name": "V"}}
+    ]
+}
+
+
+# -- pure parts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cb_id", ["CS1", "a/b", "x+y", "h#sh", "50%", "%2F", "all/+/#%"])
+def test_a_cbid_is_one_topic_level_and_comes_back(cb_id: str) -> None:
+    level = topic_level(cb_id)
+    assert not set(level) & set("/+#"), level
+    assert cb_id_of(level) == cb_id
+    topics = Topics(GROUP)
+    for kind, topic in (
+        ("up", topics.up(cb_id)),
+        ("down", topics.down(cb_id)),
+        ("presence", topics.presence(cb_id)),
+        ("auth", topics.auth(cb_id)),
+    ):
+        assert topics.parse(topic) == (kind, cb_id)
+
+
+def test_topics_of_other_groups_and_shapes_are_not_ours() -> None:
+    topics = Topics(GROUP)
+    assert topics.parse("ocpp/other/station/CS1/up") is None
+    assert topics.parse(f"ocpp/{GROUP}/station/CS1/sideways") is None
+    assert topics.parse(f"ocpp/{GROUP}/node/n1/answers") == ("answers", "n1")
+    assert topics.parse(f"ocpp/{GROUP}/gateway/gw1") == ("gateway", "gw1")
+    assert topics.shared_up == f"$share/{GROUP}/ocpp/{GROUP}/station/+/up"
+
+
+@pytest.mark.parametrize("group", ["", "a/b", "a+b", "#", "x" * 65, 7, None])
+def test_a_bad_group_is_named(group: Any) -> None:
+    assert group_problem(group) is not None
+    with pytest.raises(ValueError, match="fleet group"):
+        Topics(group)
+
+
+def test_presence_records_round_trip_and_junk_is_no_record() -> None:
+    record = Presence(True, "gw1", "c1", "2026-01-01T00:00:00+00:00", "ocpp2.0.1", "10.0.0.1")
+    assert Presence.from_json(record.to_json()) == record
+    assert b'"reason"' not in record.to_json()  # empty fields are left out
+    for junk in (b"", b"nope", b"[]", b'{"online": true}'):
+        assert Presence.from_json(junk) is None
+
+
+def test_message_ids_are_read_from_frame_texts() -> None:
+    assert frame_message_id('[2,"abc","Heartbeat",{}]') == "abc"
+    assert frame_message_id('[3,"m-1",{}]') == "m-1"
+    assert frame_message_id('[2,"a\\"b","Heartbeat",{}]') == 'a"b'
+    assert frame_message_id("[2,17]") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://127.0.0.1", ("127.0.0.1", 1883, False)),
+        ("mqtts://broker.example:8884", ("broker.example", 8884, True)),
+        ("mqtts://broker.example", ("broker.example", 8883, True)),
+    ],
+)
+def test_broker_urls(url: str, expected: tuple[str, int, bool]) -> None:
+    assert broker_address(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("http://x", "mqtt:// or mqtts://"),
+        ("mqtt://user:secret@x", "credentials"),
+        ("mqtt://x:port", "port"),
+        ("mqtt://", "no host"),
+    ],
+)
+def test_bad_broker_urls_are_named_without_the_password(url: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint) as error:
+        broker_address(url)
+    assert "secret" not in str(error.value)
+
+
+def write_config(directory: Path, **config: Any) -> Path:
+    path = directory / "gateway.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("config", "complaint"),
+    [
+        ({"listen": {"port": 1}}, '"broker" must be an object'),
+        ({"broker": {"url": "mqtt://x"}}, '"listen" must be an object with "port"'),
+        (
+            {"broker": {"url": "mqtt://u:pw@x"}, "listen": {"port": 1}},
+            "broker.url: put the broker's user and password in the credentials",
+        ),
+        (
+            {"broker": {"url": "mqtt://x"}, "listen": {"port": 1}, "versions": ["3.0"]},
+            "versions: '3.0' is not one of",
+        ),
+        (
+            {"broker": {"url": "mqtt://x"}, "listen": {"port": 1}, "security_profile": 2},
+            'security_profile 2 needs "tls"',
+        ),
+        (
+            {"broker": {"url": "mqtt://x"}, "listen": {"port": 1}, "group": "a/b"},
+            "fleet group",
+        ),
+        (
+            {"broker": {"url": "mqtt://x"}, "listen": {"port": 1}, "timeouts": {"call": -1}},
+            "timeouts.call must be a number",
+        ),
+    ],
+)
+def test_config_file_mistakes_are_named(
+    tmp_path: Path, config: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_config(write_config(tmp_path, **config))
+
+
+def test_a_config_file_that_is_not_json_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.json"
+    path.write_text("{broker: ")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        load_config(path)
+
+
+def test_the_broker_password_can_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s3cret\n")
+    config = load_config(
+        write_config(
+            tmp_path,
+            id="gw9",
+            broker={"url": "mqtt://x", "username": "u", "password_file": "secret"},
+            listen={"port": 1},
+        )
+    )
+    assert config.broker.password == "s3cret"
+    assert "s3cret" not in repr(config.broker)
+    assert config.broker.client_id == "ocpp-gateway-default-gw9"
+
+
+# -- a gateway and a CSMS side in this process, a real broker ------------------------------
+
+
+class Csms:
+    """What a CSMS node would be: answers BootNotifications, records the rest."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.links: dict[str, StationLink] = {}
+        self.events: list[tuple[str, Any]] = []
+        self.answer = answer
+
+    async def link_opened(self, link: StationLink) -> None:
+        self.links[link.cb_id] = link
+
+    def link_events(self, link: StationLink, events: list[Any]) -> None:
+        for event in events:
+            self.events.append((link.cb_id, event))
+            if self.answer and isinstance(event, CallReceived):
+                if event.action == "BootNotification":
+                    link.send_result(event.message_id, BOOT_RESULT)
+                elif event.action == "Heartbeat":
+                    link.send_result(event.message_id, {"currentTime": "2026-01-01T00:00:00Z"})
+
+    def link_frame(self, link: StationLink, text: str, from_peer: bool) -> None:
+        pass
+
+    def link_closed(self, link: StationLink, reason: str | None) -> None:
+        if self.links.get(link.cb_id) is link:
+            del self.links[link.cb_id]
+
+    def received(self, kind: type) -> list[Any]:
+        return [event for _, event in self.events if isinstance(event, kind)]
+
+
+PASSWORDS = {"CS1": "unit-password-1", "a/b+c#d%": "unit-password-2", "CS3": "unit-password-3"}
+
+
+class Setup:
+    def __init__(self, broker: Mosquitto, gateway: Gateway, url: str) -> None:
+        self.broker = broker
+        self.gateway = gateway
+        self.url = url
+        self.servers: list[FleetServer] = []
+
+    async def csms(self, csms: Csms, call_timeout: float = 10.0) -> FleetServer:
+        options = ServerOptions(
+            host=None, port=0, path="", link=LinkOptions(call_timeout=call_timeout)
+        )
+        server = FleetServer(
+            options,
+            csms,  # type: ignore[arg-type]
+            FleetOptions(
+                BrokerOptions(
+                    url=self.broker.url,
+                    client_id=f"unit-node-{len(self.servers)}",
+                    username=self.broker.username,
+                    password=self.broker.password,
+                ),
+                GROUP,
+            ),
+        )
+        server.publish_auth(AuthList.parse(PASSWORDS))
+        await server.start()
+        assert server.broker is not None and await server.broker.wait_connected(10)
+        self.servers.append(server)
+        await until(lambda: all(cb in self.gateway.auth for cb in PASSWORDS), 10, "the logins")
+        return server
+
+    @asynccontextmanager
+    async def station(self, cb_id: str) -> AsyncIterator[Any]:
+        async with websockets.connect(
+            f"{self.url}/{quote(cb_id, safe='')}",
+            subprotocols=OCPP201,
+            additional_headers=auth_header(cb_id, PASSWORDS[cb_id]),
+            ping_interval=None,
+        ) as ws:
+            yield ws
+
+
+@asynccontextmanager
+async def fleet(mosquitto: Mosquitto, tmp_path: Path, **settings: Any) -> AsyncIterator[Setup]:
+    port = free_port()
+    config = {
+        "id": "gwu",
+        "group": GROUP,
+        "broker": {
+            "url": mosquitto.url,
+            "username": mosquitto.username,
+            "password": mosquitto.password,
+        },
+        "listen": {"host": "127.0.0.1", "port": port, "path": "/ocpp"},
+        **settings,
+    }
+    gateway = Gateway(load_config(write_config(tmp_path, **config)))
+    await gateway.start()
+    setup = Setup(mosquitto, gateway, f"ws://127.0.0.1:{port}/ocpp")
+    try:
+        await until(lambda: gateway.auth_received, 10, "the gateway to be ready")
+        yield setup
+    finally:
+        for server in setup.servers:
+            await server.stop()
+        await gateway.stop()
+
+
+async def call(ws: Any, frame: list[Any], message_id: str) -> list[Any]:
+    frame = [frame[0], message_id, *frame[2:]]
+    await ws.send(json.dumps(frame))
+    answer: list[Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    return answer
+
+
+async def test_a_cbid_with_topic_characters_works_end_to_end(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with fleet(mosquitto, tmp_path) as setup:
+        csms = Csms()
+        await setup.csms(csms)
+        cb_id = "a/b+c#d%"
+        async with setup.station(cb_id) as ws:
+            assert await call(ws, BOOT, "b1") == [3, "b1", BOOT_RESULT]
+            link = await until(lambda: csms.links.get(cb_id), 10, "the link")
+            link.send_call("GetVariables", GET_VARIABLES)
+            request = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert request[2] == "GetVariables"
+            await ws.send(json.dumps([3, request[1], GET_VARIABLES_RESULT]))
+            result = await until(lambda: csms.received(ResultReceived), 10, "the answer")
+            assert result[0].payload == GET_VARIABLES_RESULT
+
+
+async def test_without_the_broker_station_calls_get_internal_error_at_once(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with fleet(mosquitto, tmp_path) as setup:
+        csms = Csms(answer=False)
+        await setup.csms(csms)
+        async with setup.station("CS1") as ws:
+            # forwarded, not answered yet: the broker goes away
+            await ws.send(json.dumps([*BOOT[:1], "w1", *BOOT[2:]]))
+            await until(lambda: csms.received(CallReceived), 10, "the CALL to reach the CSMS")
+            await asyncio.to_thread(mosquitto.stop)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert answer[:3] == [4, "w1", "InternalError"], answer
+            assert "unreachable" in answer[3], answer
+            # a new CALL meanwhile: at once too
+            assert (await call(ws, [2, "", "Heartbeat", {}], "w2"))[:3] == [
+                4,
+                "w2",
+                "InternalError",
+            ]
+            assert loop.time() - started < 5
+            # a new station cannot log in now (it retries with its back-off)
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with setup.station("CS3"):
+                    pass
+            assert refused.value.response.status_code == 503
+            # the broker is back: the station, still connected, is served again
+            await asyncio.to_thread(mosquitto.start)
+            await until(lambda: setup.gateway.broker.connected, 40, "the gateway to reconnect")
+            csms.answer = True
+            deadline = loop.time() + 40
+            while True:  # until the CSMS side has its subscription back too
+                answer = await call(ws, [2, "", "Heartbeat", {}], f"h{loop.time()}")
+                if answer[0] == 3 or loop.time() > deadline:
+                    break
+            assert answer[0] == 3, answer
+
+
+async def test_a_station_call_the_csms_leaves_unanswered_gets_internal_error(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with fleet(mosquitto, tmp_path, timeouts={"answer": 1}) as setup:
+        csms = Csms(answer=False)
+        await setup.csms(csms)
+        async with setup.station("CS1") as ws:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answer = await call(ws, BOOT, "u1")
+            waited = loop.time() - started
+            assert answer[:3] == [4, "u1", "InternalError"], answer
+            assert "did not answer within 1 s" in answer[3], answer
+            assert 0.9 <= waited < 5, waited
+
+
+async def test_one_csms_call_at_a_time_reaches_a_station_across_instances(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with fleet(mosquitto, tmp_path) as setup:
+        first, second = Csms(), Csms()
+        await setup.csms(first)
+        await setup.csms(second)
+        async with setup.station("CS1") as ws:
+            assert (await call(ws, BOOT, "b1"))[0] == 3
+            one = await until(lambda: first.links.get("CS1"), 10, "instance 1's link")
+            two = await until(lambda: second.links.get("CS1"), 10, "instance 2's link")
+            one.send_call("GetVariables", GET_VARIABLES)
+            two.send_call("GetVariables", GET_VARIABLES)
+            request = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            following = asyncio.ensure_future(ws.recv())
+            done, _ = await asyncio.wait([following], timeout=0.5)
+            assert not done, "a second CALL reached the station before the first was answered"
+            await ws.send(json.dumps([3, request[1], GET_VARIABLES_RESULT]))
+            request2 = json.loads(await asyncio.wait_for(following, 10))
+            assert request2[1] != request[1]
+            await ws.send(json.dumps([3, request2[1], GET_VARIABLES_RESULT]))
+            await until(
+                lambda: first.received(ResultReceived) and second.received(ResultReceived),
+                10,
+                "both answers, each to its instance",
+            )
