@@ -307,6 +307,11 @@ class Broker:
         if reason.is_failure:
             self.problem = f"the broker at {self.options.url} refused the connection: {reason}"
             return  # paho closes the socket: _socket_closed
+        # paho 2.x ignores the broker's Receive Maximum (MQTT 5, 3.2.2.3.3: how
+        # many QoS 1 messages it takes unacknowledged; 65,535 when absent) and
+        # keeps its own 20 in flight: a fleet's every message then waits for the
+        # PUBACKs of the 20 before it, about 20 per turn of the event loop
+        client._max_inflight_messages = getattr(properties, "ReceiveMaximum", 65535)
         self.connected = True
         self.problem = ""
         self._up.set()
