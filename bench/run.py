@@ -332,7 +332,9 @@ class Sampler:
         for name, pid in list(self.pids.items()):
             cpu, rss, wait = 0.0, 0, 0.0
             procs = (
-                tree(pid) if name.startswith("loadgen") else [self._procs.get(name) or psutil.Process(pid)]
+                tree(pid)
+                if name.startswith("loadgen")
+                else [self._procs.get(name) or psutil.Process(pid)]
             )
             for p in procs:
                 try:
@@ -872,6 +874,18 @@ FLEET_GROUP = "bench"
 FLEET_MEMORY_HASH_COST = 1000
 
 
+#: Mosquitto's settings beyond tests/fleetkit.py's (its defaults: 20 QoS 1 messages in
+#: flight per client, advertised as MQTT 5 Receive Maximum, and 1,000 queued per client,
+#: beyond which it drops them); BENCH_MOSQUITTO_SETTINGS="" for its defaults
+MOSQUITTO_SETTINGS = [
+    line.strip()
+    for line in os.environ.get(
+        "BENCH_MOSQUITTO_SETTINGS", "max_inflight_messages 1000;max_queued_messages 100000"
+    ).split(";")
+    if line.strip()
+]
+
+
 class FleetSystem:
     """Node-RED, gateways and broker seen as one system by run_loadgen: their
     processes named ``node-red``, ``daemon``, ``gateway-<id>`` and ``mosquitto``."""
@@ -993,7 +1007,7 @@ def fleet_parts(
     """Mosquitto, Node-RED (ours) and ``gateways`` gateways (not started: they need
     the flow's auth list on the broker first), stopped on exit; their logs in ``work``."""
     shutil.rmtree(work, ignore_errors=True)
-    broker = Mosquitto(work / "mosquitto")
+    broker = Mosquitto(work / "mosquitto", settings=MOSQUITTO_SETTINGS)
     nodered = NodeRedSystem(name, work / "node-red", package="ours")
     started = [
         GatewayProcess(work / "gateways", broker, f"gw{i + 1}", FLEET_GROUP)
@@ -1021,10 +1035,12 @@ def start_gateways(
         log(f"  {gateway.name} ready on port {gateway.port} (pid {gateway.pid})")
 
 
-def fleet_side_by_side(fplan: dict[str, Any], block: dict[str, Any], results: dict[str, Any]) -> None:
+def fleet_side_by_side(
+    fplan: dict[str, Any], block: dict[str, Any], results: dict[str, Any]
+) -> None:
     n = fplan["n"]
     stations = len(FLEET_GROUPS) * n  # loadgen --groups numbers them across groups
-    log(f"fleet: starting Mosquitto, Node-RED (direct and fleet CSMS nodes), 1 gateway")
+    log("fleet: starting Mosquitto, Node-RED (direct and fleet CSMS nodes), 1 gateway")
     with fleet_parts(WORK / "fleet", "fleet", gateways=1) as (nodered, gateways, broker):
         auths = flows.auth_list(stations, PASSWORD)
         nodered.deploy(
@@ -1049,7 +1065,9 @@ def fleet_cpu_names(label: str, names: Any) -> tuple[str, ...]:
     return ("daemon", *(n for n in names if n.startswith("gateway-")), "mosquitto")
 
 
-def fleet_run(system: FleetSystem, action: str, fplan: dict[str, Any], block: dict[str, Any]) -> None:
+def fleet_run(
+    system: FleetSystem, action: str, fplan: dict[str, Any], block: dict[str, Any]
+) -> None:
     n = fplan["n"]
     urls = {"direct": system.nodered.url, "fleet": system.gateways[0].url}
     args = [
@@ -1121,7 +1139,10 @@ def fleet_memory(fplan: dict[str, Any], block: dict[str, Any], results: dict[str
         start_gateways(gateways, broker, total, timeout=180)
         system = FleetSystem(nodered, gateways, broker)
         pids = system.pids()
-        idle = {name: round(psutil.Process(pid).memory_info().rss / 2**20, 1) for name, pid in pids.items()}
+        idle = {
+            name: round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+            for name, pid in pids.items()
+        }
         log(f"  idle RSS MiB: {idle}")
         duration = fplan["memory_duration_s"]
         outs = [WORK / f"loadgen-memory-{i}.json" for i in range(gateways_n)]
@@ -1199,8 +1220,7 @@ def fleet_memory(fplan: dict[str, Any], block: dict[str, Any], results: dict[str
         f"  -> connected {memory['connected']}/{total} in {memory['connect_s']:.1f} s "
         f"(503 retries {memory['retries_503']}), booted {memory['booted']}, failed "
         f"{memory['failed']}, lost {memory['lost']}, callerrors {memory['callerrors']}; "
-        "RSS MiB at end: "
-        + ", ".join(f"{name} {v['rss_end_mib']}" for name, v in res.items())
+        "RSS MiB at end: " + ", ".join(f"{name} {v['rss_end_mib']}" for name, v in res.items())
     )
     save(results)
 
@@ -1499,9 +1519,12 @@ def main(argv: list[str] | None = None) -> int:
         "memory_stations": (
             args.fleet_memory_stations
             if args.fleet_memory_stations is not None
-            else 1000 if quick else 10000
+            else 1000
+            if quick
+            else 10000
         ),
         "memory_gateways": 2,
+        "mosquitto_settings": MOSQUITTO_SETTINGS,
         "memory_duration_s": 30.0 if quick else 60.0,
     }
     if args.fleet_only:
