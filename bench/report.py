@@ -516,7 +516,9 @@ def fleet_section(results: dict[str, Any]) -> list[str]:
             "read from /proc every 0.1 s and interpolated at each turn's edges, over the "
             "round trips of that group's turns. *generator* is the load generator's CPU "
             "in cores during the group's turns: near 1, it is the generator's own "
-            "ceiling that limits the rate."
+            "ceiling that limits the rate. Mosquitto's settings beyond its defaults: "
+            + (", ".join(f"`{x}`" for x in fplan.get("mosquitto_settings") or []) or "none")
+            + " (bench/notes.md, *Fleet mode*, says why)."
         )
         lines += [
             textwrap.fill(method, 88),
@@ -563,10 +565,13 @@ def fleet_section(results: dict[str, Any]) -> list[str]:
             "",
             textwrap.fill(text, 88),
             "",
-            f"All {memory['connected']:,} of {memory['stations']:,} connected after "
+            f"{memory['connected']:,} of {memory['stations']:,} connected after "
             f"{_fmt(memory['connect_s'])} s (from the generators' start to the last "
             f"handshake; 503 retries {memory['retries_503']}), {memory['booted']:,} booted, "
-            f"{memory['round_trips']:,} Heartbeats answered; failed {memory['failed']}, lost "
+            f"{memory['round_trips']:,} Heartbeats answered (p50 "
+            f"{_fmt(max(g['latency_ms']['p50'] or 0 for g in memory['generators']))} ms, p99 "
+            f"{_fmt(max(g['latency_ms']['p99'] or 0 for g in memory['generators']))} ms, the "
+            f"slower generator's); failed {memory['failed']}, lost "
             f"{memory['lost']}, CALLERRORs {memory['callerrors']}, still open at the end "
             f"{memory['open_at_end']:,}. Load average before {memory['loadavg_before']}, "
             f"after {memory['loadavg_after']}.",
