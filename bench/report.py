@@ -421,9 +421,9 @@ def turn_cpu_share(r: dict[str, Any], label: str, name: str) -> float | None:
     return sum(c for c in cpu if c is not None) / seconds
 
 
-def _fleet_names(r: dict[str, Any], label: str) -> tuple[str, ...]:
-    """The processes a group's round trips cost, Node-RED apart (bench/run.py's
-    ``fleet_cpu_names``): the engine; for fleet also the gateways and Mosquitto."""
+def fleet_names(r: dict[str, Any], label: str) -> tuple[str, ...]:
+    """The processes a group's round trips cost, Node-RED apart: the engine (direct);
+    the engine, the gateways and Mosquitto (fleet)."""
     if label == "direct":
         return ("daemon",)
     names = {n for t in r.get("slices", []) for n in (t.get("cpu_s") or {})}
@@ -449,8 +449,8 @@ def fleet_table(block: dict[str, Any]) -> list[str]:
         q = fleet_ratio(r)
         ratio = f"{q[1]:.2f} ({q[0]:.2f}-{q[2]:.2f})" if q else "-"
         goal = "-" if q is None else "yes" if q[1] >= FLEET_GOAL else "no"
-        server = [cpu_us_per_rt_turns(r, g, _fleet_names(r, g)) for g in ("direct", "fleet")]
-        split = [cpu_us_per_rt_turns(r, "fleet", (n,)) for n in _fleet_names(r, "fleet")]
+        server = [cpu_us_per_rt_turns(r, g, fleet_names(r, g)) for g in ("direct", "fleet")]
+        split = [cpu_us_per_rt_turns(r, "fleet", (n,)) for n in fleet_names(r, "fleet")]
         split_text = " / ".join(_fmt(x) for x in split)
         nodered = [cpu_us_per_rt_turns(r, g, ("node-red",)) for g in ("direct", "fleet")]
         gen = [turn_cpu_share(r, g, "loadgen") for g in ("direct", "fleet")]

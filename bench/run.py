@@ -687,6 +687,26 @@ def turn_args(plan: dict[str, Any]) -> list[str]:
     ]
 
 
+def labelled_turn_args(
+    n: int, action: str, urls: dict[str, str], plan: dict[str, Any]
+) -> list[str]:
+    """bench/loadgen.py's arguments for N stations (OCPP 2.0.1) on each of ``urls``
+    (group label -> CSMS URL), the groups taking turns."""
+    return [
+        "--stations",
+        str(n),
+        "--action",
+        action,
+        "--groups",
+        "/".join("2.0.1" for _ in urls),
+        "--group-urls",
+        ",".join(urls.values()),
+        "--group-labels",
+        ",".join(urls),
+        *turn_args(plan),
+    ]
+
+
 def versions_run(system: Any, action: str, vplan: dict[str, Any], block: dict[str, Any]) -> None:
     n = vplan["n"]
     args = [
@@ -824,19 +844,9 @@ def metrics_run(
     pair: dict[str, NodeRedSystem], action: str, mplan: dict[str, Any], block: dict[str, Any]
 ) -> None:
     n = mplan["n"]
-    args = [
-        "--stations",
-        str(n),
-        "--action",
-        action,
-        "--groups",
-        "/".join("2.0.1" for _ in METRICS_GROUPS),
-        "--group-urls",
-        ",".join(pair[group].url for group in METRICS_GROUPS),
-        "--group-labels",
-        ",".join(METRICS_GROUPS),
-        *turn_args(mplan),
-    ]
+    args = labelled_turn_args(
+        n, action, {group: pair[group].url for group in METRICS_GROUPS}, mplan
+    )
     turns = mplan["rounds"] * len(METRICS_GROUPS)
     log(f"metrics: {action}, N={n} off and on, {turns} turns of {mplan['slice_s']} s")
     timeout = (turns + len(METRICS_GROUPS)) * (mplan["slice_s"] + 35) + 300
@@ -1057,32 +1067,12 @@ def fleet_side_by_side(
             save(results)
 
 
-def fleet_cpu_names(label: str, names: Any) -> tuple[str, ...]:
-    """The processes whose CPU a group's round trips cost, Node-RED apart: the engine
-    (direct), the engine + gateways + Mosquitto (fleet)."""
-    if label == "direct":
-        return ("daemon",)
-    return ("daemon", *(n for n in names if n.startswith("gateway-")), "mosquitto")
-
-
 def fleet_run(
     system: FleetSystem, action: str, fplan: dict[str, Any], block: dict[str, Any]
 ) -> None:
     n = fplan["n"]
     urls = {"direct": system.nodered.url, "fleet": system.gateways[0].url}
-    args = [
-        "--stations",
-        str(n),
-        "--action",
-        action,
-        "--groups",
-        "/".join("2.0.1" for _ in FLEET_GROUPS),
-        "--group-urls",
-        ",".join(urls[group] for group in FLEET_GROUPS),
-        "--group-labels",
-        ",".join(FLEET_GROUPS),
-        *turn_args(fplan),
-    ]
+    args = labelled_turn_args(n, action, {group: urls[group] for group in FLEET_GROUPS}, fplan)
     turns = fplan["rounds"] * len(FLEET_GROUPS)
     log(f"fleet: {action}, N={n} direct and fleet, {turns} turns of {fplan['slice_s']} s")
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -1096,10 +1086,9 @@ def fleet_run(
         loadavg_after=[round(x, 2) for x in os.getloadavg()],
     )
     block["runs"].append(r)
-    names = list(system.pids())
     for group in FLEET_GROUPS:
         g = r["groups"][group]
-        server = report.cpu_us_per_rt_turns(r, group, fleet_cpu_names(group, names))
+        server = report.cpu_us_per_rt_turns(r, group, report.fleet_names(r, group))
         nodered = report.cpu_us_per_rt_turns(r, group, ("node-red",))
         gen = report.turn_cpu_share(r, group, "loadgen")
         log(
@@ -1378,6 +1367,19 @@ def save(results: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(results, indent=1))
 
 
+def scenario_switches(p: argparse.ArgumentParser, name: str, what: str) -> None:
+    """``--no-<name>`` and ``--<name>-only`` for one of our node's own scenarios."""
+    p.add_argument(
+        f"--no-{name}", action="store_true", help=f"skip the {what} scenario (ours only)"
+    )
+    p.add_argument(
+        f"--{name}-only",
+        action="store_true",
+        help=f"run only the {what} scenario; the other results of "
+        "bench/results/last-run.json are kept",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="~5 s per scenario, N up to 100")
@@ -1393,15 +1395,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-capacity", action="store_true")
     p.add_argument("--no-cs", action="store_true")
-    p.add_argument(
-        "--no-versions", action="store_true", help="skip the OCPP versions scenario (ours only)"
-    )
-    p.add_argument(
-        "--versions-only",
-        action="store_true",
-        help="run only the versions scenario; the other results of "
-        "bench/results/last-run.json are kept",
-    )
+    scenario_switches(p, "versions", "OCPP versions")
     p.add_argument(
         "--versions-rounds",
         type=int,
@@ -1414,28 +1408,14 @@ def main(argv: list[str] | None = None) -> int:
         help="versions scenario: seconds per turn, the first 0.5 not recorded "
         "(default 2.5; quick 2)",
     )
-    p.add_argument(
-        "--no-metrics", action="store_true", help="skip the metrics cost scenario (ours only)"
-    )
-    p.add_argument(
-        "--metrics-only",
-        action="store_true",
-        help="run only the metrics cost scenario; the other results of "
-        "bench/results/last-run.json are kept",
-    )
+    scenario_switches(p, "metrics", "metrics cost")
     p.add_argument(
         "--metrics-rounds",
         type=int,
         help="metrics scenario: rounds of one turn off and one on per action (default 20; quick 6)",
     )
-    p.add_argument(
-        "--no-fleet", action="store_true", help="skip the fleet mode scenario (ours only)"
-    )
-    p.add_argument(
-        "--fleet-only",
-        action="store_true",
-        help="run only the fleet mode scenario (direct vs fleet side by side, 10,000 "
-        "stations' memory); the other results of bench/results/last-run.json are kept",
+    scenario_switches(
+        p, "fleet", "fleet mode (direct vs fleet side by side, 10,000 stations' memory)"
     )
     p.add_argument(
         "--fleet-rounds",
@@ -1527,19 +1507,14 @@ def main(argv: list[str] | None = None) -> int:
         "mosquitto_settings": MOSQUITTO_SETTINGS,
         "memory_duration_s": 30.0 if quick else 60.0,
     }
-    if args.fleet_only:
-        args.systems = "ours"
-        args.no_load = args.no_capacity = args.no_cs = args.no_versions = True
-        args.no_metrics = True
-    if args.versions_only:
+    only = next(
+        (name for name in ("versions", "metrics", "fleet") if getattr(args, f"{name}_only")), None
+    )
+    if only is not None:  # that scenario alone, on our node
         args.systems = "ours"
         args.no_load = args.no_capacity = args.no_cs = True
-        args.no_versions = False
-        args.no_metrics = True
-    if args.metrics_only:
-        args.systems = "ours"
-        args.no_load = args.no_capacity = args.no_cs = args.no_versions = True
-        args.no_metrics = False
+        for name in ("versions", "metrics", "fleet"):
+            setattr(args, f"no_{name}", name != only)
     nofile = raise_nofile()
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -1556,15 +1531,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     # what the versions block keeps of this run (the rest may be an earlier run's)
     meta = {k: results[k] for k in ("command", "note", "machine")}
-    only = (
-        "versions"
-        if args.versions_only
-        else "metrics"
-        if args.metrics_only
-        else "fleet"
-        if args.fleet_only
-        else None
-    )
     if only is not None and RESULTS.is_file():
         # only that block is new: the rest of the last run stays as it was
         kept = json.loads(RESULTS.read_text())
