@@ -33,11 +33,12 @@ SHIM_TESTS = $(shell find tests/shim -type f \( -name '*.test.js' -o -name '*.te
 	-o -name '*.test.cjs' -o -name '*-test.js' -o -name '*_test.js' -o -name 'test-*.js' \
 	-o -name 'test.js' \) 2>/dev/null | sort)
 
-.PHONY: help setup demo test test-py test-shim lint pack validate clean bench bench-limits screenshots
+.PHONY: help setup demo fleet-demo test test-py test-shim lint pack validate clean bench bench-limits screenshots
 
 help:
 	@echo "make setup   install the Python venv, the npm packages and, when missing, the Debian packages the tests run (idempotent)"
 	@echo "make demo    start Node-RED on http://127.0.0.1:$(DEMO_PORT) with flows/demo.json"
+	@echo "make fleet-demo  fleet mode: Mosquitto, two gateways, HAProxy and Node-RED on :$(FLEET_DEMO_PORT)"
 	@echo "make test    lint, then every test (Python and shim)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make pack    build/node-red-contrib-ocpp-nodes-<version>.tgz: shim, example flows, engine wheel"
@@ -134,11 +135,20 @@ demo: setup
 	@echo "Live view: import the example csms-live-view, deploy, open http://127.0.0.1:$(DEMO_PORT)/dashboard"
 	exec $(NODE_RED) -u $(DEMO_DIR)
 
+# Fleet mode on one machine (docs/fleet.md): Mosquitto, two gateways, HAProxy
+# in front of them and Node-RED on port $(FLEET_DEMO_PORT) with
+# flows/fleet-demo.json; everything in .local/fleet-demo/, Ctrl-C stops it all.
+FLEET_DEMO_PORT := 1881
+
+fleet-demo: setup
+	$(VPY) scripts/fleet_demo.py --dir .local/fleet-demo --port $(FLEET_DEMO_PORT) \
+		--node-red $(NODE_RED)
+
 # The screenshots the docs show (the editor's, and the live view's dashboard):
 # the browser tests (tests/browser) always write theirs to .local/screenshots/;
 # this copies the ones named here (the list tests/browser/test_editor.py
 # checks) to docs/images/, to be committed.
-DOC_IMAGES := demo-flow getting-started-flow getting-started-debug getting-started-catch csms-dialog csms-dialog-security cs-dialog live-view
+DOC_IMAGES := demo-flow getting-started-flow getting-started-debug getting-started-catch csms-dialog csms-dialog-security csms-dialog-fleet cs-dialog live-view
 
 screenshots: setup
 	OCPP_NODES_PYTHON=$(VPY) $(VPY) -m pytest -q -p no:cacheprovider tests/browser

@@ -30,9 +30,14 @@ and printed, which pytest shows when the test failed).
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import itertools
 import json
 import os
 import pwd
+import random
 import secrets
 import shutil
 import signal
@@ -42,19 +47,31 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
+from websockets.typing import Subprotocol
 
 from tests.nodered import ARTIFACTS, free_port
 
 __all__ = [
+    "CallOutcome",
+    "FleetStation",
     "GatewayProcess",
     "HAProxy",
     "MakeHAProxy",
     "Mosquitto",
+    "NotConnected",
+    "Outage",
+    "StationPool",
+    "TcpForwarder",
+    "call_until_answered",
+    "first_message",
     "haproxy_missing_reason",
+    "kill_node_red",
     "mosquitto_missing_reason",
     "running_haproxy",
     "running_mosquitto",
@@ -62,6 +79,10 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+
+#: Mosquitto's per-client queue of QoS 1 messages (its default of 1000 is less than
+#: the retained records a subscriber of a 3,000-station fleet gets at once)
+MAX_QUEUED_MESSAGES = 1_000_000
 
 
 def _program(name: str) -> str | None:
@@ -311,6 +332,10 @@ class Mosquitto(_Process):
             f"persistence_location {self.data_dir}/",
             "persistence_file mosquitto.db",
             *autosave,
+            # Mosquitto's default (1000) drops, silently but for one log line, what a
+            # subscriber cannot take at once beyond that: a new gateway or CSMS node
+            # subscribing to presence/+ and auth/+ of a fleet of thousands gets more.
+            f"max_queued_messages {MAX_QUEUED_MESSAGES}",
             "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
@@ -348,8 +373,10 @@ class GatewayProcess(_Process):
         group: str = "fleet",
         port: int | None = None,
         settings: dict[str, Any] | None = None,
+        log_level: str = "INFO",
     ) -> None:
         self.name = f"gateway-{gateway_id}"
+        self.log_level = log_level
         super().__init__(directory, port)
         self.gateway_id = gateway_id
         self.config_path = directory / f"{self.name}.json"
@@ -382,6 +409,7 @@ class GatewayProcess(_Process):
             if not self.running:
                 raise RuntimeError(f"{self.name} exited; its log:\n{self.log_tail()}")
             if time.monotonic() >= deadline:
+                self.kill()
                 raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.02)
 
@@ -394,8 +422,19 @@ class GatewayProcess(_Process):
             "--config",
             str(self.config_path),
             "--log-level",
-            "INFO",
+            self.log_level,
         ]
+
+    def wait_for_log(self, text: str, offset: int = 0, timeout: float = 10.0) -> None:
+        """Return once the log (from byte `offset`) holds `text`."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log()[offset:]:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{text!r} not in {self.name}'s log:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
 
 
 class HAProxy(_Process):
@@ -543,3 +582,408 @@ def running_haproxy(
     proxy = HAProxy(directory, backends, **options)
     with _running(proxy, test_name):
         yield proxy
+
+
+# -- stations that come back by themselves (failover tests) -----------------------------
+
+
+class NotConnected(Exception):
+    """The station has no connection now (or lost it while waiting for an answer)."""
+
+
+@dataclass
+class Outage:
+    """One lost connection of a :class:`FleetStation` and how it came back."""
+
+    closed_at: float  # the event loop's time
+    code: int | None
+    reason: str
+    #: the back-off waits slept from the loss to the connection that ended the outage
+    waited: float = 0.0
+    attempts: int = 0
+    opened_at: float | None = None
+
+    @property
+    def took(self) -> float | None:
+        return None if self.opened_at is None else self.opened_at - self.closed_at
+
+
+@dataclass
+class CallOutcome:
+    """What one CALL got: ``kind`` "result", "error" (``code``) or "timeout"."""
+
+    kind: str
+    latency: float
+    code: str = ""
+    payload: Any = None
+    #: the event loop's time when it came (or the wait ended)
+    at: float = 0.0
+
+
+class FleetStation:
+    """A station that keeps itself connected, as a real one does.
+
+    It connects to ``<url>/<cb_id>`` (Basic auth, the subprotocol of ``version``),
+    and after a lost connection or a refused attempt waits its back-off, as
+    OCPP 2.0.1's RetryBackOff: ``minimum`` plus a random part of ``random_range``,
+    doubled after each failed attempt, at most ``maximum``; :attr:`outages`
+    keeps each loss, the waits slept and when it was connected again.
+
+    The CSMS's CALLs are answered with ``answers[action]`` (default
+    ``{"status": "Accepted"}``); :meth:`call` sends a CALL and returns what came
+    back. With ``package=True`` the station is the Python ``ocpp`` package's
+    ``ChargePoint`` (OCPP 2.0.1) on each connection instead of raw frames.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        cb_id: str,
+        password: str,
+        version: str = "2.0.1",
+        *,
+        minimum: float = 1.0,
+        random_range: float = 1.0,
+        maximum: float = 8.0,
+        answers: dict[str, Any] | None = None,
+        package: bool = False,
+        gate: Any = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.cb_id = cb_id
+        self.password = password
+        self.version = version
+        self.minimum, self.random_range, self.maximum = minimum, random_range, maximum
+        self.answers = answers or {}
+        self.package = package
+        self.gate = gate  # an asyncio.Semaphore bounding concurrent handshakes
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.outages: list[Outage] = []
+        self.refusals: list[str] = []
+        self.received: list[str] = []  # actions of the CSMS's CALLs
+        self._ws: Any = None
+        self._cp: Any = None
+        self._pending: dict[str, asyncio.Future[list[Any]]] = {}
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        ws = self._ws
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if ws is not None:
+            ws.transport.abort()
+
+    def _backoff(self, attempt: int) -> float:
+        first = self.minimum + random.random() * self.random_range
+        return float(min(self.maximum, first * 2**attempt))
+
+    async def _connect(self) -> Any:
+        subprotocol = Subprotocol(f"ocpp{self.version}")
+        token = base64.b64encode(f"{self.cb_id}:{self.password}".encode()).decode()
+        connect = websockets.connect(
+            f"{self.url}/{self.cb_id}",
+            subprotocols=[subprotocol],
+            additional_headers={"Authorization": f"Basic {token}"},
+            open_timeout=10,
+            ping_interval=None,
+            close_timeout=2,
+        )
+        if self.gate is None:
+            return await connect
+        async with self.gate:
+            return await connect
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        waited = 0.0
+        while not self._stopping:
+            try:
+                ws = await self._connect()
+            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as exc:
+                self.refusals.append(f"{type(exc).__name__}: {exc}"[:120])
+                wait = self._backoff(attempt)
+                attempt += 1
+                waited += wait
+                await asyncio.sleep(wait)
+                continue
+            if self.outages and self.outages[-1].opened_at is None:
+                outage = self.outages[-1]
+                outage.opened_at, outage.waited, outage.attempts = loop.time(), waited, attempt
+            attempt, waited = 0, 0.0
+            self._ws = ws
+            self.connections += 1
+            self.connected.set()
+            try:
+                if self.package:
+                    await self._run_package(ws)
+                else:
+                    await self._serve(ws)
+            except websockets.ConnectionClosed:
+                pass
+            finally:
+                self._ws = self._cp = None
+                self.connected.clear()
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(NotConnected(f"{self.cb_id}: connection lost"))
+                self._pending.clear()
+            if self._stopping:
+                return
+            self.outages.append(Outage(loop.time(), ws.close_code, ws.close_reason or ""))
+            wait = self._backoff(0)
+            attempt, waited = 1, wait
+            await asyncio.sleep(wait)
+
+    async def _serve(self, ws: Any) -> None:
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame[0] == 2:
+                self.received.append(frame[2])
+                answer = self.answers.get(frame[2], {"status": "Accepted"})
+                await ws.send(json.dumps([3, frame[1], answer]))
+            elif frame[0] in (3, 4):
+                future = self._pending.pop(frame[1], None)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+
+    async def _run_package(self, ws: Any) -> None:
+        from ocpp.routing import on
+        from ocpp.v201 import ChargePoint, call_result
+
+        station = self
+
+        class PackageStation(ChargePoint):  # type: ignore[misc]
+            @on("ClearCache")  # type: ignore[untyped-decorator]
+            def on_clear_cache(self, **_: Any) -> Any:
+                station.received.append("ClearCache")
+                return call_result.ClearCache(status="Accepted")
+
+        self._cp = PackageStation(self.cb_id, ws, response_timeout=60)
+        await self._cp.start()
+
+    async def call(self, action: str, payload: dict[str, Any], timeout: float) -> CallOutcome:
+        """Send a CALL and wait up to ``timeout`` s (raises :class:`NotConnected`)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self.package:
+            return await self._package_call(action, payload, timeout, started)
+        ws = self._ws
+        if ws is None:
+            raise NotConnected(f"{self.cb_id}: not connected")
+        message_id = f"{self.cb_id}-{next(self._ids)}"
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending[message_id] = future
+        try:
+            await ws.send(json.dumps([2, message_id, action, payload]))
+            frame = await asyncio.wait_for(future, timeout)
+        except websockets.ConnectionClosed:
+            raise NotConnected(f"{self.cb_id}: connection lost") from None
+        except asyncio.TimeoutError:
+            return CallOutcome("timeout", loop.time() - started)
+        finally:
+            self._pending.pop(message_id, None)
+        if frame[0] == 3:
+            return CallOutcome("result", loop.time() - started, payload=frame[2])
+        return CallOutcome("error", loop.time() - started, code=str(frame[2]))
+
+    async def _package_call(
+        self, action: str, payload: dict[str, Any], timeout: float, started: float
+    ) -> CallOutcome:
+        from ocpp.charge_point import camel_to_snake_case
+        from ocpp.exceptions import OCPPError
+        from ocpp.v201 import call
+
+        station = self._cp
+        if station is None:
+            raise NotConnected(f"{self.cb_id}: not connected")
+        loop = asyncio.get_running_loop()
+        request = getattr(call, action)(**camel_to_snake_case(payload))
+        try:
+            result = await asyncio.wait_for(station.call(request, suppress=False), timeout)
+        except asyncio.TimeoutError:
+            if self._cp is not station:
+                raise NotConnected(f"{self.cb_id}: connection lost") from None
+            return CallOutcome("timeout", loop.time() - started)
+        except OCPPError as exc:
+            return CallOutcome("error", loop.time() - started, code=type(exc).__name__)
+        except websockets.ConnectionClosed:
+            raise NotConnected(f"{self.cb_id}: connection lost") from None
+        return CallOutcome("result", loop.time() - started, payload=result)
+
+
+class StationPool:
+    """Many :class:`FleetStation` in this event loop (``stations`` given), started and
+    stopped together; handshakes at most ``concurrency`` at a time."""
+
+    def __init__(self, stations: Sequence[FleetStation], concurrency: int = 200) -> None:
+        self.stations = list(stations)
+        self.by_id = {station.cb_id: station for station in self.stations}
+        gate = asyncio.Semaphore(concurrency)
+        for station in self.stations:
+            station.gate = gate
+
+    def start(self) -> None:
+        for station in self.stations:
+            station.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(station.stop() for station in self.stations))
+
+    def connected(self) -> int:
+        return sum(station.connected.is_set() for station in self.stations)
+
+    async def wait_connected(self, timeout: float) -> float:
+        """Return the seconds it took until every station is connected."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        while self.connected() < len(self.stations):
+            if loop.time() >= deadline:
+                missing = [s for s in self.stations if not s.connected.is_set()]
+                raise TimeoutError(
+                    f"{len(missing)} of {len(self.stations)} stations not connected after"
+                    f" {timeout}s; e.g. {missing[0].cb_id}: {missing[0].refusals[-3:]}"
+                )
+            await asyncio.sleep(0.05)
+        return loop.time() - started
+
+
+async def call_until_answered(
+    station: FleetStation,
+    action: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float,
+    retry_after: float,
+    deadline: float,
+    seen: list[CallOutcome] | None = None,
+) -> int:
+    """Send a CALL until a CALLRESULT comes back, as a station retries a transaction
+    message (OCPP 2.0.1 E13): again after a CALLERROR, a timeout or a lost connection
+    (once connected again). Returns the attempts; every outcome goes to ``seen``.
+
+    Raises:
+        TimeoutError: no CALLRESULT before the loop time ``deadline``.
+    """
+    loop = asyncio.get_running_loop()
+    attempts = 0
+    while loop.time() < deadline:
+        if not station.connected.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(station.connected.wait(), max(0.01, deadline - loop.time()))
+            continue
+        attempts += 1
+        try:
+            outcome = await station.call(action, payload, timeout)
+        except NotConnected:
+            continue
+        outcome.at = loop.time()
+        if seen is not None:
+            seen.append(outcome)
+        if outcome.kind == "result":
+            return attempts
+        await asyncio.sleep(retry_after)
+    raise TimeoutError(f"{station.cb_id}: {action} {payload} not answered in time")
+
+
+# -- a TCP path that can go dead (a station's socket its gateway notices late) ----------
+
+
+class TcpForwarder:
+    """127.0.0.1:`port` forwarded to 127.0.0.1:`target`; :meth:`freeze` stops relaying
+    (both sides see an open socket that carries nothing), :meth:`cut` resets
+    every connection."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self.frozen = False
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accepted, HOST, self.port)
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(HOST, self.target)
+        self._writers += [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await source.read(65536):
+                if self.frozen:
+                    continue  # swallowed: the path is dead
+                sink.write(data)
+                await sink.drain()
+        with contextlib.suppress(OSError, RuntimeError):
+            sink.close()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            transport = writer.transport
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+# -- Node-RED killed -------------------------------------------------------------------
+
+
+def kill_node_red(runtime: Any) -> set[int]:
+    """``kill -9`` of a :class:`tests.nodered.NodeRed`'s node process (nothing else):
+    returns the pids of its ``ocpp_nodes`` daemons, which are left to notice alone."""
+    daemons = runtime.daemon_pids()
+    proc = runtime.proc
+    assert proc is not None and proc.poll() is None, "Node-RED is not running"
+    proc.kill()
+    proc.wait(10)
+    return set(daemons)
+
+
+# -- reading the broker as any consumer does ---------------------------------------------
+
+
+async def first_message(
+    broker: Mosquitto,
+    topic: str,
+    accept: Callable[[bytes], bool] = bool,
+    timeout: float = 10.0,
+) -> bytes:
+    """The first message on ``topic`` (a retained one counts) whose payload ``accept``
+    takes (by default: any non-empty one)."""
+    import aiomqtt
+
+    async with aiomqtt.Client(**broker.client_args(), protocol=aiomqtt.ProtocolVersion.V5) as mqtt:
+        await mqtt.subscribe(topic, qos=1)
+        async with asyncio.timeout(timeout):
+            async for message in mqtt.messages:
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray) and accept(bytes(payload)):
+                    return bytes(payload)
+    raise AssertionError("unreachable")

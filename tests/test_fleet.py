@@ -19,20 +19,32 @@ with several processes tests/test_fleet_failures.py):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
+import aiomqtt
 import pytest
+import trustme
 import websockets
 
-from ocpp_nodes.fleet.broker import BrokerOptions, broker_address
+from ocpp_nodes.fleet.broker import BrokerOptions, broker_address, publish_properties
 from ocpp_nodes.fleet.gateway import ConfigError, Gateway, load_config
 from ocpp_nodes.fleet.remote import FleetOptions, FleetServer, frame_message_id
-from ocpp_nodes.fleet.topics import Presence, Topics, cb_id_of, group_problem, topic_level
+from ocpp_nodes.fleet.topics import (
+    CONNECTION,
+    Presence,
+    Topics,
+    cb_id_of,
+    group_problem,
+    topic_level,
+)
 from ocpp_nodes.rpc import CallReceived, ResultReceived
 from ocpp_nodes.transport.auth_list import AuthList
 from ocpp_nodes.transport.csms_server import ServerOptions
@@ -326,16 +338,30 @@ async def test_a_cbid_with_topic_characters_works_end_to_end(
             assert result[0].payload == GET_VARIABLES_RESULT
 
 
+async def scrape(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+            return response.status, await response.text()
+
+
 async def test_without_the_broker_station_calls_get_internal_error_at_once(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    async with fleet(mosquitto, tmp_path) as setup:
+    metrics_port = free_port()
+    async with fleet(mosquitto, tmp_path, metrics=f"127.0.0.1:{metrics_port}") as setup:
         csms = Csms(answer=False)
         await setup.csms(csms)
         async with setup.station("CS1") as ws:
             # forwarded, not answered yet: the broker goes away
             await ws.send(json.dumps([*BOOT[:1], "w1", *BOOT[2:]]))
             await until(lambda: csms.received(CallReceived), 10, "the CALL to reach the CSMS")
+            status, text = await scrape(metrics_port, "/metrics")
+            assert status == 200
+            assert 'ocpp_nodes_stations_connected{node="gwu",version="2.0.1"} 1.0' in text
+            assert 'ocpp_nodes_gateway_broker_connected{gateway="gwu"} 1.0' in text
+            assert 'ocpp_nodes_gateway_forwarded_waiting{gateway="gwu"} 1.0' in text
+            assert 'ocpp_nodes_handshakes_total{node="gwu",outcome="accepted"} 1.0' in text
+            assert (await scrape(metrics_port, "/health"))[0] == 200
             await asyncio.to_thread(mosquitto.stop)
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -354,6 +380,17 @@ async def test_without_the_broker_station_calls_get_internal_error_at_once(
                 async with setup.station("CS3"):
                     pass
             assert refused.value.response.status_code == 503
+            status, text = await scrape(metrics_port, "/health")
+            assert status == 503 and "broker" in text, text
+            _, text = await scrape(metrics_port, "/metrics")
+            assert (
+                'ocpp_nodes_gateway_internal_errors_total{cause="broker_lost",gateway="gwu"} 1.0'
+                in text
+            ), text
+            assert (
+                'ocpp_nodes_gateway_internal_errors_total{cause="no_broker",gateway="gwu"} 1.0'
+                in text
+            )
             # the broker is back: the station, still connected, is served again
             await asyncio.to_thread(mosquitto.start)
             await until(lambda: setup.gateway.broker.connected, 40, "the gateway to reconnect")
@@ -408,3 +445,131 @@ async def test_one_csms_call_at_a_time_reaches_a_station_across_instances(
                 10,
                 "both answers, each to its instance",
             )
+
+
+async def test_a_starting_gateway_marks_offline_the_stations_of_a_gateway_that_is_gone(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """What a gateway killed with no other gateway running leaves on the broker: its
+    will and its stations' online records. The next gateway to start cleans up."""
+    topics = Topics(GROUP)
+    dead = Presence(True, "gwdead", "c-dead", "2026-01-01T00:00:00+00:00", "ocpp2.0.1")
+    async with aiomqtt.Client(
+        **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+    ) as mqtt:
+        await mqtt.publish(topics.gateway("gwdead"), b'{"online": false}', qos=1, retain=True)
+        await mqtt.publish(topics.presence("CSX"), dead.to_json(), qos=1, retain=True)
+        await mqtt.subscribe(topics.presence("CSX"), qos=1)
+        async with fleet(mosquitto, tmp_path):
+            async with asyncio.timeout(10):
+                async for message in mqtt.messages:
+                    record = Presence.from_json(bytes(message.payload))  # type: ignore[arg-type]
+                    if record is not None and not record.online:
+                        break
+    assert record.connection == "c-dead" and "gwdead is gone" in record.reason, record
+
+
+async def test_a_profile_3_gateway_admits_a_station_by_its_certificate(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """TLS at the gateway as at a CSMS node: the server certificate, client
+    certificates of the station CA whose CN must be the cbId (403 otherwise)."""
+    server_ca, station_ca = trustme.CA(), trustme.CA()
+    server = server_ca.issue_cert("localhost", "127.0.0.1")
+    server.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    station_ca.cert_pem.write_to_path(str(tmp_path / "stations-ca.pem"))
+
+    def client(cb_id: str) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        server_ca.configure_trust(context)
+        station_ca.issue_cert(f"{cb_id.lower()}.test", common_name=cb_id).configure_cert(context)
+        return context
+
+    async with fleet(
+        mosquitto,
+        tmp_path,
+        security_profile=3,
+        tls={"cert": "server.pem", "key": "server.key", "ca": "stations-ca.pem"},
+    ) as setup:
+        csms = Csms()
+        await setup.csms(csms)
+        url = setup.url.replace("ws://", "wss://")
+        async with websockets.connect(
+            f"{url}/CS1", subprotocols=OCPP201, ssl=client("CS1"), ping_interval=None
+        ) as ws:
+            assert (await call(ws, BOOT, "t1"))[:2] == [3, "t1"]
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"{url}/CS1", subprotocols=OCPP201, ssl=client("CS3"))
+        assert refused.value.response.status_code == 403
+
+
+async def retained_auth(mosquitto: Mosquitto) -> dict[str, str]:
+    found: dict[str, str] = {}
+    async with aiomqtt.Client(
+        **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+    ) as mqtt:
+        await mqtt.subscribe(f"ocpp/{GROUP}/auth/+", qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for message in mqtt.messages:
+                    found[cb_id_of(str(message.topic).rsplit("/", 1)[1])] = bytes(
+                        message.payload  # type: ignore[arg-type]
+                    ).decode()
+    return found
+
+
+async def test_the_auth_list_on_the_broker_follows_the_nodes_list(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with fleet(mosquitto, tmp_path) as setup:
+        server = await setup.csms(Csms())
+        first = await retained_auth(mosquitto)  # the gateway has them all: so has the broker
+        assert set(first) == set(PASSWORDS)
+        assert all(value.startswith("$pbkdf2-sha256$10000$") for value in first.values())
+        changed = {"CS1": "a-new-password-1", "a/b+c#d%": PASSWORDS["a/b+c#d%"]}
+        server.publish_auth(AuthList.parse(changed))
+        await until(lambda: "CS3" not in setup.gateway.auth, 10, "CS3 to be removed")
+        second = await retained_auth(mosquitto)
+        assert set(second) == set(changed), second  # CS3: removed from the broker
+        assert second["a/b+c#d%"] == first["a/b+c#d%"]  # unchanged: the same hash
+        assert second["CS1"] != first["CS1"]
+        assert await setup.gateway.auth.check("CS1", "a-new-password-1")
+        assert not await setup.gateway.auth.check("CS1", PASSWORDS["CS1"])
+
+
+async def test_a_call_sent_to_an_earlier_connection_never_reaches_the_new_one(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A command meant for a connection that is gone is answered GenericError by the
+    gateway (to where the sender waits), and the station's new connection never sees it."""
+    async with fleet(mosquitto, tmp_path) as setup:
+        csms = Csms()
+        await setup.csms(csms)
+        async with setup.station("CS1") as ws:
+            assert (await call(ws, BOOT, "b1"))[0] == 3
+            topics = Topics(GROUP)
+            answers = topics.answers("probe")
+            properties = publish_properties(
+                response_topic=answers,
+                correlation="stale-1",
+                user=[(CONNECTION, "a-connection-that-is-gone")],
+            )
+            async with aiomqtt.Client(
+                **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+            ) as mqtt:
+                await mqtt.subscribe(answers, qos=1)
+                await mqtt.publish(
+                    topics.down("CS1"),
+                    json.dumps([2, "stale-1", "Reset", {"type": "Immediate"}]),
+                    qos=1,
+                    properties=properties,
+                )
+                async with asyncio.timeout(10):
+                    async for message in mqtt.messages:
+                        answer = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        break
+            assert answer[:3] == [4, "stale-1", "GenericError"], answer
+            assert "gone" in answer[3], answer
+            # and the station got nothing: its next exchange is its own
+            assert (await call(ws, [2, "", "Heartbeat", {}], "h1"))[:2] == [3, "h1"]

@@ -81,7 +81,7 @@ class Station(ChargePoint):  # type: ignore[misc]
         )
 
 
-def fleet_flow(broker: Mosquitto) -> list[dict[str, Any]]:
+def fleet_flow(broker: Mosquitto, **csms: Any) -> list[dict[str, Any]]:
     auth = {**PLAIN, **{cb: make_hash(pw, "pbkdf2-sha256", cost=1000) for cb, pw in HASHED.items()}}
     return [
         {"id": TAB, "type": "tab", "label": "fleet"},
@@ -89,14 +89,17 @@ def fleet_flow(broker: Mosquitto) -> list[dict[str, Any]]:
             "csms",
             "CSMS",
             [["rec.csms"], [], []],
-            mode="fleet",
-            fleet_broker=broker.url,
-            fleet_group=GROUP,
-            port="",
-            path="",
-            ocpp_versions=["2.0.1", "1.6", "2.1"],
-            connection_events=True,
-            message_timeout=5,
+            **{
+                "mode": "fleet",
+                "fleet_broker": broker.url,
+                "fleet_group": GROUP,
+                "port": "",
+                "path": "",
+                "ocpp_versions": ["2.0.1", "1.6", "2.1"],
+                "connection_events": True,
+                "message_timeout": 5,
+                **csms,
+            },
             credentials={
                 "basic_auths": json.dumps(auth),
                 "fleet_username": broker.username,
@@ -303,3 +306,37 @@ async def test_ws_close_of_a_station_closes_its_websocket_at_the_gateway(fleet: 
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1000, ws.close_code
+
+
+async def test_a_redeploy_keeps_the_fleet_and_a_new_group_leaves_it(fleet: Fleet) -> None:
+    flow, runtime = fleet.flow, fleet.flow.runtime
+    before = len(await flow.arecords("csms"))
+    async with package_station(fleet.gateway.url, "FL3", PLAIN["FL3"]):
+        await flow.await_("csms", lambda r: online(r) and r["ocpp"]["cbId"] == "FL3", after=before)
+        seen = len(await flow.arecords("csms"))
+
+        # a redeploy with another timeout: the node goes on with the same links
+        await asyncio.to_thread(runtime.deploy, fleet_flow(fleet.broker, message_timeout=6))
+        await asyncio.to_thread(runtime.wait_for_log, "station(s) kept connected", 20)
+        tag = marker("after-redeploy")
+        data = {"getVariableData": [{"component": {"name": "C"}, "variable": {"name": "V"}}]}
+        await request(flow, "csms", "GetVariables", data, tag, cbId="FL3")
+        await flow.await_("csms", lambda r: r.get("customData") == tag)
+        events = [r for r in (await flow.arecords("csms"))[seen:] if r["ocpp"].get("websocket")]
+        assert events == [], f"the redeploy was seen as a disconnect: {events}"
+
+        # another group: the node leaves this fleet and sees none of its stations
+        statuses = len(await flow.arecords("status"))
+        await asyncio.to_thread(runtime.deploy, fleet_flow(fleet.broker, fleet_group="elsewhere"))
+        await flow.await_("status", status_is("csms", "0 connected"), after=statuses)
+        tag = marker("other-group")
+        await request(flow, "csms", "Reset", {"type": "Immediate"}, tag, cbId="FL3")
+        assert "not connected" in await caught(flow, "csms", tag)
+
+        # and back: FL3, still at its gateway, is served again
+        statuses = len(await flow.arecords("status"))
+        await asyncio.to_thread(runtime.deploy, fleet_flow(fleet.broker))
+        tag = marker("back")
+        await flow.await_("status", status_is("csms", "1 connected"), after=statuses)
+        await request(flow, "csms", "GetVariables", data, tag, cbId="FL3")
+        await flow.await_("csms", lambda r: r.get("customData") == tag)

@@ -1,6 +1,7 @@
 // Shared by the CS and CSMS dialogs (Node-RED serves a module's resources/
 // folder at resources/<module>/): their tabs, the validators of what is typed
-// in them (cbId, CS Auth list, number settings), and how a property that an
+// in them (cbId, CS Auth list, number settings, fleet broker and group), how
+// fields that a mode does not use are marked, and how a property that an
 // older export lacks stays absent when its dialog is saved unchanged.
 //
 // Validators take (value, opt): Node-RED 3.1 and later pass `opt` and show a
@@ -101,6 +102,56 @@
     };
   }
 
+  // Why `text` cannot be a fleet's broker URL, or null: mqtt://host[:port] or
+  // mqtts://host[:port], without user or password (they are credentials: a
+  // URL is exported with the flow). As the engine checks it
+  // (ocpp_nodes/fleet/broker.py), and never quoting the URL.
+  function brokerUrlProblem(text) {
+    const url = text === undefined || text === null ? "" : String(text).trim();
+    if (url === "") {
+      return "fleet mode needs the broker's URL, e.g. mqtt://127.0.0.1:1883";
+    }
+    const parts = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)/.exec(url);
+    const scheme = parts ? parts[1].toLowerCase() : "";
+    if (scheme !== "mqtt" && scheme !== "mqtts") {
+      return "the broker URL must start with mqtt:// or mqtts://";
+    }
+    const authority = parts[2];
+    if (authority.includes("@")) {
+      return "put the broker's user and password in the credentials, not the URL";
+    }
+    const address = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]]*)(?::(.*))?$/.exec(authority);
+    if (!address || address[1] === "") {
+      return "the broker URL names no host";
+    }
+    const port = address[2];
+    if (port !== undefined && port !== "" && !(/^\d{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65535)) {
+      return "the broker URL's port is not a TCP port number (1-65535)";
+    }
+    return null;
+  }
+
+  // A fleet's group: a topic level and a shared-subscription name
+  // (GROUP_PATTERN of ocpp_nodes/fleet/topics.py).
+  const FLEET_GROUP = /^[A-Za-z0-9_.-]{1,64}$/;
+
+  // Why `text` cannot name a fleet group, or null; empty means "default".
+  function fleetGroupProblem(text) {
+    if (text === undefined || text === null || text === "" || FLEET_GROUP.test(text)) {
+      return null;
+    }
+    return "must be 1-64 letters, digits, '_', '-' or '.'";
+  }
+
+  // Marks the form rows of `rows` (a jQuery set) as not used (`unused`) or
+  // used again: greyed, their inputs disabled, and clicks (the pencil of a
+  // config node's select) ignored. Their values stay, and are saved as they are.
+  function markUnused(rows, unused) {
+    rows.css({ opacity: unused ? 0.45 : "", "pointer-events": unused ? "none" : "" });
+    rows.find("input, select, button").prop("disabled", unused);
+    rows.find("a.red-ui-button").toggleClass("disabled", unused);
+  }
+
   // The tabs of a dialog, as Node-RED's MQTT broker node makes them: `id` is
   // the <ul> of the tab bar, `id`-content holds one <div> per tab, `tabs` the
   // [div id, label] of each in order. The first is shown.
@@ -159,6 +210,6 @@
 
   window.OcppNodesDialog = {
     MAX_CBID_LENGTH, SAVED, cbIdProblem, cbIdValid, authListProblem, authListValid,
-    numberSetting, dialogTabs, absentFields, keepAbsent,
+    numberSetting, brokerUrlProblem, fleetGroupProblem, markUnused, dialogTabs, absentFields, keepAbsent,
   };
 })();

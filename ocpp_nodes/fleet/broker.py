@@ -42,6 +42,9 @@ RECONNECT_WAITS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 #: topics per SUBSCRIBE packet when many are (re)subscribed at once
 SUBSCRIBE_BATCH = 200
 
+#: how long :meth:`Broker.stop` waits for the broker to acknowledge what was published
+STOP_FLUSH_SECONDS = 5.0
+
 
 class BrokerUnreachable(Exception):
     """There is no connection to the broker now."""
@@ -144,6 +147,10 @@ class Broker:
         self._lost = asyncio.Event()
         self._up = asyncio.Event()
         self._acks: dict[int, asyncio.Future[Any]] = {}
+        #: QoS 1 messages handed to paho and not acknowledged by the broker yet
+        self._unacked: set[int] = set()
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
         self._stopping = False
 
     def _make_client(self) -> mqtt.Client:
@@ -165,6 +172,7 @@ class Broker:
         client.on_connect = self._connected
         client.on_disconnect = self._disconnected
         client.on_message = self._message
+        client.on_publish = self._published
         client.on_subscribe = self._acked
         client.on_unsubscribe = self._acked
         client.on_socket_close = self._socket_closed
@@ -190,8 +198,17 @@ class Broker:
         return True
 
     async def stop(self) -> None:
-        """Disconnect cleanly (the broker does not publish our will) and stop."""
+        """Disconnect cleanly (the broker does not publish our will) and stop.
+
+        What was published is sent first: paho holds back QoS 1 messages beyond
+        the broker's receive maximum (Mosquitto: 20) until earlier ones are
+        acknowledged, and a DISCONNECT before them would drop them (a gateway's
+        last presence records). Waits at most :data:`STOP_FLUSH_SECONDS`.
+        """
         self._stopping = True
+        if self.connected and not self._all_acked.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._all_acked.wait(), STOP_FLUSH_SECONDS)
         if self.connected:
             self._client.disconnect()
             self._flush_writes()
@@ -336,6 +353,8 @@ class Broker:
             if not future.done():
                 future.set_exception(BrokerUnreachable(reason))
         self._acks.clear()
+        self._unacked.clear()
+        self._all_acked.set()
         if was_connected and not self._stopping:
             try:
                 self._on_lost(reason)
@@ -347,6 +366,13 @@ class Broker:
             self._on_message(message)
         except Exception:  # one bad message must not end the connection
             log.exception("handling a message on %s failed", message.topic)
+
+    def _published(
+        self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self._unacked.discard(mid)
+        if not self._unacked:
+            self._all_acked.set()
 
     def _acked(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         future = self._acks.pop(mid, None)
@@ -367,7 +393,12 @@ class Broker:
         if not self.connected:
             return False
         info = self._client.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        if not info.is_published():
+            self._unacked.add(info.mid)
+            self._all_acked.clear()
+        return True
 
     async def subscribe(self, topics: Iterable[str], *, no_local: bool = False) -> None:
         """Subscribe (QoS 1) and wait for the broker's SUBACKs.

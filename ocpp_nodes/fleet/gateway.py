@@ -11,8 +11,9 @@ Theory of operation:
 
 1. Logins are checked against the salted hashes the CSMS nodes publish on
    ``auth/<cbId>``; no password leaves the gateway. Until the broker has
-   been reached, and while it is unreachable, a station is answered HTTP 503
-   (it retries with its back-off): it could not reach a CSMS anyway.
+   been reached, while it is unreachable, and while no CSMS node has
+   published a list, a station is answered HTTP 503 (it retries with its
+   back-off): it could not reach a CSMS anyway.
 2. An admitted station: the gateway subscribes to ``station/<cbId>/down``
    and publishes its online presence before reading any frame from it.
 3. A station's CALL goes to ``station/<cbId>/up``. It is answered by what
@@ -24,7 +25,10 @@ Theory of operation:
 4. A CALL from ``down`` goes to the station when its previous CALL is
    answered (one at a time, part 4); the station's answer goes to the CALL's
    response topic. The broker drops a CALL that waited longer than its
-   expiry (the sender's call timeout).
+   expiry (the sender's call timeout). A message addressed to an earlier
+   connection of the station (user property ``connection``) is not sent to
+   this one; a CALL that cannot be sent is answered CALLERROR
+   ``GenericError`` on its response topic.
 5. Presence: the last record on ``presence/<cbId>`` wins. A gateway that
    sees, after its own record came back to it, a newer online record of
    another connection for a station it holds, closes its socket ("replaced
@@ -50,13 +54,17 @@ import secrets
 import signal
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from paho.mqtt.client import MQTTMessage
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from ..metrics import MAX_HEALTHY_LAG_S, EngineMetrics
 from ..rpc import (
     VERSIONS,
     CallReceived,
@@ -104,6 +112,8 @@ class GatewayConfig:
     security_profile: int = 1
     reject_duplicates: bool = False
     answer_timeout: float = 30.0
+    #: where /metrics and /health are served (None: not at all)
+    metrics: tuple[str, int] | None = None
 
 
 def _read_text(base: Path, value: Any, what: str) -> str | None:
@@ -234,6 +244,14 @@ def load_config(path: str | Path) -> GatewayConfig:
         handshakes_per_address=_number(limits, "handshakes_per_address", 20, "limits"),
         upgrade_timeout=_number(limits, "upgrade_timeout", 10, "limits"),
     )
+    metrics = None
+    if data.get("metrics"):
+        from ..metrics import parse_address
+
+        try:
+            metrics = parse_address(str(data["metrics"]))
+        except ValueError:
+            raise ConfigError('metrics must be "[HOST:]PORT", e.g. "127.0.0.1:9465"') from None
     return GatewayConfig(
         id=gateway_id,
         group=group,
@@ -242,6 +260,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         security_profile=profile,
         reject_duplicates=duplicate == "reject",
         answer_timeout=answer_timeout,
+        metrics=metrics,
     )
 
 
@@ -252,12 +271,12 @@ def _now() -> str:
 class Held:
     """A station connected to this gateway."""
 
-    def __init__(self, link: StationLink, connection: str) -> None:
+    def __init__(self, link: StationLink, gateway_id: str) -> None:
         self.link = link
-        self.connection = connection
+        self.connection = connection = secrets.token_hex(8)
         self.presence = Presence(
             online=True,
-            gateway="",
+            gateway=gateway_id,
             connection=connection,
             since=_now(),
             version=link.version.subprotocol,
@@ -278,6 +297,14 @@ class Gateway:
         self.config = config
         self.topics = Topics(config.group)
         self.broker = Broker(config.broker, self._message, self._broker_up, self._broker_lost)
+        self.metrics: GatewayMetrics | None = None
+        self.meter: Any = None
+        if config.metrics is not None:
+            self.metrics = GatewayMetrics(self)
+            self.meter = self.metrics.node(config.id)
+            config.server = replace(
+                config.server, link=replace(config.server.link, meter=self.meter)
+            )
         self.server = CsmsServer(config.server, self)
         self.auth = AuthList({})
         #: the broker's auth entries have arrived (rule 1)
@@ -287,7 +314,11 @@ class Gateway:
         #: the last presence record of every station of the fleet
         self.presence: dict[str, Presence] = {}
         self.gateways_gone: set[str] = set()
-        self.refusals: dict[str, int] = {}
+        #: stop() closes the stations: their offline record says so, not how the
+        #: websocket's closing handshake ended
+        self._stopping = False
+        #: station CALLs the gateway answered InternalError itself, by why (rule 3)
+        self.unanswerable: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -297,6 +328,8 @@ class Gateway:
         """Connect to the broker and listen for stations (``OSError``: the port)."""
         self.broker.start()
         await self.server.start()
+        if self.metrics is not None and self.config.metrics is not None:
+            await self.metrics.start(None, *self.config.metrics)
         log.info(
             "gateway %s of fleet %r: listening on port %d, broker %s",
             self.config.id,
@@ -307,7 +340,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Close every station (their presence goes offline), say so, disconnect."""
-        await self.server.stop()
+        self._stopping = True
+        await self.server.stop(f"gateway {self.config.id} stopping")
         if self.broker.connected:
             self.broker.publish(
                 self.topics.gateway(self.config.id),
@@ -317,6 +351,8 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await self.broker.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -355,7 +391,9 @@ class Gateway:
         )
         for held in list(self.held.values()):
             for message_id in list(held.forwarded):
-                self._unanswerable(held, message_id, "the CSMS is unreachable (broker lost)")
+                self._unanswerable(
+                    held, message_id, "the CSMS is unreachable (broker lost)", "broker_lost"
+                )
 
     def _message(self, message: MQTTMessage) -> None:
         parsed = self.topics.parse(message.topic)
@@ -421,6 +459,9 @@ class Gateway:
             if presence.online and presence.gateway == self.config.id:
                 # a connection of ours from before a restart
                 self._mark_offline(cb_id, presence, f"gateway {self.config.id} restarted")
+            elif presence.online and presence.gateway in self.gateways_gone:
+                # retained from a gateway that is gone (its will came first)
+                self._mark_offline(cb_id, presence, f"its gateway {presence.gateway} is gone")
             return
         if presence.connection == held.connection:
             if presence.online:
@@ -448,6 +489,8 @@ class Gateway:
             if client_cn != cb_id:
                 return AuthDecision.WRONG_CERTIFICATE
         else:
+            if not len(self.auth):
+                return AuthDecision.BUSY  # no CSMS node has published its list yet (rule 1)
             if cb_id not in self.auth:
                 return AuthDecision.UNKNOWN_IDENTITY
             if credentials is None or credentials[0] != cb_id:
@@ -468,26 +511,22 @@ class Gateway:
         return AuthDecision.ACCEPT
 
     def refused(self, status: int, remote: str, cb_id: str | None = None) -> None:
-        self.refusals[str(status)] = self.refusals.get(str(status), 0) + 1
+        if self.meter is not None:
+            self.meter.handshake(status)
         log.debug("refused %s from %s: %s", cb_id, remote, status)
 
     def dropped(self, reason: str, remote: str) -> None:
-        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        if self.meter is not None:
+            self.meter.handshake(reason)
         log.debug("dropped a connection from %s: %s", remote, reason)
 
     async def link_opened(self, link: StationLink) -> None:
         cb_id = link.cb_id
         previous = self.held.get(cb_id)
-        held = Held(link, secrets.token_hex(8))
-        held.presence = Presence(
-            online=True,
-            gateway=self.config.id,
-            connection=held.connection,
-            since=held.presence.since,
-            version=link.version.subprotocol,
-            remote=link.remote,
-        )
+        held = Held(link, self.config.id)
         self.held[cb_id] = held
+        if self.meter is not None:
+            self.meter.handshake("accepted")
         if previous is not None:  # the newest connection of an identity wins
             self._spawn(previous.link.close(1000, "replaced by a newer connection"))
         else:
@@ -513,7 +552,9 @@ class Gateway:
             timer.cancel()
         latest = self.presence.get(cb_id)
         if latest is None or latest.connection == held.connection:
-            self._mark_offline(cb_id, held.presence, reason or "gateway stopping")
+            if self._stopping or not reason:
+                reason = f"gateway {self.config.id} stopped"
+            self._mark_offline(cb_id, held.presence, reason)
         if self.broker.connected:
             self._spawn(self._unsubscribe(cb_id))
         log.debug("%s disconnected: %s", cb_id, reason)
@@ -562,7 +603,7 @@ class Gateway:
     def _forward_call(self, held: Held, event: CallReceived) -> None:
         text = serialize(Call(event.message_id, event.action, event.payload))
         if not self._publish_up(held, text, event.message_id):
-            self._unanswerable_now(held, event.message_id, "the CSMS is unreachable")
+            self._unanswerable_now(held, event.message_id, "the CSMS is unreachable", "no_broker")
             return
         held.forwarded[event.message_id] = self._loop.call_later(
             self.config.answer_timeout,
@@ -570,6 +611,7 @@ class Gateway:
             held,
             event.message_id,
             f"the CSMS did not answer within {self.config.answer_timeout:g} s",
+            "no_answer",
         )
 
     def _publish_up(self, held: Held, text: str, message_id: str | None) -> bool:
@@ -586,13 +628,14 @@ class Gateway:
         )
         return self.broker.publish(self.topics.up(cb_id), text, properties=properties)
 
-    def _unanswerable(self, held: Held, message_id: str, why: str) -> None:
+    def _unanswerable(self, held: Held, message_id: str, why: str, cause: str) -> None:
         timer = held.forwarded.pop(message_id, None)
         if timer is not None:
             timer.cancel()
-        self._unanswerable_now(held, message_id, why)
+        self._unanswerable_now(held, message_id, why, cause)
 
-    def _unanswerable_now(self, held: Held, message_id: str, why: str) -> None:
+    def _unanswerable_now(self, held: Held, message_id: str, why: str, cause: str) -> None:
+        self.unanswerable[cause] = self.unanswerable.get(cause, 0) + 1
         link = held.link
         try:
             link.send_error(message_id, link.version.code(ErrorCode.INTERNAL_ERROR), why)
@@ -632,9 +675,25 @@ class Gateway:
         except (ValueError, IndexError, KeyError, TypeError):
             log.warning("%s: a message on its down topic is not an OCPP-J frame; dropped", cb_id)
             return
+        response_topic = getattr(properties, "ResponseTopic", None)
+        addressed = user.get(fleet.CONNECTION)
+        if addressed and addressed != held.connection:
+            # meant for an earlier connection of the station: never for this one
+            log.info(
+                "%s: %s was sent to its connection before this one; dropped", cb_id, message_id
+            )
+            if kind == 2 and response_topic:
+                self._refuse_call(
+                    cb_id,
+                    held,
+                    addressed,
+                    message_id,
+                    response_topic,
+                    "the connection it was sent to is gone; not sent",
+                )
+            return
         try:
             if kind == 2:
-                response_topic = getattr(properties, "ResponseTopic", None)
                 link.send_call(frame[2], frame[3], message_id=message_id)
                 if response_topic:
                     held.calls[message_id] = response_topic
@@ -656,21 +715,105 @@ class Gateway:
                 link.send_unconfirmed(frame[2], frame[3], message_id=message_id)
         except (OutgoingError, IndexError) as exc:
             log.info("%s: cannot send %s: %s", cb_id, message_id, exc)
-            response_topic = getattr(properties, "ResponseTopic", None)
             if kind == 2 and response_topic:
-                error = CallError(
-                    str(message_id),
-                    link.version.code(ErrorCode.GENERIC_ERROR),
-                    error_description(f"gateway {self.config.id}: {exc}"),
-                )
-                self.broker.publish(
-                    response_topic,
-                    serialize(error),
-                    properties=publish_properties(
-                        correlation=str(message_id),
-                        user=(("cbId", cb_id), (fleet.CONNECTION, held.connection)),
-                    ),
-                )
+                self._refuse_call(cb_id, held, held.connection, message_id, response_topic, exc)
+
+    def _refuse_call(
+        self,
+        cb_id: str,
+        held: Held,
+        connection: str,
+        message_id: Any,
+        response_topic: str,
+        why: object,
+    ) -> None:
+        """Answer a CSMS's CALL that did not go to the station with a CALLERROR (rule 4)."""
+        error = CallError(
+            str(message_id),
+            held.link.version.code(ErrorCode.GENERIC_ERROR),
+            error_description(f"gateway {self.config.id}: {why}"),
+        )
+        self.broker.publish(
+            response_topic,
+            serialize(error),
+            properties=publish_properties(
+                correlation=str(message_id),
+                user=(("cbId", cb_id), (fleet.CONNECTION, connection)),
+            ),
+        )
+
+
+class GatewayMetrics(EngineMetrics):
+    """The gateway's ``/metrics`` and ``/health`` (docs/fleet.md, "Metrics").
+
+    The engine's families (:mod:`ocpp_nodes.metrics`) with the gateway as
+    their one "node" (``node`` label = the gateway's id), and its own:
+    whether the broker is connected, and the station CALLs it answered
+    ``InternalError`` itself, by cause. Healthy: the broker is connected, the
+    event loop is not late.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.registry.register(_GatewayCollector(gateway))
+
+    def health_problems(self) -> list[str]:
+        problems = []
+        if self.last_lag > MAX_HEALTHY_LAG_S:
+            problems.append(f"event loop {self.last_lag:.2f} s late (over {MAX_HEALTHY_LAG_S:g} s)")
+        if not self.gateway.broker.connected:
+            problems.append(f"broker: {self.gateway.broker.problem}")
+        return problems
+
+    def _nodes(self) -> Iterator[tuple[str, Any, tuple[str | None, str | None]]]:
+        yield self.gateway.config.id, _GatewayAsNode(self.gateway), ("green", "")
+
+
+class _GatewayAsNode:
+    """What the engine's state collector reads of a node, for the gateway."""
+
+    type_name = "gateway"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.stations = {cb_id: held.link for cb_id, held in gateway.held.items()}
+        self.versions = gateway.config.server.versions
+        self.config = {"name": gateway.config.id}
+
+
+class _GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        gateway = self.gateway
+        connected = GaugeMetricFamily(
+            "ocpp_nodes_gateway_broker_connected",
+            "1 while the gateway is connected to the fleet's broker",
+            labels=["gateway"],
+        )
+        connected.add_metric([gateway.config.id], 1 if gateway.broker.connected else 0)
+        answered = CounterMetricFamily(
+            "ocpp_nodes_gateway_internal_errors",
+            "Station CALLs the gateway answered InternalError itself, by cause: broker_lost "
+            "(forwarded, then the broker was lost), no_broker (could not be published), "
+            "no_answer (no answer within the answer timeout)",
+            labels=["gateway", "cause"],
+        )
+        for cause in ("broker_lost", "no_broker", "no_answer"):
+            answered.add_metric([gateway.config.id, cause], gateway.unanswerable.get(cause, 0))
+        waiting = GaugeMetricFamily(
+            "ocpp_nodes_gateway_forwarded_waiting",
+            "Station CALLs forwarded to the CSMS and not answered yet",
+            labels=["gateway"],
+        )
+        waiting.add_metric(
+            [gateway.config.id], sum(len(held.forwarded) for held in gateway.held.values())
+        )
+        yield from (connected, answered, waiting)
 
 
 async def run_gateway(config: GatewayConfig) -> int:

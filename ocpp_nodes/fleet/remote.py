@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 #: (about 2 ms here; OCPP's Basic auth passwords are 16-40 random characters)
 PUBLISHED_PBKDF2_ROUNDS = 10_000
 
+#: plain passwords hashed per turn of a password thread
+HASH_BATCH = 100
+
 #: connections closed here whose late frames are ignored rather than reopened
 CLOSED_KEPT = 4096
 
@@ -153,6 +156,8 @@ class BrokerSocket:
         self._frames: deque[str] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.ended: str | None = None  # why, once ended
+        #: a newer connection of the station is here: closing this one ends it here only
+        self.superseded = False
 
     @property
     def connection(self) -> str:
@@ -188,6 +193,8 @@ class BrokerSocket:
         self.server.send_down(self, text)
 
     async def close(self, code: int, reason: str) -> None:
+        if self.ended is None and self.superseded:
+            self.end(reason)  # its gateway closes the websocket itself (gateway rule 5)
         if self.ended is None:
             self.server.request_close(self, code, reason)
             self.end(reason or f"closed by the CSMS (code {code})")
@@ -314,6 +321,7 @@ class FleetServer:
     async def _publish_auth(self, auth_list: AuthList, full: bool) -> None:
         broker = self.broker
         wanted: dict[str, str] = {}
+        plain: list[tuple[str, str]] = []
         for cb_id in auth_list.readable():
             stored = auth_list.stored(cb_id)
             if stored is None:
@@ -321,11 +329,12 @@ class FleetServer:
             if looks_like_hash(stored):
                 wanted[cb_id] = stored
             else:
-                kept = self._auth.get(cb_id)
-                if kept is not None and kept.startswith("$") and await _same(stored, kept):
-                    wanted[cb_id] = kept
-                else:
-                    wanted[cb_id] = await VERIFIER.run(_published_hash, stored)
+                plain.append((cb_id, stored))
+        # hashed in threads, a batch at a time: station logins of direct-mode nodes
+        # in this engine share those threads
+        for start in range(0, len(plain), HASH_BATCH):
+            batch = plain[start : start + HASH_BATCH]
+            wanted.update(await VERIFIER.run(_hashes_to_publish, batch, dict(self._auth)))
         if broker is None or broker is not self.broker:
             return
         for cb_id, hashed in wanted.items():
@@ -448,14 +457,18 @@ class FleetServer:
             log.warning("%s: unknown OCPP version %r from the fleet", cb_id, presence.version)
             return None
         previous = self._stations.get(cb_id)
-        if previous is not None:
-            previous[0].end("replaced by a newer connection")
         socket = BrokerSocket(self, cb_id, presence)
         remote = presence.remote or f"gateway {presence.gateway}"
         session = self.session_class(
             cb_id, version, Role.CSMS, socket, self.listener, self.options.link, remote
         )
         task = asyncio.ensure_future(self._run(cb_id, socket, session))
+        if previous is not None:
+            # The new link opens first, as in direct mode: the node then closes the
+            # previous one as replaced (no OFFLINE between them); ended here after
+            # that in any case.
+            previous[0].superseded = True
+            asyncio.get_running_loop().call_soon(previous[0].end, "replaced by a newer connection")
         entry = (socket, session, task)
         self._stations[cb_id] = entry
         return entry
@@ -509,16 +522,21 @@ class FleetServer:
         broker.publish(socket.down, payload, properties=properties)
 
 
-def _published_hash(password: str) -> str:
-    return make_hash(password, "pbkdf2-sha256", cost=PUBLISHED_PBKDF2_ROUNDS)
-
-
-async def _same(password: str, hashed: str) -> bool:
-    """Whether the published ``hashed`` was made from ``password``."""
-    try:
-        return await VERIFIER.run(verify, password, parse_hash(hashed))
-    except ValueError:
-        return False
+def _hashes_to_publish(plain: list[tuple[str, str]], published: dict[str, str]) -> dict[str, str]:
+    """cbId -> the hash to publish of each plain password: the one published
+    before when it still matches (no new salt, no new message), else a new one."""
+    hashes = {}
+    for cb_id, password in plain:
+        kept = published.get(cb_id)
+        if kept is not None:
+            try:
+                if verify(password, parse_hash(kept)):
+                    hashes[cb_id] = kept
+                    continue
+            except ValueError:
+                pass
+        hashes[cb_id] = make_hash(password, "pbkdf2-sha256", cost=PUBLISHED_PBKDF2_ROUNDS)
+    return hashes
 
 
 def _now() -> str:

@@ -355,10 +355,10 @@ class CsmsServer:
         if current is not None and current is not context:
             ssl_object.context = current
 
-    async def stop(self) -> None:
-        """Close every station connection and release the port."""
+    async def stop(self, reason: str = "CSMS node stopped") -> None:
+        """Close every station connection (1001, ``reason``) and release the port."""
         for ws in list(self._sockets):
-            await ws.close(code=1001, message=b"CSMS node stopped")
+            await ws.close(code=1001, message=reason.encode())
         if self._gate is not None:
             self._gate.close()
             self._gate = None

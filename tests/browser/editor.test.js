@@ -7,13 +7,19 @@
 // and the statuses "1 connected" / "connected" in the workspace. The dialogs'
 // tabs (every field on one), their validators (cbId, CS Auth list, limits),
 // the CS Auth list not shown again once deployed, and an older export that
-// opens with its values and saves unchanged.
+// opens with its values and saves unchanged. Fleet mode: the Mode switch
+// greying the fields the gateways set, the Fleet tab and its validators, a
+// node set through the dialog deployed against a real broker (green
+// "0 connected"), its broker password not sent back to the editor.
 //
 // Needs a running Node-RED with this checkout's shim: tests/browser/test_editor.py
 // starts one (tests/nodered.py) and runs this file with
 //   OCPP_EDITOR_URL   the editor's URL
 //   OCPP_CSMS_PORT    a free TCP port for the CSMS node
 //   OCPP_SCREENSHOTS  where screenshots go (default .local/screenshots)
+//   OCPP_FLEET_BROKER, OCPP_FLEET_USERNAME, OCPP_FLEET_PASSWORD
+//                     a running MQTT 5 broker (Mosquitto) for the fleet node;
+//                     unset: the fleet node is configured but not deployed
 // Without OCPP_EDITOR_URL the test is skipped.
 
 const test = require("node:test");
@@ -26,6 +32,18 @@ const BASE = process.env.OCPP_EDITOR_URL;
 const CSMS_PORT = Number(process.env.OCPP_CSMS_PORT || 0);
 const CB_ID = "CS001";
 const PASSWORD = "browser-test-password";
+const FLEET = {
+  broker: process.env.OCPP_FLEET_BROKER,
+  username: process.env.OCPP_FLEET_USERNAME || "fleet",
+  password: process.env.OCPP_FLEET_PASSWORD || "browser-fleet-password",
+};
+const FLEET_GROUP = "editor";
+// The fields fleet mode does not use (the gateways' config file has them),
+// and those of the Fleet tab.
+const DIRECT_ONLY = ["port", "path", "ocpp_version_21", "ocpp_version_201", "ocpp_version_16",
+  "version_preference_select", "duplicate_cbid", "security_profile", "tls", "tls2", "max_connections",
+  "handshakes_per_second", "handshakes_per_address", "upgrade_timeout", "ping_interval"];
+const FLEET_ONLY = ["fleet_broker", "fleet_group", "fleet_tls", "fleet_username", "fleet_password"];
 
 const skip = !BASE ? "OCPP_EDITOR_URL is unset: run tests/browser/test_editor.py (pytest)" : chromiumMissing();
 
@@ -267,8 +285,9 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
   // Each tab's fields (the part of `node-input-<id>` after the prefix); Name is above the tabs.
   const TABS = {
     CSMS: {
-      "csms-tab-connection": ["port", "path", "ocpp_version_21", "ocpp_version_201", "ocpp_version_16",
+      "csms-tab-connection": ["mode", "port", "path", "ocpp_version_21", "ocpp_version_201", "ocpp_version_16",
         "version_preference_select", "duplicate_cbid", "connection_events"],
+      "csms-tab-fleet": FLEET_ONLY,
       "csms-tab-security": ["basic_auths", "allow_auth_list_read", "security_profile", "tls", "tls2"],
       "csms-tab-limits": ["max_connections", "handshakes_per_second", "handshakes_per_address", "upgrade_timeout"],
       "csms-tab-ocppj": ["ocpp_logging", "boot_rules", "message_timeout", "queue_size", "ping_interval",
@@ -308,7 +327,8 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       assert.deepEqual(tabIds, Object.keys(TABS[type]), `${type} tabs`);
       const labels = await page.$$eval(`#node-input-${type.toLowerCase()}-tabs li.red-ui-tab`,
         (els) => els.map((el) => el.textContent.trim()));
-      assert.deepEqual(labels, ["Connection", "Security", type === "CS" ? "Offline" : "Limits", "OCPP-J"]);
+      assert.deepEqual(labels, type === "CS" ? ["Connection", "Security", "Offline", "OCPP-J"] :
+        ["Connection", "Fleet", "Security", "Limits", "OCPP-J"]);
       assert.ok(await page.locator("#node-input-name").isVisible(), "Name above the tabs");
       for (const [tabId, fields] of Object.entries(TABS[type])) {
         await showTab(tabId);
@@ -329,7 +349,8 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
     const creds = await page.evaluate(
       (id) => fetch(`credentials/CSMS/${id}`, { headers: { "Node-RED-API-Version": "v2" } }).then((r) => r.json()),
       csmsId);
-    assert.deepEqual(creds, { has_basic_auths: true }, "the runtime sends only that a list is saved");
+    assert.deepEqual(creds, { has_basic_auths: true, fleet_username: "", has_fleet_password: false },
+      "the runtime sends only that a list is saved");
     await openDialog(csmsId);
     await showTab("csms-tab-security");
     assert.equal(await page.inputValue("#node-input-basic_auths"), "__PWRD__");
@@ -360,7 +381,84 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       const n = RED.nodes.node(id);
       return { changed: Boolean(n.changed), valid: n.valid, creds: n.credentials };
     }, csmsId);
-    assert.deepEqual(node, { changed: false, valid: true, creds: { has_basic_auths: true, _: { has_basic_auths: true } } });
+    const sent = { has_basic_auths: true, fleet_username: "", has_fleet_password: false };
+    assert.deepEqual(node, { changed: false, valid: true, creds: { ...sent, _: sent } });
+  });
+
+  const disabled = (fields) => page.evaluate((names) => names.filter(
+    (name) => document.getElementById(`node-input-${name}`).disabled), fields);
+  const marked = (name) => page.evaluate((nm) => $(`#node-input-${nm}`).hasClass("input-error"), name);
+  let fleetId;
+
+  await t.test("fleet mode through the dialog: the Mode switch, the Fleet tab, deployed against a broker", async () => {
+    fleetId = await drop("CSMS", 200, 480);
+    await openDialog(fleetId);
+    // a new node is direct: the Fleet tab's fields are greyed and disabled, with a note
+    assert.equal(await page.inputValue("#node-input-mode"), "direct");
+    assert.deepEqual(await disabled(DIRECT_ONLY), []);
+    assert.ok(await marked("port"), "direct mode needs a port");
+    await showTab("csms-tab-fleet");
+    assert.deepEqual(await disabled(FLEET_ONLY), FLEET_ONLY);
+    assert.ok(await page.locator("#csms-tab-fleet .csms-direct-note").isVisible(), "the note: fleet mode only");
+    assert.equal(await page.inputValue("#node-input-fleet_group"), "default");
+    await showTab("csms-tab-connection");
+    await page.selectOption("#node-input-mode", "fleet");
+    // fleet: what the gateways set is greyed and disabled, each tab says why; no port needed
+    assert.deepEqual(await disabled(DIRECT_ONLY), DIRECT_ONLY);
+    assert.deepEqual(await disabled(["connection_events", "allow_auth_list_read", "message_timeout", "queue_size",
+      "max_frame_size", "boot_rules", "ocpp_logging"]), []);
+    assert.equal(await marked("port"), false, "fleet mode needs no port");
+    assert.ok(await page.locator("#csms-tab-connection .csms-fleet-note").isVisible());
+    await shotTray("csms-fleet-connection");
+    for (const tab of ["csms-tab-security", "csms-tab-limits"]) {
+      await showTab(tab);
+      assert.ok(await page.locator(`#${tab} .csms-fleet-note`).first().isVisible(), `${tab} says why`);
+    }
+    await showTab("csms-tab-fleet");
+    assert.deepEqual(await disabled(FLEET_ONLY), []);
+    assert.ok(!(await page.locator("#csms-tab-fleet .csms-direct-note").isVisible()));
+    assert.ok(await marked("fleet_broker"), "fleet mode needs the broker's URL");
+    await page.fill("#node-input-name", "fleet CSMS");
+    await page.fill("#node-input-fleet_broker", FLEET.broker || "mqtt://127.0.0.1:1883");
+    await page.fill("#node-input-fleet_group", FLEET_GROUP);
+    await page.fill("#node-input-fleet_username", FLEET.username);
+    await page.fill("#node-input-fleet_password", FLEET.password);
+    await page.press("#node-input-fleet_password", "Tab");
+    assert.equal(await marked("fleet_broker"), false);
+    await shotTray("csms-dialog-fleet");
+    await closeDialog();
+    const node = await page.evaluate((id) => {
+      const n = RED.nodes.node(id);
+      return { mode: n.mode, broker: n.fleet_broker, group: n.fleet_group, tls: n.fleet_tls, port: n.port,
+        valid: n.valid, label: n._def.label.call({ ...n, name: "" }) };
+    }, fleetId);
+    assert.deepEqual(node, { mode: "fleet", broker: FLEET.broker || "mqtt://127.0.0.1:1883", group: FLEET_GROUP,
+      tls: "", port: "", valid: true, label: `CSMS fleet ${FLEET_GROUP}` });
+    if (!FLEET.broker) {
+      t.diagnostic("OCPP_FLEET_BROKER is unset: the fleet node is not deployed");
+      return;
+    }
+    await page.click("#red-ui-header-button-deploy");
+    // yellow "connecting to broker" until the broker answers, then a green ring
+    await page.waitForFunction(({ sel }) => {
+      const label = document.querySelector(`${sel} .red-ui-flow-node-status-label`);
+      const shape = document.querySelector(`${sel} .red-ui-flow-node-status`);
+      return label && label.textContent.trim() === "0 connected" &&
+        shape.classList.contains("red-ui-flow-node-status-ring-green");
+    }, { sel: nodeSel(fleetId) }, { timeout: 30000 });
+    await shot("deployed-fleet");
+    // the broker's password is not sent back to the editor, its user is
+    const creds = await page.evaluate(
+      (id) => fetch(`credentials/CSMS/${id}`, { headers: { "Node-RED-API-Version": "v2" } }).then((r) => r.json()),
+      fleetId);
+    assert.deepEqual(creds, { has_basic_auths: false, fleet_username: FLEET.username, has_fleet_password: true });
+    await openDialog(fleetId);
+    await showTab("csms-tab-fleet");
+    assert.equal(await page.inputValue("#node-input-fleet_password"), "__PWRD__");
+    assert.equal(await page.inputValue("#node-input-fleet_username"), FLEET.username);
+    assert.ok(!(await page.content()).includes(FLEET.password), "the broker password is nowhere in the page");
+    await page.click("#node-dialog-cancel");
+    await page.locator("#node-dialog-ok").waitFor({ state: "detached" });
   });
 
   // Type `value` into `selector` (on tab `tabId`) of node `id`'s dialog and
@@ -405,6 +503,13 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       [csmsId, "csms-tab-security", "csauth", '{"CS:1": "pw"}', `CS Auth: "CS:1": a cbId must not contain ':'`],
       [csmsId, "csms-tab-limits", "#node-input-handshakes_per_address", "-1", "Connections per address: must be a number of at least 0"],
       [csmsId, "csms-tab-limits", "#node-input-upgrade_timeout", "-5", "Upgrade timeout: must be a number of at least 0"],
+      [fleetId, "csms-tab-fleet", "#node-input-fleet_broker", "http://127.0.0.1:1883",
+        "Broker: the broker URL must start with mqtt:// or mqtts://"],
+      [fleetId, "csms-tab-fleet", "#node-input-fleet_broker", "mqtt://fleet:secret@127.0.0.1",
+        "Broker: put the broker's user and password in the credentials, not the URL"],
+      [fleetId, "csms-tab-fleet", "#node-input-fleet_broker", "", "Broker: fleet mode needs the broker's URL"],
+      [fleetId, "csms-tab-fleet", "#node-input-fleet_group", "north/1",
+        "Group: must be 1-64 letters, digits, '_', '-' or '.'"],
     ];
     for (const [id, tabId, selector, value, reason] of cases) {
       const result = await typeAndSave(id, tabId, selector, value);
@@ -428,11 +533,13 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       [csmsId, "csms-tab-security", "csauth", JSON.stringify({ [CB_ID]: PASSWORD, CS2: "$scrypt$n=16384,r=8,p=1$c2FsdA$aGFzaA" })],
       [csmsId, "csms-tab-limits", "#node-input-handshakes_per_address", "0.5"],
       [csmsId, "csms-tab-limits", "#node-input-upgrade_timeout", "10"],
+      [fleetId, "csms-tab-fleet", "#node-input-fleet_broker", FLEET.broker || "mqtts://broker.example.com"],
+      [fleetId, "csms-tab-fleet", "#node-input-fleet_group", FLEET_GROUP],
     ]) {
       const result = await typeAndSave(id, tabId, selector, value);
       assert.equal(result.fieldError, false, `${value}: the field is not marked`);
     }
-    for (const id of [csId, csmsId]) {
+    for (const id of [csId, csmsId, fleetId]) {
       assert.deepEqual(await page.evaluate((nid) => [RED.nodes.node(nid).valid, RED.nodes.node(nid).validationErrors],
         id), [true, []], "valid again");
     }
@@ -444,6 +551,9 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
       { id: "old.csms", type: "CSMS", z, name: "CMSM1", port: "18799", path: "/ocpp2", ws_user: "test",
         ws_pw: "test", log: false, logpath: "", x: 600, y: 120, wires: [[], []] },
       { id: "old.target", type: "target-csms", name: "Legacy CSMS", url: "ws://127.0.0.1:18799/ocpp2" },
+      // a tls-config of some other node: an older CSMS must not take it for its TLS or the broker's
+      { id: "old.tls", type: "tls-config", name: "some TLS", cert: "", key: "", ca: "", certname: "", keyname: "",
+        caname: "", servername: "", verifyservercert: true },
       { id: "old.cs", type: "CS", z, name: "", csms: "old.target", cbId: "LCS2", ws_rt_minimum: "1",
         ws_rt_repeat: "3", ws_rt_rnd_range: "0", auto_connect: true, ocpp_logging: true, outputs: 3,
         x: 600, y: 220, wires: [[], [], []] },
@@ -474,12 +584,43 @@ test("the editor: palette, dialogs, ports, help, deploy, status", { skip, timeou
           (els) => els.map((el) => [el.id, el.checked])), [
           ["node-input-ocpp_version_21", false], ["node-input-ocpp_version_201", true],
           ["node-input-ocpp_version_16", false], ["node-input-connection_events", false]]);
+        // direct, as the engine takes an absent mode; a switch to fleet and back changes nothing
+        assert.equal(await page.inputValue("#node-input-mode"), "direct");
+        await page.selectOption("#node-input-mode", "fleet");
+        await page.selectOption("#node-input-mode", "direct");
+        await showTab("csms-tab-fleet");
+        assert.equal(await page.inputValue("#node-input-fleet_broker"), "");
+        assert.equal(await page.inputValue("#node-input-fleet_group"), "default");
       }
       await closeDialog();
       // (Node-RED marks the node changed all the same: its empty password
       // credentials were unknown before the dialog; nothing is exported of them.)
       assert.deepEqual(await exported(id), before, `${id} saves unchanged`);
+      if (id === "old.csms") {
+        // what an export file holds (JSON: a property left undefined is not written)
+        const saved = JSON.parse(JSON.stringify(await exported(id)));
+        const added = Object.keys(saved).filter((key) => key === "mode" || key.startsWith("fleet_"));
+        assert.deepEqual(added, [], "no mode, no fleet settings added");
+      }
     }
+  });
+
+  await t.test("Broker TLS: none until chosen, also with a tls-config in the workspace; it needs mqtts://", async () => {
+    await openDialog(fleetId);
+    await showTab("csms-tab-fleet");
+    assert.equal(await page.inputValue("#node-input-fleet_tls"), "_ADD_", "none");
+    await page.selectOption("#node-input-fleet_tls", "old.tls");
+    await page.locator("#node-input-fleet_broker.input-error").waitFor({ timeout: 5000 });
+    await page.fill("#node-input-fleet_broker", "mqtts://broker.example.com");
+    await page.press("#node-input-fleet_broker", "Tab");
+    assert.equal(await marked("fleet_broker"), false);
+    await page.fill("#node-input-fleet_broker", "mqtt://broker.example.com");
+    await page.press("#node-input-fleet_broker", "Tab");
+    assert.equal(await marked("fleet_broker"), true);
+    await page.selectOption("#node-input-fleet_tls", "_ADD_");
+    await page.locator("#node-input-fleet_broker:not(.input-error)").waitFor({ timeout: 5000 });
+    await page.click("#node-dialog-cancel");
+    await page.locator("#node-dialog-ok").waitFor({ state: "detached" });
   });
 
   assert.deepEqual(errors, [], "no script errors in the editor");

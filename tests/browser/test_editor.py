@@ -3,6 +3,10 @@ tests/browser/guide.test.js (node --test, playwright-core from tools/node,
 Debian's /usr/bin/chromium) against a real Node-RED with this checkout's shim
 (tests/nodered.py).
 
+The editor test also deploys a CSMS node set to fleet mode through its
+dialog, against a real Mosquitto (tests/fleetkit.py): without mosquitto
+installed, that part alone is skipped (the output says so).
+
 Screenshots go to .local/screenshots/ (never into tracked files);
 `make screenshots` runs these tests and copies the ones the docs show to
 docs/images/.
@@ -15,10 +19,12 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from tests.fleetkit import Mosquitto, mosquitto_missing_reason
 from tests.nodered import REPO_ROOT, free_port, running_node_red
 from tests.test_getting_started import demo_flow, guide_flow, station_script
 
@@ -36,6 +42,7 @@ DOC_IMAGES = (
     "getting-started-catch",
     "csms-dialog",
     "csms-dialog-security",
+    "csms-dialog-fleet",
     "cs-dialog",
     "live-view",  # by live-view.test.js (test_live_view.py)
 )
@@ -77,13 +84,34 @@ def test_editor_in_headless_chromium(tmp_path: Path) -> None:
         pytest.skip(reason)
     for old in SCREENSHOTS.glob("*.png"):
         old.unlink()
-    with running_node_red(tmp_path / "node-red", "test_editor_in_headless_chromium") as runtime:
+    with ExitStack() as stack:
+        fleet: dict[str, str] = {}
+        missing = mosquitto_missing_reason()
+        if missing is None:
+            broker = Mosquitto(tmp_path / "mosquitto")
+            broker.start()
+            stack.callback(broker.save_log, "test_editor_in_headless_chromium")
+            stack.callback(broker.stop)
+            fleet = {
+                "OCPP_FLEET_BROKER": broker.url,
+                "OCPP_FLEET_USERNAME": broker.username,
+                "OCPP_FLEET_PASSWORD": broker.password,
+            }
+        else:
+            print(f"the fleet node is not deployed: {missing}")
+        runtime = stack.enter_context(
+            running_node_red(tmp_path / "node-red", "test_editor_in_headless_chromium")
+        )
         returncode, output = run_browser_test(
-            "editor.test.js", 300, OCPP_EDITOR_URL=runtime.base_url, OCPP_CSMS_PORT=str(free_port())
+            "editor.test.js",
+            300,
+            OCPP_EDITOR_URL=runtime.base_url,
+            OCPP_CSMS_PORT=str(free_port()),
+            **fleet,
         )
     assert returncode == 0, output
-    assert "pass 10" in output and "fail 0" in output, output
-    for name in ("csms-dialog", "csms-dialog-security", "cs-dialog"):
+    assert "pass 12" in output and "fail 0" in output, output
+    for name in ("csms-dialog", "csms-dialog-security", "csms-dialog-fleet", "cs-dialog"):
         assert (SCREENSHOTS / f"{name}.png").is_file(), name
 
 

@@ -70,7 +70,44 @@ test("CSMS: legacy properties load, connection events on for new nodes", () => {
     assert.ok(name in csms.defaults, name);
   }
   assert.equal(csms.defaults.connection_events.value, true);
-  assert.deepEqual(Object.keys(csms.credentials), ["basic_auths"]);
+  assert.deepEqual(Object.keys(csms.credentials), ["basic_auths", "fleet_username", "fleet_password"]);
+});
+
+test("CSMS: fleet mode's settings, direct by default; the broker's credentials", () => {
+  const csms = editorDefinition("csms.html", {}).CSMS;
+  assert.equal(csms.defaults.mode.value, "direct");
+  assert.equal(csms.defaults.fleet_broker.value, "");
+  assert.equal(csms.defaults.fleet_group.value, "default");
+  assert.deepEqual({ ...csms.defaults.fleet_tls }, { value: "", type: "tls-config", required: false });
+  assert.equal(csms.credentials.fleet_username.type, "text");
+  assert.equal(csms.credentials.fleet_password.type, "password");
+  // The port is needed in direct mode only (also when mode is absent: older exports).
+  const port = csms.defaults.port.validate;
+  assert.equal(port.call({ mode: "fleet" }, "", {}), true);
+  assert.equal(port.call({}, "", {}), "Port: a TCP port number (stations connect to it)");
+  assert.equal(port.call({ mode: "direct" }, undefined), false);
+  assert.equal(port.call({}, "9000", {}), true);
+  assert.equal(port.call({}, 9000, {}), true);
+  assert.equal(csms.defaults.port.required, undefined, "not required: fleet mode has none");
+  // The broker and group are checked in fleet mode only.
+  const broker = csms.defaults.fleet_broker.validate;
+  assert.equal(broker.call({}, "", {}), true);
+  assert.equal(broker.call({ mode: "direct" }, "http://x", {}), true);
+  assert.equal(broker.call({ mode: "fleet" }, "mqtt://127.0.0.1:1883", {}), true);
+  assert.equal(broker.call({ mode: "fleet" }, "", {}),
+    "Broker: fleet mode needs the broker's URL, e.g. mqtt://127.0.0.1:1883");
+  assert.equal(broker.call({ mode: "fleet" }, "ws://h", {}), "Broker: the broker URL must start with mqtt:// or mqtts://");
+  assert.equal(broker.call({ mode: "fleet" }, "ws://h"), false);
+  assert.equal(broker.call({ mode: "fleet", fleet_tls: "tls1" }, "mqtt://h", {}),
+    "Broker: a TLS configuration for the broker needs an mqtts:// URL");
+  assert.equal(broker.call({ mode: "fleet", fleet_tls: "tls1" }, "mqtts://h", {}), true);
+  const group = csms.defaults.fleet_group.validate;
+  assert.equal(group.call({ mode: "fleet" }, "site-1.a_b", {}), true);
+  assert.equal(group.call({ mode: "fleet" }, "", {}), true, "empty: default");
+  assert.equal(group.call({ mode: "fleet" }, "a/b", {}), "Group: must be 1-64 letters, digits, '_', '-' or '.'");
+  assert.equal(group.call({ mode: "direct" }, "a/b", {}), true);
+  assert.equal(csms.label.call({ mode: "fleet", fleet_group: "north" }), "CSMS fleet north");
+  assert.equal(csms.label.call({ port: "9000" }), "CSMS :9000");
 });
 
 // js_shim/resources/ocpp-dialog.js alone: what the dialogs' validators say.
@@ -119,6 +156,39 @@ test("CS Auth list: a JSON object cbId -> string; saved, empty and env variables
     assert.ok(typeof said === "string" && said.startsWith(reason), `${text}: ${said}`);
     assert.equal(authListValid(text), false);
     assert.ok(!said.includes("secret1"), `${text}: no password in ${said}`);
+  }
+});
+
+test("broker URL: mqtt:// or mqtts://, a host, no user or password (as ocpp_nodes/fleet/broker.py)", () => {
+  const { brokerUrlProblem } = dialogHelpers();
+  for (const good of ["mqtt://127.0.0.1:1883", "mqtts://broker.example.com", "MQTT://h", "mqtt://[::1]:1883",
+    "mqtts://h:8883/", " mqtt://h "]) {
+    assert.equal(brokerUrlProblem(good), null, good);
+  }
+  const bad = {
+    "": "fleet mode needs the broker's URL, e.g. mqtt://127.0.0.1:1883",
+    "http://h": "the broker URL must start with mqtt:// or mqtts://",
+    "tcp://h:1883": "the broker URL must start with mqtt:// or mqtts://",
+    "h:1883": "the broker URL must start with mqtt:// or mqtts://",
+    "mqtt://user:secret1@h": "put the broker's user and password in the credentials, not the URL",
+    "mqtt://user@h": "put the broker's user and password in the credentials, not the URL",
+    "mqtt://": "the broker URL names no host",
+    "mqtt://:1883": "the broker URL names no host",
+    "mqtt://h:65536": "the broker URL's port is not a TCP port number (1-65535)",
+    "mqtt://h:x": "the broker URL's port is not a TCP port number (1-65535)",
+  };
+  for (const [url, reason] of Object.entries(bad)) {
+    assert.equal(brokerUrlProblem(url), reason, url);
+  }
+});
+
+test("fleet group: 1-64 of [A-Za-z0-9_.-] (GROUP_PATTERN of ocpp_nodes/fleet/topics.py); empty is default", () => {
+  const { fleetGroupProblem } = dialogHelpers();
+  for (const good of [undefined, "", "default", "a.b-c_D9", "g".repeat(64)]) {
+    assert.equal(fleetGroupProblem(good), null, String(good));
+  }
+  for (const bad of ["g".repeat(65), "a/b", "a+", "#", "a b", "é", "$share"]) {
+    assert.equal(fleetGroupProblem(bad), "must be 1-64 letters, digits, '_', '-' or '.'", bad);
   }
 });
 
