@@ -10,6 +10,8 @@
   the version the station's connection negotiated (``msg.ocpp.ocppVersion``;
   the old package speaks 2.0.1 only and does not set it). Every answer is
   checked against each version's schemas by bench/check_payloads.py.
+- ``fleet_csms_flow(broker, ...)``: the same with our CSMS node in fleet mode
+  (issue 24): its stations connect to ``ocpp-nodes gateway`` processes.
 - ``cs_flow(url, ...)``: a CS node (ours) connected to a CSMS (the null server)
   and a function node that sends the next Heartbeat as soon as the previous
   one is answered, stamping the MessageId with the time in µs since the epoch
@@ -96,9 +98,16 @@ def csms_flow(
     stations: int,
     password: str = "bench-password",
     path: str = "/ocpp",
+    ids: str = "b0000000000000a",
+    auths: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The CSMS flow for `package` "ours" or "old"."""
-    tab, csms, func = "b0000000000000a1", "b0000000000000a2", "b0000000000000a3"
+    """The CSMS flow for `package` "ours" or "old", on a tab of its own.
+
+    ``ids``: the first 15 characters of the flow's node ids (two flows with
+    different ``ids`` deploy side by side); ``auths``: the *CS Auth* list as
+    JSON (default: ``stations`` ids with ``password``).
+    """
+    tab, csms, func = f"{ids}1", f"{ids}2", f"{ids}3"
     node: dict[str, Any] = {
         "id": csms,
         "type": "CSMS",
@@ -107,7 +116,7 @@ def csms_flow(
         "port": str(port),
         "path": path,
         "ocpp_logging": False,
-        "credentials": {"basic_auths": auth_list(stations, password)},
+        "credentials": {"basic_auths": auths or auth_list(stations, password)},
         "x": 170,
         "y": 120,
         "wires": [[func], [], []],
@@ -149,6 +158,31 @@ def csms_flow(
             "wires": [[csms]],
         },
     ]
+
+
+def fleet_csms_flow(
+    broker_url: str,
+    broker_user: str,
+    broker_password: str,
+    *,
+    group: str,
+    auths: str,
+    ids: str = "b0000000000000f",
+) -> list[dict[str, Any]]:
+    """Our CSMS node in fleet mode (docs/fleet.md) and the same answering function:
+    its stations come through ``ocpp-nodes gateway`` processes and the broker."""
+    nodes = csms_flow(0, package="ours", stations=0, ids=ids, auths=auths)
+    node = nodes[1]
+    node.update(
+        name=f"CSMS fleet {group}",
+        mode="fleet",
+        port="",
+        path="",
+        fleet_broker=broker_url,
+        fleet_group=group,
+    )
+    node["credentials"].update(fleet_username=broker_user, fleet_password=broker_password)
+    return nodes
 
 
 def cs_flow(

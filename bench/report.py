@@ -405,6 +405,182 @@ def metrics_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- fleet ------------------------------------------------------------------------
+
+#: the issue's goal: fleet mode at least this share of direct mode's round trips/s
+FLEET_GOAL = 0.5
+
+
+def turn_cpu_share(r: dict[str, Any], label: str, name: str) -> float | None:
+    """CPU of tree ``name`` during the recorded turns of group ``label``, in cores."""
+    turns = [t for t in r.get("slices", []) if t["group"] == label]
+    cpu = [(t.get("cpu_s") or {}).get(name) for t in turns]
+    seconds = sum(t["measured_s"] for t in turns)
+    if not seconds or not cpu or any(c is None for c in cpu):
+        return None
+    return sum(c for c in cpu if c is not None) / seconds
+
+
+def fleet_names(r: dict[str, Any], label: str) -> tuple[str, ...]:
+    """The processes a group's round trips cost, Node-RED apart: the engine (direct);
+    the engine, the gateways and Mosquitto (fleet)."""
+    if label == "direct":
+        return ("daemon",)
+    names = {n for t in r.get("slices", []) for n in (t.get("cpu_s") or {})}
+    return ("daemon", *sorted(n for n in names if n.startswith("gateway-")), "mosquitto")
+
+
+def fleet_ratio(r: dict[str, Any]) -> tuple[float, float, float] | None:
+    """Quartiles of the per-round ratios fleet/direct of round trips/s."""
+    return quartiles(turn_ratios(r, "fleet", base="direct"))
+
+
+def fleet_table(block: dict[str, Any]) -> list[str]:
+    lines = [
+        "| action | rt/s direct | rt/s fleet | fleet/direct per round: median (quartiles) "
+        "| at least 0.5? | p50 ms direct / fleet | p99 ms direct / fleet "
+        "| server CPU µs per rt: direct (engine) / fleet (engine + gateway + Mosquitto) "
+        "| fleet's split: engine / gateway / Mosquitto "
+        "| Node-RED µs per rt direct / fleet | generator, cores: direct / fleet turns |",
+        "| --- | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in block["runs"]:
+        direct, fleet = r["groups"]["direct"], r["groups"]["fleet"]
+        q = fleet_ratio(r)
+        ratio = f"{q[1]:.2f} ({q[0]:.2f}-{q[2]:.2f})" if q else "-"
+        goal = "-" if q is None else "yes" if q[1] >= FLEET_GOAL else "no"
+        server = [cpu_us_per_rt_turns(r, g, fleet_names(r, g)) for g in ("direct", "fleet")]
+        split = [cpu_us_per_rt_turns(r, "fleet", (n,)) for n in fleet_names(r, "fleet")]
+        split_text = " / ".join(_fmt(x) for x in split)
+        nodered = [cpu_us_per_rt_turns(r, g, ("node-red",)) for g in ("direct", "fleet")]
+        gen = [turn_cpu_share(r, g, "loadgen") for g in ("direct", "fleet")]
+        lines.append(
+            f"| {r['action']} | {_fmt(direct['rps'], 0)} | {_fmt(fleet['rps'], 0)} | {ratio} "
+            f"| {goal} | {_fmt(direct['latency_ms']['p50'], 2)} / "
+            f"{_fmt(fleet['latency_ms']['p50'], 2)} | {_fmt(direct['latency_ms']['p99'])} / "
+            f"{_fmt(fleet['latency_ms']['p99'])} | {_fmt(server[0])} / {_fmt(server[1])} "
+            f"| {split_text} | {_fmt(nodered[0])} / {_fmt(nodered[1])} "
+            f"| {_fmt(gen[0], 2)} / {_fmt(gen[1], 2)} |"
+        )
+    return lines
+
+
+def fleet_memory_table(memory: dict[str, Any]) -> list[str]:
+    res = memory["resources"]
+    idle = memory.get("idle_rss_mib") or {}
+    lines = [
+        "| process | RSS before the stations, MiB | RSS with them (end), MiB | max, MiB "
+        "| KiB per station | CPU % (100 = one core) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    order = ["node-red", "daemon"]
+    order += sorted(n for n in res if n.startswith("gateway-"))
+    order += ["mosquitto"]
+    for name in order:
+        v = res.get(name)
+        if v is None:
+            continue
+        base = idle.get(name)
+        # stations this process holds: a gateway its share, the others all of them
+        held = memory["per_gateway"] if name.startswith("gateway-") else memory["stations"]
+        per = (v["rss_end_mib"] - base) * 1024 / held if base is not None and held else None
+        lines.append(
+            f"| {name} | {_fmt(base)} | {_fmt(v['rss_end_mib'])} | {_fmt(v['rss_max_mib'])} "
+            f"| {_fmt(per)} | {_fmt(v['cpu_pct'])} |"
+        )
+    return lines
+
+
+def fleet_section(results: dict[str, Any]) -> list[str]:
+    block = results.get("fleet")
+    if not block:
+        return ["Not run."]
+    if block.get("skipped"):
+        return [f"Skipped: {block['skipped']}."]
+    fplan = block["plan"]
+    lines: list[str] = []
+    if block.get("runs"):
+        method = (
+            "Fleet mode (issue 24, docs/fleet.md) next to direct mode. One Node-RED with "
+            "two of our CSMS nodes, each wired to the same answering function: one "
+            "listening itself (direct), one in fleet mode; one `ocpp-nodes gateway` and "
+            "one Mosquitto 2 (MQTT 5, password file; tests/fleetkit.py's) between the "
+            "fleet node and its stations, all on 127.0.0.1. One generator connects and "
+            f"boots N={fplan['n']} stations to the direct node and N to the gateway, then "
+            f"the two groups take turns, {_fmt(fplan['slice_s'])} s each (the first "
+            f"{_fmt(fplan['settle_s'])} s not recorded), {fplan['rounds']} rounds, each "
+            "group first in every other round, as in the versions and metrics scenarios: "
+            "a ratio is the fleet group's round trips/s over the direct group's in the "
+            "same round, seconds apart. The goal of the issue: fleet at least half of "
+            "direct. Server CPU per round trip is the CPU time of the processes named, "
+            "read from /proc every 0.1 s and interpolated at each turn's edges, over the "
+            "round trips of that group's turns. *generator* is the load generator's CPU "
+            "in cores during the group's turns: near 1, it is the generator's own "
+            "ceiling that limits the rate. Mosquitto's settings beyond its defaults: "
+            + (", ".join(f"`{x}`" for x in fplan.get("mosquitto_settings") or []) or "none")
+            + " (bench/notes.md, *Fleet mode*, says why)."
+        )
+        lines += [
+            textwrap.fill(method, 88),
+            "",
+            f"This run: `{block['command']}`, started {block['date']} (commit "
+            f"{block.get('commit', '?')}), took {_fmt(block.get('elapsed_s'))} s; load "
+            f"average at start {block.get('loadavg_start')}, at end "
+            f"{block.get('loadavg_end')}.",
+        ]
+        if block.get("note"):
+            lines += ["", f"**{block['note']}**"]
+        lines += ["", *fleet_table(block), ""]
+        problems = [
+            f"{r['action']}: connected {r['connected']} of {r['stations']}, booted "
+            f"{r['booted']}, failed {r['failed']}, lost {r['lost']}, CALLERRORs "
+            f"{r['callerrors']}"
+            for r in block["runs"]
+            if r["connected"] < r["stations"]
+            or r["booted"] < r["stations"]
+            or r["failed"]
+            or r["lost"]
+            or r["callerrors"]
+        ]
+        if problems:
+            lines += ["Not clean: " + "; ".join(problems) + "."]
+        else:
+            lines += [
+                "Every station connected and booted, every request was answered: none "
+                "lost, no CALLERROR."
+            ]
+    memory = block.get("memory")
+    if memory:
+        text = (
+            f"**Memory:** a Node-RED with one CSMS node in fleet mode, {memory['gateways']} "
+            f"gateways, Mosquitto; {memory['stations']:,} stations, "
+            f"{memory['per_gateway']:,} to each gateway (their *CS Auth* entries PBKDF2-SHA256 "
+            f"hashes of {memory['hash_cost']:,} rounds), connect (one generator process per "
+            "gateway, at most 500 handshakes in flight each; the gateways' default 500 "
+            "logins per second), boot, and send a Heartbeat every "
+            f"{memory['heartbeat_interval_s']} s for {_fmt(memory['duration_s'])} s. RSS "
+            "before the stations came and at the end of that phase; CPU over the phase."
+        )
+        lines += [
+            "",
+            textwrap.fill(text, 88),
+            "",
+            f"{memory['connected']:,} of {memory['stations']:,} connected after "
+            f"{_fmt(memory['connect_s'])} s (from the generators' start to the last "
+            f"handshake; 503 retries {memory['retries_503']}), {memory['booted']:,} booted, "
+            f"{memory['round_trips']:,} Heartbeats answered (p50 "
+            f"{_fmt(max(g['latency_ms']['p50'] or 0 for g in memory['generators']))} ms, p99 "
+            f"{_fmt(max(g['latency_ms']['p99'] or 0 for g in memory['generators']))} ms, the "
+            f"slower generator's); failed {memory['failed']}, lost "
+            f"{memory['lost']}, CALLERRORs {memory['callerrors']}, still open at the end "
+            f"{memory['open_at_end']:,}. Load average before {memory['loadavg_before']}, "
+            f"after {memory['loadavg_after']}.",
+            "",
+            *fleet_memory_table(memory),
+        ]
+    return lines
+
+
 def version_targets(results: dict[str, Any]) -> list[str]:
     block = results.get("versions") or {}
     out = []
@@ -657,6 +833,7 @@ def write(results: dict[str, Any]) -> None:
         "make bench BENCH_ARGS=--quick    # ~5 s per scenario, N up to 100, capacity 1000",
         "make bench BENCH_ARGS=--versions-only   # only the OCPP versions scenario (~10 min)",
         "make bench BENCH_ARGS=--metrics-only    # only the metrics on/off scenario (~5 min)",
+        "make bench BENCH_ARGS=--fleet-only      # only the fleet mode scenario (~10 min)",
         ".venv/bin/python bench/run.py --help",
         "```",
         "",
@@ -724,6 +901,8 @@ def write(results: dict[str, Any]) -> None:
     lines += versions_section(results)
     lines += ["", "## Metrics on and off", ""]
     lines += metrics_section(results)
+    lines += ["", "## Fleet", ""]
+    lines += fleet_section(results)
     lines += ["", "## Capacity", ""]
     if results["capacity"]:
         c0 = results["capacity"][0]

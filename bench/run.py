@@ -18,7 +18,12 @@ bounded in time. Steps:
    on OCPP 1.6, 2.0.1 or 2.1, and a mix (a third on each), the groups in short
    turns (see `versions_scenario`); `--versions-only` runs just this and keeps
    the other results of bench/results/last-run.json.
-6. Results go to bench/results/last-run.json; docs/benchmarks.md and
+6. Fleet (issue 24, ours only): a CSMS node listening itself and one in fleet
+   mode (an ``ocpp-nodes gateway`` and Mosquitto between it and its stations)
+   in one Node-RED, N=100 stations on each in turns; then 10,000 stations over
+   two gateways, their memory (see `fleet_scenario`); `--fleet-only` runs just
+   this and keeps the other results of bench/results/last-run.json.
+7. Results go to bench/results/last-run.json; docs/benchmarks.md and
    docs/benchmarks.png are written from them (`--report-only` rewrites the
    docs from the saved JSON).
 """
@@ -59,6 +64,10 @@ import report  # noqa: E402
 import wakeup  # noqa: E402
 
 import flows  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from ocpp_nodes.transport.passwords import make_hash  # noqa: E402
+from tests.fleetkit import GatewayProcess, Mosquitto, mosquitto_missing_reason  # noqa: E402
 
 NODE_RED_BIN = REPO / "tools" / "node" / "node_modules" / ".bin" / "node-red"
 WORK = REPO / ".local" / "bench"
@@ -323,7 +332,9 @@ class Sampler:
         for name, pid in list(self.pids.items()):
             cpu, rss, wait = 0.0, 0, 0.0
             procs = (
-                tree(pid) if name == "loadgen" else [self._procs.get(name) or psutil.Process(pid)]
+                tree(pid)
+                if name.startswith("loadgen")
+                else [self._procs.get(name) or psutil.Process(pid)]
             )
             for p in procs:
                 try:
@@ -676,6 +687,26 @@ def turn_args(plan: dict[str, Any]) -> list[str]:
     ]
 
 
+def labelled_turn_args(
+    n: int, action: str, urls: dict[str, str], plan: dict[str, Any]
+) -> list[str]:
+    """bench/loadgen.py's arguments for N stations (OCPP 2.0.1) on each of ``urls``
+    (group label -> CSMS URL), the groups taking turns."""
+    return [
+        "--stations",
+        str(n),
+        "--action",
+        action,
+        "--groups",
+        "/".join("2.0.1" for _ in urls),
+        "--group-urls",
+        ",".join(urls.values()),
+        "--group-labels",
+        ",".join(urls),
+        *turn_args(plan),
+    ]
+
+
 def versions_run(system: Any, action: str, vplan: dict[str, Any], block: dict[str, Any]) -> None:
     n = vplan["n"]
     args = [
@@ -813,19 +844,9 @@ def metrics_run(
     pair: dict[str, NodeRedSystem], action: str, mplan: dict[str, Any], block: dict[str, Any]
 ) -> None:
     n = mplan["n"]
-    args = [
-        "--stations",
-        str(n),
-        "--action",
-        action,
-        "--groups",
-        "/".join("2.0.1" for _ in METRICS_GROUPS),
-        "--group-urls",
-        ",".join(pair[group].url for group in METRICS_GROUPS),
-        "--group-labels",
-        ",".join(METRICS_GROUPS),
-        *turn_args(mplan),
-    ]
+    args = labelled_turn_args(
+        n, action, {group: pair[group].url for group in METRICS_GROUPS}, mplan
+    )
     turns = mplan["rounds"] * len(METRICS_GROUPS)
     log(f"metrics: {action}, N={n} off and on, {turns} turns of {mplan['slice_s']} s")
     timeout = (turns + len(METRICS_GROUPS)) * (mplan["slice_s"] + 35) + 300
@@ -848,6 +869,349 @@ def metrics_run(
         f"{r['stations']}, lost {r['lost']}, callerrors {r['callerrors']}"
     )
     time.sleep(1)
+
+
+# -- fleet mode (issue 24) ------------------------------------------------------------
+
+#: the fleet scenario's groups: N stations on a CSMS node that listens itself
+#: (direct mode), N on a CSMS node in fleet mode of the same Node-RED, through
+#: one gateway and Mosquitto; in turns
+FLEET_GROUPS = ("direct", "fleet")
+#: the fleet group's name on the broker (topics ocpp/<group>/...)
+FLEET_GROUP = "bench"
+#: PBKDF2 rounds of the hashes in the memory run's CS Auth list: logins stay cheap
+#: for 10,000 stations on 2 cores (a plain entry would be published with 10,000)
+FLEET_MEMORY_HASH_COST = 1000
+
+
+#: Mosquitto's settings beyond tests/fleetkit.py's (its defaults: 20 QoS 1 messages in
+#: flight per client, advertised as MQTT 5 Receive Maximum, and 1,000 queued per client,
+#: beyond which it drops them); BENCH_MOSQUITTO_SETTINGS="" for its defaults
+MOSQUITTO_SETTINGS = [
+    line.strip()
+    for line in os.environ.get(
+        "BENCH_MOSQUITTO_SETTINGS", "max_inflight_messages 1000;max_queued_messages 100000"
+    ).split(";")
+    if line.strip()
+]
+
+
+class FleetSystem:
+    """Node-RED, gateways and broker seen as one system by run_loadgen: their
+    processes named ``node-red``, ``daemon``, ``gateway-<id>`` and ``mosquitto``."""
+
+    def __init__(
+        self, nodered: NodeRedSystem, gateways: list[GatewayProcess], broker: Mosquitto
+    ) -> None:
+        self.nodered = nodered
+        self.gateways = gateways
+        self.broker = broker
+        self.url = nodered.url
+
+    def pids(self) -> dict[str, int]:
+        out = self.nodered.pids()
+        for gateway in self.gateways:
+            assert gateway.pid is not None
+            out[gateway.name] = gateway.pid
+        assert self.broker.pid is not None
+        out["mosquitto"] = self.broker.pid
+        return out
+
+
+def wait_retained(broker: Mosquitto, topic: str, timeout: float) -> None:
+    """Return once ``topic`` holds a retained message (the fleet node has published
+    its auth list: gateways started then know every login)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(broker.username, broker.password)
+
+    def connected(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        c.subscribe(topic, qos=1)
+
+    def message(c: Any, userdata: Any, msg: Any) -> None:
+        if msg.payload:
+            got.set()
+
+    client.on_connect = connected
+    client.on_message = message
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not got.wait(1.0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing retained on {topic} after {timeout} s")
+            # a retained message arrives only on subscribing: ask again
+            client.subscribe(topic, qos=1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def fleet_scenario(plan: dict[str, Any], results: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Fleet mode against direct mode, side by side, and 10,000 stations' memory.
+
+    1. Side by side (`fleet_side_by_side`): one Node-RED with two CSMS nodes and
+       the same answering flow: one listening (direct), one in fleet mode; one
+       ``ocpp-nodes gateway`` and one Mosquitto (tests/fleetkit.py's, MQTT 5,
+       password file). One generator connects and boots N stations to the
+       direct node and N to the gateway, then the two groups take turns as in
+       the metrics scenario (loadgen ``--groups`` with ``--group-urls``): a
+       ratio is the fleet group's round trips/s over the direct group's in the
+       same round. CPU per round trip in each group's turns: direct, the
+       engine (daemon); fleet, the engine + gateway + Mosquitto; Node-RED
+       apart.
+    2. Memory (`fleet_memory`): a Node-RED with a fleet CSMS node, two
+       gateways, Mosquitto; 10,000 stations, 5,000 to each gateway, connect,
+       boot and send a Heartbeat every 10 s; RSS of every process and the
+       time until all were connected.
+
+    Skipped, saying why, when Mosquitto is not installed.
+    """
+    fplan = plan["fleet"]
+    missing = mosquitto_missing_reason()
+    if missing is not None:
+        log(f"fleet scenario skipped: {missing}")
+        results["fleet"] = {"skipped": missing}
+        return
+    block: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+        "commit": git_commit(),
+        "plan": fplan,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "runs": [],
+        "memory": None,
+    }
+    results["fleet"] = block
+    started = time.time()
+    if fplan["rounds"]:
+        fleet_side_by_side(fplan, block, results)
+    if fplan["memory_stations"]:
+        fleet_memory(fplan, block, results)
+    block["elapsed_s"] = round(time.time() - started)
+    block["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    save(results)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return out.stdout.strip() or "?"
+
+
+@contextlib.contextmanager
+def fleet_parts(
+    work: Path, name: str, gateways: int
+) -> Iterator[tuple[NodeRedSystem, list[GatewayProcess], Mosquitto]]:
+    """Mosquitto, Node-RED (ours) and ``gateways`` gateways (not started: they need
+    the flow's auth list on the broker first), stopped on exit; their logs in ``work``."""
+    shutil.rmtree(work, ignore_errors=True)
+    broker = Mosquitto(work / "mosquitto", settings=MOSQUITTO_SETTINGS)
+    nodered = NodeRedSystem(name, work / "node-red", package="ours")
+    started = [
+        GatewayProcess(work / "gateways", broker, f"gw{i + 1}", FLEET_GROUP)
+        for i in range(gateways)
+    ]
+    try:
+        broker.start()
+        nodered.start()
+        yield nodered, started, broker
+    finally:
+        for gateway in started:
+            gateway.stop()
+        nodered.stop()
+        broker.stop()
+
+
+def start_gateways(
+    gateways: list[GatewayProcess], broker: Mosquitto, stations: int, timeout: float
+) -> None:
+    """Start the gateways once the fleet node's auth list is on the broker (its last entry)."""
+    last = flows.station_ids(stations)[-1]
+    wait_retained(broker, f"ocpp/{FLEET_GROUP}/auth/{last}", timeout)
+    for gateway in gateways:
+        gateway.start(timeout=timeout)
+        log(f"  {gateway.name} ready on port {gateway.port} (pid {gateway.pid})")
+
+
+def fleet_side_by_side(
+    fplan: dict[str, Any], block: dict[str, Any], results: dict[str, Any]
+) -> None:
+    n = fplan["n"]
+    stations = len(FLEET_GROUPS) * n  # loadgen --groups numbers them across groups
+    log("fleet: starting Mosquitto, Node-RED (direct and fleet CSMS nodes), 1 gateway")
+    with fleet_parts(WORK / "fleet", "fleet", gateways=1) as (nodered, gateways, broker):
+        auths = flows.auth_list(stations, PASSWORD)
+        nodered.deploy(
+            flows.csms_flow(nodered.ws_port, package="ours", stations=stations)
+            + flows.fleet_csms_flow(
+                broker.url, broker.username, broker.password, group=FLEET_GROUP, auths=auths
+            )
+        )
+        wait_listening(nodered.ws_port, 60)
+        start_gateways(gateways, broker, stations, timeout=120)
+        system = FleetSystem(nodered, gateways, broker)
+        for action in fplan["actions"]:
+            fleet_run(system, action, fplan, block)
+            save(results)
+
+
+def fleet_run(
+    system: FleetSystem, action: str, fplan: dict[str, Any], block: dict[str, Any]
+) -> None:
+    n = fplan["n"]
+    urls = {"direct": system.nodered.url, "fleet": system.gateways[0].url}
+    args = labelled_turn_args(n, action, {group: urls[group] for group in FLEET_GROUPS}, fplan)
+    turns = fplan["rounds"] * len(FLEET_GROUPS)
+    log(f"fleet: {action}, N={n} direct and fleet, {turns} turns of {fplan['slice_s']} s")
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    timeout = (turns + len(FLEET_GROUPS)) * (fplan["slice_s"] + 35) + 300
+    r = run_loadgen(system, args, timeout=timeout, every=0.1)
+    r.update(
+        action=action,
+        n=n,
+        system="ours",
+        loadavg_before=load_before,
+        loadavg_after=[round(x, 2) for x in os.getloadavg()],
+    )
+    block["runs"].append(r)
+    for group in FLEET_GROUPS:
+        g = r["groups"][group]
+        server = report.cpu_us_per_rt_turns(r, group, report.fleet_names(r, group))
+        nodered = report.cpu_us_per_rt_turns(r, group, ("node-red",))
+        gen = report.turn_cpu_share(r, group, "loadgen")
+        log(
+            f"  -> {group}: {g['rps']:.0f} rt/s over {g['slices']} turns, p50 "
+            f"{g['latency_ms']['p50']} p99 {g['latency_ms']['p99']} ms, server "
+            f"{server and round(server, 1)} µs CPU per rt (+ Node-RED "
+            f"{nodered and round(nodered, 1)}), loadgen {gen and round(gen * 100)} % of a core"
+        )
+    q = report.quartiles(report.turn_ratios(r, "fleet", base="direct"))
+    log(
+        f"  -> fleet/direct per round: median {q and round(q[1], 3)} (quartiles "
+        f"{q and round(q[0], 3)}-{q and round(q[2], 3)}), connected {r['connected']}/"
+        f"{r['stations']}, booted {r['booted']}, lost {r['lost']}, callerrors {r['callerrors']}"
+    )
+    time.sleep(1)
+
+
+def fleet_memory(fplan: dict[str, Any], block: dict[str, Any], results: dict[str, Any]) -> None:
+    total = fplan["memory_stations"]
+    gateways_n = fplan["memory_gateways"]
+    per = -(-total // gateways_n)
+    log(f"fleet memory: hashing {total} CS Auth entries (PBKDF2, {FLEET_MEMORY_HASH_COST} rounds)")
+    auths = json.dumps(
+        {
+            cb: make_hash(PASSWORD, "pbkdf2-sha256", cost=FLEET_MEMORY_HASH_COST)
+            for cb in flows.station_ids(total)
+        }
+    )
+    log(f"fleet memory: Mosquitto, Node-RED (a fleet CSMS node), {gateways_n} gateways")
+    with fleet_parts(WORK / "fleet-memory", "fleet-memory", gateways_n) as parts:
+        nodered, gateways, broker = parts
+        nodered.deploy(
+            flows.fleet_csms_flow(
+                broker.url, broker.username, broker.password, group=FLEET_GROUP, auths=auths
+            )
+        )
+        start_gateways(gateways, broker, total, timeout=180)
+        system = FleetSystem(nodered, gateways, broker)
+        pids = system.pids()
+        idle = {
+            name: round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+            for name, pid in pids.items()
+        }
+        log(f"  idle RSS MiB: {idle}")
+        duration = fplan["memory_duration_s"]
+        outs = [WORK / f"loadgen-memory-{i}.json" for i in range(gateways_n)]
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        with Sampler(dict(pids), every=0.5) as sampler:
+            gens = []
+            for i, (gateway, out) in enumerate(zip(gateways, outs, strict=True)):
+                out.unlink(missing_ok=True)
+                first = i * per
+                count = min(per, total - first)
+                cmd = [
+                    sys.executable,
+                    str(BENCH / "loadgen.py"),
+                    "--url",
+                    gateway.url,
+                    "--password",
+                    PASSWORD,
+                    "--first",
+                    str(first),
+                    "--stations",
+                    str(count),
+                    "--mode",
+                    "interval",
+                    "--interval",
+                    "10",
+                    "--duration",
+                    str(duration),
+                    "--warmup",
+                    "0",
+                    "--connect-timeout",
+                    "300",
+                    "--connect-concurrency",
+                    "500",
+                    "--call-timeout",
+                    "60",
+                    "--json-out",
+                    str(out),
+                ]
+                gen = subprocess.Popen(cmd)
+                sampler.add_tree(f"loadgen-{i + 1}", gen.pid)
+                gens.append(gen)
+            for gen in gens:
+                gen.wait(timeout=duration + 600)
+        parts_out = [json.loads(out.read_text()) for out in outs]
+    rec_start = min(p["rec_start"] for p in parts_out if p.get("rec_start"))
+    rec_end = max(p["rec_end"] for p in parts_out if p.get("rec_end"))
+    for p in parts_out:
+        p.pop("latencies_us", None)
+    memory = {
+        "stations": total,
+        "gateways": gateways_n,
+        "per_gateway": per,
+        "hash_cost": FLEET_MEMORY_HASH_COST,
+        "heartbeat_interval_s": 10,
+        "duration_s": duration,
+        "loadavg_before": load_before,
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "idle_rss_mib": idle,
+        "connected": sum(p["connected"] for p in parts_out),
+        "booted": sum(p["booted"] for p in parts_out),
+        "failed": sum(p["failed"] for p in parts_out),
+        "lost": sum(p["lost"] for p in parts_out),
+        "callerrors": sum(p["callerrors"] for p in parts_out),
+        "open_at_end": sum(p["open_at_end"] for p in parts_out),
+        "retries_503": sum(p["retries_503"] for p in parts_out),
+        "round_trips": sum(p["round_trips"] for p in parts_out),
+        "connect_s": max(p["connect_s"] or 0 for p in parts_out),
+        "generators": parts_out,
+        "resources": sampler.window(rec_start, rec_end),
+        "resources_all": sampler.window(None, None),
+    }
+    block["memory"] = memory
+    res = memory["resources"]
+    log(
+        f"  -> connected {memory['connected']}/{total} in {memory['connect_s']:.1f} s "
+        f"(503 retries {memory['retries_503']}), booted {memory['booted']}, failed "
+        f"{memory['failed']}, lost {memory['lost']}, callerrors {memory['callerrors']}; "
+        "RSS MiB at end: " + ", ".join(f"{name} {v['rss_end_mib']}" for name, v in res.items())
+    )
+    save(results)
 
 
 def capacity(systems: dict[str, Any], plan: dict[str, Any], results: dict[str, Any]) -> None:
@@ -1003,6 +1367,19 @@ def save(results: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(results, indent=1))
 
 
+def scenario_switches(p: argparse.ArgumentParser, name: str, what: str) -> None:
+    """``--no-<name>`` and ``--<name>-only`` for one of our node's own scenarios."""
+    p.add_argument(
+        f"--no-{name}", action="store_true", help=f"skip the {what} scenario (ours only)"
+    )
+    p.add_argument(
+        f"--{name}-only",
+        action="store_true",
+        help=f"run only the {what} scenario; the other results of "
+        "bench/results/last-run.json are kept",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="~5 s per scenario, N up to 100")
@@ -1018,15 +1395,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-capacity", action="store_true")
     p.add_argument("--no-cs", action="store_true")
-    p.add_argument(
-        "--no-versions", action="store_true", help="skip the OCPP versions scenario (ours only)"
-    )
-    p.add_argument(
-        "--versions-only",
-        action="store_true",
-        help="run only the versions scenario; the other results of "
-        "bench/results/last-run.json are kept",
-    )
+    scenario_switches(p, "versions", "OCPP versions")
     p.add_argument(
         "--versions-rounds",
         type=int,
@@ -1039,19 +1408,26 @@ def main(argv: list[str] | None = None) -> int:
         help="versions scenario: seconds per turn, the first 0.5 not recorded "
         "(default 2.5; quick 2)",
     )
-    p.add_argument(
-        "--no-metrics", action="store_true", help="skip the metrics cost scenario (ours only)"
-    )
-    p.add_argument(
-        "--metrics-only",
-        action="store_true",
-        help="run only the metrics cost scenario; the other results of "
-        "bench/results/last-run.json are kept",
-    )
+    scenario_switches(p, "metrics", "metrics cost")
     p.add_argument(
         "--metrics-rounds",
         type=int,
         help="metrics scenario: rounds of one turn off and one on per action (default 20; quick 6)",
+    )
+    scenario_switches(
+        p, "fleet", "fleet mode (direct vs fleet side by side, 10,000 stations' memory)"
+    )
+    p.add_argument(
+        "--fleet-rounds",
+        type=int,
+        help="fleet scenario: rounds of one turn direct and one fleet per action "
+        "(default 20; quick 6; 0: no side-by-side part)",
+    )
+    p.add_argument(
+        "--fleet-memory-stations",
+        type=int,
+        help="fleet scenario: stations over the two gateways in the memory part "
+        "(default 10000; quick 1000; 0: no memory part)",
     )
     p.add_argument("--capacity-stations", type=int)
     p.add_argument("--capacity-duration", type=float)
@@ -1111,15 +1487,34 @@ def main(argv: list[str] | None = None) -> int:
         "warm_turn_s": 3.0 if quick else 5.0,
         "scrape_every_s": SCRAPE_EVERY_S,
     }
-    if args.versions_only:
+    plan["fleet"] = {
+        "actions": plan["actions"],
+        "n": 100,
+        "groups": FLEET_GROUPS,
+        "group": FLEET_GROUP,
+        "rounds": args.fleet_rounds if args.fleet_rounds is not None else (6 if quick else 20),
+        "slice_s": args.versions_turn or (2.0 if quick else 2.5),
+        "settle_s": 0.5,
+        "warm_turn_s": 3.0 if quick else 5.0,
+        "memory_stations": (
+            args.fleet_memory_stations
+            if args.fleet_memory_stations is not None
+            else 1000
+            if quick
+            else 10000
+        ),
+        "memory_gateways": 2,
+        "mosquitto_settings": MOSQUITTO_SETTINGS,
+        "memory_duration_s": 30.0 if quick else 60.0,
+    }
+    only = next(
+        (name for name in ("versions", "metrics", "fleet") if getattr(args, f"{name}_only")), None
+    )
+    if only is not None:  # that scenario alone, on our node
         args.systems = "ours"
         args.no_load = args.no_capacity = args.no_cs = True
-        args.no_versions = False
-        args.no_metrics = True
-    if args.metrics_only:
-        args.systems = "ours"
-        args.no_load = args.no_capacity = args.no_cs = args.no_versions = True
-        args.no_metrics = False
+        for name in ("versions", "metrics", "fleet"):
+            setattr(args, f"no_{name}", name != only)
     nofile = raise_nofile()
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -1136,7 +1531,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     # what the versions block keeps of this run (the rest may be an earlier run's)
     meta = {k: results[k] for k in ("command", "note", "machine")}
-    only = "versions" if args.versions_only else "metrics" if args.metrics_only else None
     if only is not None and RESULTS.is_file():
         # only that block is new: the rest of the last run stays as it was
         kept = json.loads(RESULTS.read_text())
@@ -1151,9 +1545,12 @@ def main(argv: list[str] | None = None) -> int:
     run_metrics = not args.no_metrics and "ours" in wanted
     if run_metrics:
         results["plan"]["metrics"] = plan["metrics"]
+    run_fleet = not args.no_fleet and "ours" in wanted
+    if run_fleet:
+        results["plan"]["fleet"] = plan["fleet"]
     systems: dict[str, Any] = {}
     try:
-        for name in wanted if not args.metrics_only else ():
+        for name in wanted if only not in ("metrics", "fleet") else ():
             log(f"starting {name}")
             sysobj: Any = NullSystem() if name == "null" else NodeRedSystem(name, WORK / name)
             sysobj.start()
@@ -1178,6 +1575,9 @@ def main(argv: list[str] | None = None) -> int:
             # its own two runtimes; the others must not take CPU meanwhile
             with others_paused(systems, keep=""):
                 metrics_scenario(plan, results, meta)
+        if run_fleet:
+            with others_paused(systems, keep=""):
+                fleet_scenario(plan, results, meta)
     finally:
         for s in systems.values():
             s.stop()

@@ -245,6 +245,7 @@ class Mosquitto(_Process):
         save_every_change: write the persistence file after every change, so queued
             messages survive ``kill -9`` too (by default, as Mosquitto's own default,
             they are saved when it stops gracefully).
+        settings: more lines for its config, e.g. ``"max_inflight_messages 1000"``.
     """
 
     name = "mosquitto"
@@ -255,8 +256,10 @@ class Mosquitto(_Process):
         port: int | None = None,
         users: dict[str, str] | None = None,
         save_every_change: bool = False,
+        settings: Sequence[str] = (),
     ) -> None:
         super().__init__(directory, port)
+        self.settings = list(settings)
         self.users = dict(users) if users else {"fleet": secrets.token_urlsafe(12)}
         self.username, self.password = next(iter(self.users.items()))
         self.save_every_change = save_every_change
@@ -341,6 +344,7 @@ class Mosquitto(_Process):
             "log_type information",
             "connection_messages true",
             "log_timestamp_format %H:%M:%S",
+            *self.settings,
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
