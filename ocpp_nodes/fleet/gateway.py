@@ -96,6 +96,9 @@ log = logging.getLogger(__name__)
 #: the messages for its stations), unless the config says otherwise
 DEFAULT_SESSION_EXPIRY = 300
 
+#: seconds after subscribing by which the gateway expects to be ready (rule 1)
+READY_WARNING_S = 10.0
+
 
 class ConfigError(ValueError):
     """The gateway's config file is wrong; the text says where."""
@@ -382,8 +385,19 @@ class Gateway:
             json.dumps({"online": True, "since": self._ready_marker}),
             retain=True,
         )
+        self._loop.call_later(READY_WARNING_S, self._not_ready_yet, self._ready_marker)
         for cb_id, held in self.held.items():
             self._publish_presence(cb_id, held)
+
+    def _not_ready_yet(self, marker: str) -> None:
+        if not self.auth_received and marker == self._ready_marker and self.broker.connected:
+            log.error(
+                "gateway %s: its own record has not come back from the broker after %g s, "
+                "so it admits no station yet: the broker may be dropping messages it queued "
+                "for the gateway (Mosquitto: raise max_queued_messages; docs/fleet.md, Sizing)",
+                self.config.id,
+                READY_WARNING_S,
+            )
 
     def _broker_lost(self, reason: str) -> None:
         log.warning(
