@@ -77,7 +77,10 @@ def main() -> int:
     started: list[object] = []
     node_red: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
+    # Ctrl-C and SIGTERM stop it; SIGINT set here too, because a process started
+    # in the background (a CI job, nohup) inherits SIGINT ignored
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         broker.start()
         started.append(broker)
@@ -134,7 +137,7 @@ def main() -> int:
         print("stopping ...", flush=True)
         if node_red is not None and node_red.poll() is None:
             began = time.monotonic()
-            node_red.send_signal(signal.SIGINT)
+            node_red.send_signal(signal.SIGTERM)
             try:
                 node_red.wait(30)
             except subprocess.TimeoutExpired:

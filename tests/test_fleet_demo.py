@@ -10,6 +10,7 @@ is online again through the other one. Ctrl-C (SIGINT) stops everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -102,6 +103,15 @@ class Demo:
             "password": broker["password"],
         }
 
+    def pids(self) -> list[int]:
+        """Mosquitto's, the gateways' and HAProxy's (each in its own session)."""
+        return [
+            int(pid)
+            for pid in re.findall(
+                r"^(?:Mosquitto|gateway gw\d|HAProxy):.*?pid (\d+)", self.text(), re.M
+            )
+        ]
+
     def stop(self) -> int:
         process = self.process
         if process is None:
@@ -132,7 +142,12 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     try:
         yield started
     finally:
-        started.stop()
+        try:
+            started.stop()
+        finally:  # whatever happened, nothing of it outlives the test
+            for pid in started.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 async def cs001_seen(demo: Demo, pred: Callable[[str, bytes], bool], timeout: float) -> Any:
@@ -183,12 +198,7 @@ async def test_the_fleet_demo_serves_cs001_through_the_gateways_and_survives_one
     await cs001_seen(demo, heartbeat_answered, 30)
     print(f"CS001 moved from {holder} to {other} in {moved_in:.1f} s")
 
-    pids = [
-        int(pid)
-        for pid in re.findall(
-            r"^(?:Mosquitto|gateway gw\d|HAProxy):.*?pid (\d+)", demo.text(), re.M
-        )
-    ]
+    pids = demo.pids()
     assert len(pids) == 4, demo.text()  # Mosquitto, two gateways, HAProxy
     assert demo.stop() == 0, demo.text()[-3000:]
     # nothing of the demo is left running: those, and Node-RED in the script's group

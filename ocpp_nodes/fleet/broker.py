@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from . import paho_speedups
 from .topics import QOS
 
 __all__ = ["Broker", "BrokerOptions", "BrokerUnreachable", "broker_address", "publish_properties"]
@@ -154,6 +155,7 @@ class Broker:
         self._stopping = False
 
     def _make_client(self) -> mqtt.Client:
+        paho_speedups.install()
         options = self.options
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
