@@ -45,7 +45,7 @@ from ocpp_nodes.fleet.topics import (
     group_problem,
     topic_level,
 )
-from ocpp_nodes.rpc import CallReceived, ResultReceived
+from ocpp_nodes.rpc import CallAborted, CallReceived, ResultReceived
 from ocpp_nodes.transport.auth_list import AuthList
 from ocpp_nodes.transport.csms_server import ServerOptions
 from ocpp_nodes.transport.link import LinkOptions, StationLink
@@ -573,3 +573,48 @@ async def test_a_call_sent_to_an_earlier_connection_never_reaches_the_new_one(
             assert "gone" in answer[3], answer
             # and the station got nothing: its next exchange is its own
             assert (await call(ws, [2, "", "Heartbeat", {}], "h1"))[:2] == [3, "h1"]
+
+
+async def test_without_a_csms_node_subscribed_station_calls_get_internal_error_at_once(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Right after a broker restart, or with no Node-RED running, nobody subscribes to
+    the stations' requests: the broker says so (MQTT 5 reason code 16) and the gateway
+    answers InternalError at once, not after its answer timeout."""
+    async with fleet(mosquitto, tmp_path) as setup:
+        server = await setup.csms(Csms())  # publishes the logins, then goes away
+        setup.servers.remove(server)
+        await server.stop()
+        async with setup.station("CS1") as ws:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answer = await call(ws, BOOT, "n1")
+            assert answer[:3] == [4, "n1", "InternalError"], answer
+            assert "No matching subscribers" in answer[3], answer
+            assert loop.time() - started < 5  # the answer timeout is 30 s
+        assert setup.gateway.unanswerable == {"no_subscriber": 1}
+
+
+async def test_a_request_to_a_station_no_gateway_holds_ends_at_once(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A presence record says online, but no gateway subscribes to the station's topic
+    (its gateway vanished, its will not published yet): the broker says nobody got the
+    request, and the link ends at once, not after the call timeout."""
+    topics = Topics(GROUP)
+    stale = Presence(True, "gwx", "c-stale", "2026-01-01T00:00:00+00:00", "ocpp2.0.1")
+    async with aiomqtt.Client(
+        **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+    ) as mqtt:
+        await mqtt.publish(topics.presence("GHOST"), stale.to_json(), qos=1, retain=True)
+    async with fleet(mosquitto, tmp_path) as setup:
+        csms = Csms()
+        await setup.csms(csms, call_timeout=30)
+        link = await until(lambda: csms.links.get("GHOST"), 10, "the link from the record")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        link.send_call("Reset", {"type": "Immediate"})
+        aborted = await until(lambda: csms.received(CallAborted), 10, "the call to end")
+        assert "no gateway holds GHOST" in aborted[0].reason, aborted
+        assert loop.time() - started < 5
+        assert "GHOST" not in csms.links

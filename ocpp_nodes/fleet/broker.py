@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 #: waits between connection attempts, then the last one again
 RECONNECT_WAITS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
+#: MQTT 5 PUBACK reason code: the broker took the message, nobody subscribes to it
+NO_MATCHING_SUBSCRIBERS = 16
+
 #: topics per SUBSCRIBE packet when many are (re)subscribed at once
 SUBSCRIBE_BATCH = 200
 
@@ -150,6 +153,8 @@ class Broker:
         self._acks: dict[int, asyncio.Future[Any]] = {}
         #: QoS 1 messages handed to paho and not acknowledged by the broker yet
         self._unacked: set[int] = set()
+        #: publishes whose sender wants to know if nobody got them: mid -> callback
+        self._unheard: dict[int, Callable[[str], None]] = {}
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._stopping = False
@@ -356,6 +361,7 @@ class Broker:
                 future.set_exception(BrokerUnreachable(reason))
         self._acks.clear()
         self._unacked.clear()
+        self._unheard.clear()  # their senders hear of the loss itself (on_lost)
         self._all_acked.set()
         if was_connected and not self._stopping:
             try:
@@ -375,6 +381,12 @@ class Broker:
         self._unacked.discard(mid)
         if not self._unacked:
             self._all_acked.set()
+        unheard = self._unheard.pop(mid, None)
+        if unheard is not None and (reason.value == NO_MATCHING_SUBSCRIBERS or reason.is_failure):
+            try:
+                unheard(str(reason))
+            except Exception:
+                log.exception("handling an unheard message failed")
 
     def _acked(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         future = self._acks.pop(mid, None)
@@ -390,8 +402,14 @@ class Broker:
         *,
         retain: bool = False,
         properties: Properties | None = None,
+        unheard: Callable[[str], None] | None = None,
     ) -> bool:
-        """Hand a QoS 1 message to paho; False (nothing sent, nothing kept) when offline."""
+        """Hand a QoS 1 message to paho; False (nothing sent, nothing kept) when offline.
+
+        ``unheard`` is called (with the broker's reason) when the broker's
+        acknowledgement says that nobody subscribes to the topic (MQTT 5 reason
+        code 16) or that it refused the message.
+        """
         if not self.connected:
             return False
         info = self._client.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
@@ -400,6 +418,8 @@ class Broker:
         if not info.is_published():
             self._unacked.add(info.mid)
             self._all_acked.clear()
+            if unheard is not None:
+                self._unheard[info.mid] = unheard
         return True
 
     async def subscribe(self, topics: Iterable[str], *, no_local: bool = False) -> None:

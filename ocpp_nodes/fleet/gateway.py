@@ -17,11 +17,12 @@ Theory of operation:
 2. An admitted station: the gateway subscribes to ``station/<cbId>/down``
    and publishes its online presence before reading any frame from it.
 3. A station's CALL goes to ``station/<cbId>/up``. It is answered by what
-   comes back on ``down``; if nothing comes within the answer timeout, or
-   the broker connection is lost meanwhile, or it cannot be published, the
-   gateway answers it with a CALLERROR ``InternalError`` at once, which a
-   station retries transaction messages on (E13). Nothing is dropped
-   silently.
+   comes back on ``down``; if it cannot be published, or the broker says
+   that no CSMS node subscribes (MQTT 5 reason code 16, e.g. right after a
+   broker restart), or the broker connection is lost meanwhile, or nothing
+   comes within the answer timeout, the gateway answers it with a CALLERROR
+   ``InternalError`` at once, which a station retries transaction messages
+   on (E13). Nothing is dropped silently.
 4. A CALL from ``down`` goes to the station when its previous CALL is
    answered (one at a time, part 4); the station's answer goes to the CALL's
    response topic. The broker drops a CALL that waited longer than its
@@ -54,7 +55,7 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -616,7 +617,14 @@ class Gateway:
 
     def _forward_call(self, held: Held, event: CallReceived) -> None:
         text = serialize(Call(event.message_id, event.action, event.payload))
-        if not self._publish_up(held, text, event.message_id):
+        message_id = event.message_id
+
+        def unheard(why: str) -> None:  # no CSMS node subscribes now (rule 3)
+            self._unanswerable(
+                held, message_id, f"the CSMS is unreachable (broker: {why})", "no_subscriber"
+            )
+
+        if not self._publish_up(held, text, event.message_id, unheard):
             self._unanswerable_now(held, event.message_id, "the CSMS is unreachable", "no_broker")
             return
         held.forwarded[event.message_id] = self._loop.call_later(
@@ -628,7 +636,13 @@ class Gateway:
             "no_answer",
         )
 
-    def _publish_up(self, held: Held, text: str, message_id: str | None) -> bool:
+    def _publish_up(
+        self,
+        held: Held,
+        text: str,
+        message_id: str | None,
+        unheard: Callable[[str], None] | None = None,
+    ) -> bool:
         cb_id = held.link.cb_id
         properties = publish_properties(
             response_topic=self.topics.down(cb_id) if message_id is not None else None,
@@ -640,12 +654,15 @@ class Gateway:
                 (fleet.GATEWAY, self.config.id),
             ),
         )
-        return self.broker.publish(self.topics.up(cb_id), text, properties=properties)
+        return self.broker.publish(
+            self.topics.up(cb_id), text, properties=properties, unheard=unheard
+        )
 
     def _unanswerable(self, held: Held, message_id: str, why: str, cause: str) -> None:
         timer = held.forwarded.pop(message_id, None)
-        if timer is not None:
-            timer.cancel()
+        if timer is None:
+            return  # answered meanwhile
+        timer.cancel()
         self._unanswerable_now(held, message_id, why, cause)
 
     def _unanswerable_now(self, held: Held, message_id: str, why: str, cause: str) -> None:
@@ -814,10 +831,11 @@ class _GatewayCollector(Collector):
             "ocpp_nodes_gateway_internal_errors",
             "Station CALLs the gateway answered InternalError itself, by cause: broker_lost "
             "(forwarded, then the broker was lost), no_broker (could not be published), "
+            "no_subscriber (no CSMS node subscribed), "
             "no_answer (no answer within the answer timeout)",
             labels=["gateway", "cause"],
         )
-        for cause in ("broker_lost", "no_broker", "no_answer"):
+        for cause in ("broker_lost", "no_broker", "no_subscriber", "no_answer"):
             answered.add_metric([gateway.config.id, cause], gateway.unanswerable.get(cause, 0))
         waiting = GaugeMetricFamily(
             "ocpp_nodes_gateway_forwarded_waiting",

@@ -26,7 +26,9 @@ Theory of operation:
    instance's answers topic, its MessageId as correlation data, and the call
    timeout as the message's expiry, so a command never reaches a station
    after the flow gave up on it. While the broker is unreachable, sending
-   raises :class:`~ocpp_nodes.rpc.OutgoingError` at once.
+   raises :class:`~ocpp_nodes.rpc.OutgoingError` at once. When the broker
+   says that nobody subscribes to the station's topic (no gateway holds it),
+   its link ends at once, and with it what waited for the station.
 4. Closing a link asks its gateway to close the websocket (a ``close``
    control message) and ends the link here at once.
 5. The node's *CS Auth* list is published retained on ``auth/<cbId>`` as
@@ -520,8 +522,14 @@ class FleetServer:
             )
         else:
             properties = publish_properties(correlation=message_id, user=user)
-        if not broker.publish(socket.down, text, properties=properties):
+        if not broker.publish(
+            socket.down, text, properties=properties, unheard=lambda why: self._unheld(socket)
+        ):
             raise OutgoingError(f"the fleet's broker is unreachable ({broker.problem})")
+
+    def _unheld(self, socket: BrokerSocket) -> None:
+        """No gateway subscribes to the station's topic: it is connected nowhere."""
+        socket.end(f"no gateway holds {socket.cb_id} any more")
 
     def request_close(self, socket: BrokerSocket, code: int, reason: str) -> None:
         """Ask the gateway holding the station to close its websocket (rule 4)."""
