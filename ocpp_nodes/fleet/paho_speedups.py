@@ -1,4 +1,5 @@
-"""Faster name lookups in paho-mqtt's MQTT 5 ``Properties`` (the same results).
+"""Faster name lookups in paho-mqtt's MQTT 5 ``Properties``, and no scan of every
+message in flight on each acknowledgement (the same results).
 
 paho-mqtt 2.x builds its tables of property names and types again for every
 ``Properties`` object, and finds a property's identifier by scanning the 27
@@ -12,7 +13,10 @@ of the engine and the gateways (docs/benchmarks.md, *Fleet*).
 dictionaries made once from paho's own tables: construction, attribute
 checks, ``pack``, ``unpack``, ``clear`` and ``isEmpty``. What is checked, what
 is raised and the bytes on the wire stay paho's (tests/test_fleet_broker.py
-compares them with paho's own code). It is installed when fleet mode is
+compares them with paho's own code). And ``Client._update_inflight``, which
+paho calls on every PUBACK to send a message queued behind the broker's
+Receive Maximum, scanned every message in flight to find none; it now
+returns at once when none can be queued. It is installed when fleet mode is
 first used, once per process, and only on the paho-mqtt versions it was
 written against (2.x, whose ``Properties`` has these methods); anything else
 is left as it is.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from paho.mqtt.client import MQTT_ERR_SUCCESS, Client
 from paho.mqtt.exception import MQTTException
 from paho.mqtt.properties import (
     Properties,
@@ -212,6 +217,19 @@ def _is_empty(self: Any) -> bool:
     return not any(name in present for name, _ in _ORDER)
 
 
+_ORIGINAL_UPDATE_INFLIGHT = Client._update_inflight
+
+
+def _update_inflight(self: Any) -> Any:
+    # paho scans every unacknowledged message on each PUBACK for one queued
+    # behind the in-flight window: O(n) per acknowledgement. Each message of
+    # QoS 1 or 2 is either in flight or queued, so when there are no more of
+    # them than in flight, none is queued and there is nothing to send.
+    if len(self._out_messages) <= self._inflight_messages:
+        return MQTT_ERR_SUCCESS
+    return _ORIGINAL_UPDATE_INFLIGHT(self)
+
+
 def install() -> bool:
     """Put the faster lookups on paho's ``Properties`` (once); False when this paho
     is not one they were written for (then nothing is changed)."""
@@ -219,6 +237,8 @@ def install() -> bool:
     if installed:
         return True
     if not all(callable(getattr(Properties, name, None)) for name in _PATCHED):
+        return False
+    if not callable(getattr(Client, "_update_inflight", None)):
         return False
     Properties.__init__ = _init  # type: ignore[method-assign]
     Properties.__setattr__ = _setattr  # type: ignore[method-assign]
@@ -229,5 +249,6 @@ def install() -> bool:
     Properties.unpack = _unpack  # type: ignore[method-assign]
     Properties.clear = _clear  # type: ignore[method-assign]
     Properties.isEmpty = _is_empty  # type: ignore[method-assign]
+    Client._update_inflight = _update_inflight  # type: ignore[method-assign]
     installed = True
     return True
