@@ -13,7 +13,12 @@ with several processes tests/test_fleet_failures.py):
   HTTP 503; stations stay connected and are served again when it is back;
 - the one-outstanding rule holds across two CSMS instances: the station gets
   the second instance's CALL only after it answered the first;
-- config file mistakes are named.
+- config file mistakes are named;
+- the broker over TLS (mqtts://, a private CA) on both sides; TLS and client
+  certificates (profile 3) at the gateway;
+- a starting gateway cleans up after a dead one; the auth entries on the
+  broker follow the node's list; the broker's "no matching subscribers"
+  ends what nobody can answer at once.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import websockets
 
 from ocpp_nodes.fleet.broker import BrokerOptions, broker_address, publish_properties
 from ocpp_nodes.fleet.gateway import ConfigError, Gateway, load_config
-from ocpp_nodes.fleet.remote import FleetOptions, FleetServer, frame_message_id
+from ocpp_nodes.fleet.remote import FleetOptions, FleetServer, fleet_options, frame_message_id
 from ocpp_nodes.fleet.topics import (
     CONNECTION,
     Presence,
@@ -50,7 +55,7 @@ from ocpp_nodes.transport.auth_list import AuthList
 from ocpp_nodes.transport.csms_server import ServerOptions
 from ocpp_nodes.transport.link import LinkOptions, StationLink
 from tests.common import OCPP201, auth_header
-from tests.fleetkit import Mosquitto
+from tests.fleetkit import Mosquitto, running_mosquitto
 from tests.flowkit import until
 from tests.nodered import free_port
 
@@ -618,3 +623,53 @@ async def test_a_request_to_a_station_no_gateway_holds_ends_at_once(
         assert "no gateway holds GHOST" in aborted[0].reason, aborted
         assert loop.time() - started < 5
         assert "GHOST" not in csms.links
+
+
+async def test_the_broker_over_tls_with_a_private_ca(tmp_path: Path) -> None:
+    """mqtts:// on both sides: the gateway with its config's ``broker.ca``, the CSMS
+    side with a tls-config's CA (what the node's *Broker TLS* hands over)."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "broker.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "broker.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    settings = [f"certfile {tmp_path / 'broker.pem'}", f"keyfile {tmp_path / 'broker.key'}"]
+    with running_mosquitto(tmp_path / "broker", settings=settings) as broker:
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        port = free_port()
+        config = write_config(
+            tmp_path,
+            id="gwt",
+            group=GROUP,
+            broker={
+                "url": url,
+                "username": broker.username,
+                "password": broker.password,
+                "ca": "ca.pem",
+            },
+            listen={"host": "127.0.0.1", "port": port, "path": "/ocpp"},
+        )
+        gateway = Gateway(load_config(config))
+        await gateway.start()
+        csms = Csms()
+        options = fleet_options(
+            {"fleet_broker": url, "fleet_group": GROUP},
+            {"fleet_username": broker.username, "fleet_password": broker.password},
+            {"ca": ca.cert_pem.bytes().decode()},
+        )
+        server = FleetServer(ServerOptions(host=None, port=0, path=""), csms, options)  # type: ignore[arg-type]
+        server.publish_auth(AuthList.parse(PASSWORDS))
+        await server.start()
+        try:
+            await until(lambda: gateway.auth_received and "CS1" in gateway.auth, 15, "ready")
+            assert isinstance(gateway.broker._socket, ssl.SSLSocket)
+            assert server.broker is not None and isinstance(server.broker._socket, ssl.SSLSocket)
+            async with websockets.connect(
+                f"ws://127.0.0.1:{port}/ocpp/CS1",
+                subprotocols=OCPP201,
+                additional_headers=auth_header("CS1", PASSWORDS["CS1"]),
+            ) as ws:
+                assert (await call(ws, BOOT, "tls1"))[:2] == [3, "tls1"]
+        finally:
+            await server.stop()
+            await gateway.stop()
