@@ -323,8 +323,20 @@ async def start_gateways(
     directory: Path, broker: Mosquitto, ids: list[str], **options: Any
 ) -> list[GatewayProcess]:
     gateways = [GatewayProcess(directory, broker, gid, GROUP, **options) for gid in ids]
-    await asyncio.gather(*(asyncio.to_thread(gateway.start) for gateway in gateways))
+    await start_all(gateways)
     return gateways
+
+
+async def start_all(gateways: list[GatewayProcess]) -> None:
+    """Start them together; if one does not start, none is left running."""
+    outcomes = await asyncio.gather(
+        *(asyncio.to_thread(gateway.start) for gateway in gateways), return_exceptions=True
+    )
+    failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failed:  # every start has ended (started or not): stop those that did
+        for gateway in gateways:
+            gateway.stop()
+        raise failed[0]
 
 
 def stop_gateways(gateways: list[GatewayProcess], test_name: str) -> None:
@@ -943,7 +955,7 @@ async def test_e_one_cbid_on_two_gateways_one_wins(
         for gid in ("gr1", "gr2")
     ]
     gateways = newest + reject
-    await asyncio.gather(*(asyncio.to_thread(g.start) for g in gateways))
+    await start_all(gateways)
     flow = Flow(nodered)
     forwarder = TcpForwarder(newest[0].port)
     await forwarder.start()
