@@ -60,6 +60,7 @@ _node = partial(node, tab=TAB)
 
 PLAIN = {"FL1": "fleet-password-1", "FL2": "fleet-password-2", "FL3": "fleet-password-3"}
 HASHED = {"FLH": "fleet-password-hashed"}
+WRONG_PASSWORD = "not-the-broker-password-7"
 BOOT = {"reason": "PowerUp", "chargingStation": {"model": "Fleet", "vendorName": "Tests"}}
 
 
@@ -107,6 +108,16 @@ def fleet_flow(broker: Mosquitto, **csms: Any) -> list[dict[str, Any]]:
             },
         ),
         recorder("rec.csms", TAB, "csms"),
+        # the same broker, a wrong password: it must say so, and never the password
+        _node(
+            "csms_badlogin",
+            "CSMS",
+            [[], [], []],
+            mode="fleet",
+            fleet_broker=broker.url,
+            fleet_group="badlogin",
+            credentials={"fleet_username": broker.username, "fleet_password": WRONG_PASSWORD},
+        ),
         _node("catch", "catch", [["rec.catch"]], scope=None, uncaught=False),
         recorder("rec.catch", TAB, "catch"),
         _node("status", "status", [["rec.status"]], scope=None),
@@ -340,3 +351,19 @@ async def test_a_redeploy_keeps_the_fleet_and_a_new_group_leaves_it(fleet: Fleet
         await flow.await_("status", status_is("csms", "1 connected"), after=statuses)
         await request(flow, "csms", "GetVariables", data, tag, cbId="FL3")
         await flow.await_("csms", lambda r: r.get("customData") == tag)
+
+
+async def test_a_broker_that_refuses_the_login_is_named_without_the_password(
+    fleet: Fleet,
+) -> None:
+    runtime = fleet.flow.runtime
+    await fleet.flow.await_("status", status_is("csms_badlogin", "connecting to broker"))
+    await asyncio.to_thread(runtime.wait_for_log, "refused the connection: Not authorized", 20)
+    await asyncio.to_thread(runtime.wait_for_log, "[CSMS:csms_badlogin] fleet: the broker", 20)
+    told = [
+        line
+        for line in runtime.log().splitlines()
+        if "[CSMS:csms_badlogin]" in line and "Not authorized" in line
+    ]
+    assert len(told) == 1 and "[warn]" in told[0], f"told once, as a warning: {told}"
+    assert WRONG_PASSWORD not in runtime.log()

@@ -126,6 +126,8 @@ class Broker:
         on_connected: called on the loop after each CONNACK, with whether the
             broker still had our session; subscribe here.
         on_lost: called on the loop when a connection ends, with why.
+        on_failed: called on the loop when an attempt to connect failed, with
+            why (the broker refused the login, nothing listens ...).
     """
 
     def __init__(
@@ -134,12 +136,15 @@ class Broker:
         on_message: Callable[[mqtt.MQTTMessage], None],
         on_connected: Callable[[bool], None] = lambda session_present: None,
         on_lost: Callable[[str], None] = lambda reason: None,
+        on_failed: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.options = options
         self.host, self.port, self._tls = broker_address(options.url)
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_lost = on_lost
+        self._on_failed = on_failed
+        self._connections = 0  # CONNACKs so far
         self.connected = False
         #: why the last attempt or connection failed ("" while connected)
         self.problem = "not connected yet"
@@ -233,16 +238,22 @@ class Broker:
         failures = 0
         while not self._stopping:
             self._lost.clear()
+            connections = self._connections
             try:
                 await self._connect()
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self.problem = f"cannot reach the broker at {self.options.url}: {exc}"
             else:
                 await self._lost.wait()
-                if self.connected or self._up.is_set():
-                    failures = 0
             if self._stopping:
                 return
+            if self._connections > connections:
+                failures = 0  # it was up: the back-off starts again
+            else:
+                try:
+                    self._on_failed(self.problem)
+                except Exception:
+                    log.exception("handling a failed broker connection failed")
             wait = RECONNECT_WAITS[min(failures, len(RECONNECT_WAITS) - 1)]
             failures += 1
             log.info("%s; trying again in %g s", self.problem, wait)
@@ -337,6 +348,7 @@ class Broker:
         # PUBACKs of the 20 before it, about 20 per turn of the event loop
         client._max_inflight_messages = getattr(properties, "ReceiveMaximum", 65535)
         self.connected = True
+        self._connections += 1
         self.problem = ""
         self._up.set()
         try:

@@ -283,12 +283,19 @@ class FleetServer:
         self._auth_source: AuthList | None = None
         self._auth_task: asyncio.Task[None] | None = None
         self._subscribing: asyncio.Task[None] | None = None
+        self._told_failure = ""  # the failed connection attempt last told to the node
 
     # -- StationServer ------------------------------------------------------------
 
     async def start(self) -> None:
         """Start talking to the broker (a broker not there yet is tried again and again)."""
-        self.broker = Broker(self.fleet.broker, self._message, self._broker_up, self._broker_lost)
+        self.broker = Broker(
+            self.fleet.broker,
+            self._message,
+            self._broker_up,
+            self._broker_lost,
+            self._broker_refused,
+        )
         self.broker.start()
 
     async def stop(self) -> None:
@@ -362,6 +369,7 @@ class FleetServer:
     # -- the broker ---------------------------------------------------------------
 
     def _broker_up(self, session_present: bool) -> None:
+        self._told_failure = ""
         self.on_broker(True, "")
         self._subscribing = asyncio.ensure_future(self._subscribe())
 
@@ -380,7 +388,13 @@ class FleetServer:
             log.info("fleet %s: subscribing failed: %s", self.topics.group, exc)
 
     def _broker_lost(self, reason: str) -> None:
+        self._told_failure = ""
         self.on_broker(False, reason)
+
+    def _broker_refused(self, reason: str) -> None:
+        if reason != self._told_failure:  # once per reason, not at every try
+            self._told_failure = reason
+            self.on_broker(False, reason)
 
     def _message(self, message: MQTTMessage) -> None:
         parsed = self.topics.parse(message.topic)
