@@ -673,3 +673,27 @@ async def test_the_broker_over_tls_with_a_private_ca(tmp_path: Path) -> None:
         finally:
             await server.stop()
             await gateway.stop()
+
+
+async def test_junk_on_a_stations_down_topic_is_named_and_dropped(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone with the broker's login can publish there: not a frame, an unknown type,
+    a frame the station must not get. The gateway says so and goes on."""
+    async with fleet(mosquitto, tmp_path) as setup:
+        await setup.csms(Csms())
+        async with setup.station("CS1") as ws:
+            assert (await call(ws, BOOT, "b1"))[0] == 3
+            topics = Topics(GROUP)
+            async with aiomqtt.Client(
+                **mosquitto.client_args(), protocol=aiomqtt.ProtocolVersion.V5
+            ) as mqtt:
+                for junk in (b"not json", b'{"a": 1}', b'"abc"', b'[9, "x", {}]', b"[3]"):
+                    await mqtt.publish(topics.down("CS1"), junk, qos=1)
+            await until(
+                lambda: len([r for r in caplog.records if "down topic" in r.getMessage()]) == 5,
+                10,
+                "the gateway's warnings",
+            )
+            # the station got none of it, and is served as before
+            assert (await call(ws, [2, "", "Heartbeat", {}], "h1"))[:2] == [3, "h1"]

@@ -744,6 +744,12 @@ class Gateway:
                     )
             elif kind == 6:
                 link.send_unconfirmed(frame[2], frame[3], message_id=message_id)
+            else:
+                log.warning(
+                    "%s: message type %r on its down topic is not 2, 3, 4 or 6; dropped",
+                    cb_id,
+                    kind,
+                )
         except (OutgoingError, IndexError) as exc:
             log.info("%s: cannot send %s: %s", cb_id, message_id, exc)
             if kind == 2 and response_topic:
