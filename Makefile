@@ -188,8 +188,9 @@ validate: pack
 # run took 55 minutes here (its last run: bench/results/last-run.json,
 # elapsed_s), of which about 9 were the OCPP versions scenario;
 # `make bench BENCH_ARGS=--versions-only` runs just that one;
-# `make bench BENCH_ARGS=--fleet-only` just fleet mode's (about 6 minutes:
-# direct vs fleet side by side, 10,000 stations over two gateways; needs mosquitto).
+# `make bench BENCH_ARGS=--fleet-only` just fleet mode's (about 7 minutes:
+# direct vs fleet side by side, the MQTT floor (bench/mqtt_floor.py), 10,000
+# stations over two gateways; needs mosquitto).
 BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.ocpp-nodes-bench-installed
 

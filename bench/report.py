@@ -465,6 +465,75 @@ def fleet_table(block: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fleet_floor_lines(block: dict[str, Any]) -> list[str]:
+    """bench/mqtt_floor.py's medians, and the ceiling they put on the ratio: a fleet
+    round trip does at least direct mode's work (the websocket, OCPP, Node-RED, the
+    generator) plus the broker hops, so fleet/direct <= direct / (direct + floor)."""
+    floor = block.get("mqtt_floor")
+    if not floor:
+        return []
+    medians = floor["median"]
+    text = (
+        "**The MQTT floor** (bench/mqtt_floor.py): the broker hops of a round trip "
+        "alone, without OCPP. An *asker* (the gateway's side: "
+        f"{floor['stations']} loops, each publishing a MeterValues CALL, QoS 1, with the "
+        "gateway's properties, and waiting for its answer) and an *answerer* (the "
+        "engine's side: answers each at once, QoS 1, with the engine's properties), "
+        "through one Mosquitto with the settings above; "
+        f"{len(floor['rounds']) // max(len(medians), 1)} rounds of {_fmt(floor['seconds'])} s "
+        "each, medians. *paho* is fleet mode's own connection (paho-mqtt through "
+        "ocpp_nodes/fleet/broker.py); *gmqtt* another pure-Python MQTT 5 client, for "
+        "comparison."
+    )
+    lines = ["", textwrap.fill(text, 88), "", *mqtt_floor_table(floor)]
+    paho = medians.get("paho")
+    if paho is None or not block.get("runs"):
+        return lines
+    bounds = []
+    for r in block["runs"]:
+        parts = [
+            cpu_us_per_rt_turns(r, "direct", names)
+            for names in (fleet_names(r, "direct"), ("node-red",), ("loadgen",))
+        ]
+        if any(p is None for p in parts):
+            continue
+        direct = sum(p for p in parts if p is not None)
+        bound = " / ".join(f"{c} {direct / (direct + medians[c]['total']):.2f}" for c in medians)
+        bounds.append(f"| {r['action']} | {_fmt(direct)} | {_fmt(2 * direct)} | {bound} |")
+    if bounds:
+        text = (
+            "A fleet round trip costs at least what a direct one costs in all (the "
+            "engine's websocket, OCPP and Node-RED link work, Node-RED, the generator) "
+            "plus the floor, so on one machine whose cores are all busy, fleet/direct "
+            "is at most direct / (direct + floor). Half of direct's rate needs the whole "
+            "fleet round trip within twice direct's CPU:"
+        )
+        lines += [
+            "",
+            textwrap.fill(text, 88),
+            "",
+            "| action | direct, µs CPU per rt in all (engine + Node-RED + generator) "
+            "| 0.5 needs fleet within, µs | fleet/direct at most, with the floor of |",
+            "| --- | ---: | ---: | --- |",
+            *bounds,
+        ]
+    return lines
+
+
+def mqtt_floor_table(floor: dict[str, Any]) -> list[str]:
+    lines = [
+        "| client | rt/s | µs CPU per rt: asker (gateway's side) + answerer (engine's side) "
+        "+ Mosquitto = total |",
+        "| --- | ---: | --- |",
+    ]
+    for client, m in floor["median"].items():
+        lines.append(
+            f"| {client} | {_fmt(m['rps'], 0)} | {_fmt(m['asker'])} + {_fmt(m['answerer'])} "
+            f"+ {_fmt(m['mosquitto'])} = {_fmt(m['total'])} |"
+        )
+    return lines
+
+
 def fleet_memory_table(memory: dict[str, Any]) -> list[str]:
     res = memory["resources"]
     idle = memory.get("idle_rss_mib") or {}
@@ -549,6 +618,7 @@ def fleet_section(results: dict[str, Any]) -> list[str]:
                 "Every station connected and booted, every request was answered: none "
                 "lost, no CALLERROR."
             ]
+    lines += fleet_floor_lines(block)
     memory = block.get("memory")
     if memory:
         text = (

@@ -59,6 +59,7 @@ sys.path.insert(0, str(BENCH))
 
 import check_payloads  # noqa: E402
 import deploy_flow  # noqa: E402
+import mqtt_floor  # noqa: E402
 import prepare_userdir  # noqa: E402
 import report  # noqa: E402
 import wakeup  # noqa: E402
@@ -964,7 +965,11 @@ def fleet_scenario(plan: dict[str, Any], results: dict[str, Any], meta: dict[str
        same round. CPU per round trip in each group's turns: direct, the
        engine (daemon); fleet, the engine + gateway + Mosquitto; Node-RED
        apart.
-    2. Memory (`fleet_memory`): a Node-RED with a fleet CSMS node, two
+    2. The MQTT floor (`fleet_floor`, bench/mqtt_floor.py): the broker hops of
+       a round trip alone, no OCPP, with fleet mode's client (paho-mqtt through
+       ocpp_nodes.fleet.broker) and with gmqtt: the CPU any fleet round trip
+       costs on top of direct mode's work.
+    3. Memory (`fleet_memory`): a Node-RED with a fleet CSMS node, two
        gateways, Mosquitto; 10,000 stations, 5,000 to each gateway, connect,
        boot and send a Heartbeat every 10 s; RSS of every process and the
        time until all were connected.
@@ -990,10 +995,25 @@ def fleet_scenario(plan: dict[str, Any], results: dict[str, Any], meta: dict[str
     started = time.time()
     if fplan["rounds"]:
         fleet_side_by_side(fplan, block, results)
+    if fplan.get("floor_rounds"):
+        fleet_floor(fplan, block, results)
     if fplan["memory_stations"]:
         fleet_memory(fplan, block, results)
     block["elapsed_s"] = round(time.time() - started)
     block["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    save(results)
+
+
+def fleet_floor(fplan: dict[str, Any], block: dict[str, Any], results: dict[str, Any]) -> None:
+    clients = ["paho"]
+    try:
+        import gmqtt  # noqa: F401
+    except ImportError:
+        log("mqtt floor: gmqtt is not installed (bench/requirements.txt): paho only")
+    else:
+        clients.append("gmqtt")
+    log(f"mqtt floor: {', '.join(clients)}, {fplan['floor_rounds']} rounds of {fplan['floor_s']} s")
+    block["mqtt_floor"] = mqtt_floor.measure(clients, fplan["floor_rounds"], fplan["floor_s"])
     save(results)
 
 
@@ -1424,6 +1444,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default 20; quick 6; 0: no side-by-side part)",
     )
     p.add_argument(
+        "--fleet-floor-rounds",
+        type=int,
+        help="fleet scenario: rounds of bench/mqtt_floor.py, the MQTT hops alone "
+        "(default 3; quick 1; 0: none)",
+    )
+    p.add_argument(
         "--fleet-memory-stations",
         type=int,
         help="fleet scenario: stations over the two gateways in the memory part "
@@ -1506,6 +1532,10 @@ def main(argv: list[str] | None = None) -> int:
         "memory_gateways": 2,
         "mosquitto_settings": MOSQUITTO_SETTINGS,
         "memory_duration_s": 30.0 if quick else 60.0,
+        "floor_rounds": (
+            args.fleet_floor_rounds if args.fleet_floor_rounds is not None else 1 if quick else 3
+        ),
+        "floor_s": 4.0 if quick else 6.0,
     }
     only = next(
         (name for name in ("versions", "metrics", "fleet") if getattr(args, f"{name}_only")), None

@@ -662,8 +662,9 @@ async def test_the_broker_over_tls_with_a_private_ca(tmp_path: Path) -> None:
         await server.start()
         try:
             await until(lambda: gateway.auth_received and "CS1" in gateway.auth, 15, "ready")
-            assert isinstance(gateway.broker._socket, ssl.SSLSocket)
-            assert server.broker is not None and isinstance(server.broker._socket, ssl.SSLSocket)
+            for broker in (gateway.broker, server.broker):
+                assert broker is not None and broker._socket is not None
+                assert isinstance(broker._socket.get_extra_info("ssl_object"), ssl.SSLObject)
             async with websockets.connect(
                 f"ws://127.0.0.1:{port}/ocpp/CS1",
                 subprotocols=OCPP201,

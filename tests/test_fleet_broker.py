@@ -2,14 +2,18 @@
 
 What paho-mqtt leaves to us: Nagle off on the socket (a small PUBLISH or
 PUBACK otherwise waits for the broker's delayed ACK, and a fleet's round
-trip took 2-3 times as long; docs/benchmarks.md, *Fleet*), and as many QoS 1
+trip took 2-3 times as long; docs/benchmarks.md, *Fleet*), as many QoS 1
 messages in flight as the broker's MQTT 5 Receive Maximum allows, no more
 (paho keeps 20 whatever the broker says: more than a broker that allows
-fewer takes, fewer than a broker tuned for a fleet allows).
+fewer takes, fewer than a broker tuned for a fleet allows), and the bytes
+themselves: paho reads and writes an asyncio transport's buffers
+(``TransportSocket``), so every packet of a burst must be read, however many
+came in one read, and a packet split over many reads must arrive whole.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -22,7 +26,7 @@ from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ocpp_nodes.fleet.broker import Broker, BrokerOptions
+from ocpp_nodes.fleet.broker import Broker, BrokerOptions, publish_properties
 from tests.fleetkit import running_mosquitto
 
 
@@ -42,10 +46,59 @@ async def test_the_connection_writes_at_once_within_the_brokers_window(
         broker.start()
         try:
             assert await broker.wait_connected(10)
-            assert broker._socket.getsockopt(IPPROTO_TCP, TCP_NODELAY)
+            assert broker._socket is not None
+            assert broker._socket.get_extra_info("socket").getsockopt(IPPROTO_TCP, TCP_NODELAY)
             assert broker._client.max_inflight_messages == receive_maximum
         finally:
             await broker.stop()
+
+
+async def test_bursts_and_large_messages_arrive_whole_and_in_order(tmp_path: Path) -> None:
+    """paho reads through TransportSocket's buffer: packets that came in one read
+    (3,000 published in one turn of the loop, more than paho reads per call),
+    and packets split over many reads (1 MiB), all arrive, in order, with their
+    properties, and every PUBACK comes back."""
+    settings = ["max_inflight_messages 1000", "max_queued_messages 100000"]
+    with running_mosquitto(tmp_path, settings=settings) as mosquitto:
+        received: list[tuple[str, bytes, bytes]] = []
+        got_all = asyncio.Event()
+        big = bytes(range(256)) * 4096  # 1 MiB
+
+        def on_message(message: Any) -> None:
+            received.append((message.topic, message.payload, message.properties.CorrelationData))
+            if len(received) == 3001:
+                got_all.set()
+
+        def options(name: str) -> BrokerOptions:
+            return BrokerOptions(
+                url=mosquitto.url,
+                client_id=name,
+                username=mosquitto.username,
+                password=mosquitto.password,
+            )
+
+        reader = Broker(options("reader"), on_message)
+        writer = Broker(options("writer"), lambda message: None)
+        reader.start()
+        writer.start()
+        try:
+            assert await reader.wait_connected(10) and await writer.wait_connected(10)
+            await reader.subscribe(["burst/#"])
+            for i in range(3000):
+                properties = publish_properties(correlation=str(i), user=[("n", str(i))])
+                assert writer.publish(f"burst/{i % 7}", f"m{i}", properties=properties)
+            assert writer.publish(
+                "burst/big", big, properties=publish_properties(correlation="big")
+            )
+            await asyncio.wait_for(got_all.wait(), 30)
+            await asyncio.wait_for(writer._all_acked.wait(), 10)
+            assert [(t, p, c) for t, p, c in received[:3000]] == [
+                (f"burst/{i % 7}", f"m{i}".encode(), str(i).encode()) for i in range(3000)
+            ]
+            assert received[3000] == ("burst/big", big, b"big")
+        finally:
+            await writer.stop()
+            await reader.stop()
 
 
 # -- paho's Properties with the faster lookups (ocpp_nodes/fleet/paho_speedups.py) ------

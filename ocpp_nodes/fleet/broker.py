@@ -1,11 +1,15 @@
 """One MQTT 5 connection to the fleet's broker, kept up: paho-mqtt on the event loop.
 
-paho-mqtt (2.x) speaks MQTT; this module only drives its socket from the
-asyncio loop, as paho's own asyncio example does (a reader and a writer on
-the socket, ``loop_misc`` once a second for keep-alive), and reconnects after
-a loss with a back-off of 1, 2, 4 ... 30 s. paho's ``connect`` opens the TCP
-(and TLS) connection blocking, so it runs in a thread; everything else runs
-on the loop, and paho's callbacks are called there.
+paho-mqtt (2.x) speaks MQTT; this module gives it its bytes from the asyncio
+loop and reconnects after a loss with a back-off of 1, 2, 4 ... 30 s. The
+connection (TCP, and TLS when configured) is an asyncio transport; paho reads
+and writes it through :class:`TransportSocket`, a socket-shaped pair of
+buffers, as it reads a non-blocking socket in paho's own asyncio example
+(``loop_read`` when bytes came, ``loop_write`` when it has some to send,
+``loop_misc`` once a second for keep-alive). So paho's callbacks run on the
+loop, and its packets cost no system call each: the transport reads what
+came at once, and what paho wrote in one turn of the loop goes out in one
+write.
 
 :meth:`Broker.publish` is not a coroutine: it hands the message to paho and
 returns whether it could (``False`` while there is no connection: nothing is
@@ -20,7 +24,6 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from socket import IPPROTO_TCP, TCP_NODELAY
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +51,9 @@ SUBSCRIBE_BATCH = 200
 
 #: how long :meth:`Broker.stop` waits for the broker to acknowledge what was published
 STOP_FLUSH_SECONDS = 5.0
+
+#: how long opening the connection (TCP, TLS) may take
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class BrokerUnreachable(Exception):
@@ -117,6 +123,101 @@ def publish_properties(
     return properties
 
 
+class TransportSocket(asyncio.Protocol):
+    """The socket paho reads and writes: the two buffers of an asyncio transport.
+
+    paho reads a packet in three or more ``recv`` calls (its first byte, its
+    length, the rest) and writes each packet with a ``send``; on a real socket
+    each is a system call. Here ``recv`` takes from what the transport has
+    received, and ``send`` adds to what goes out in one ``write`` at the end
+    of the loop's turn (or at once, :meth:`flush`). ``recv`` raises
+    ``BlockingIOError`` when nothing is left, as a non-blocking socket does,
+    and returns ``b""`` once the connection is gone.
+
+    ``on_received`` is called on the loop when bytes came or the connection ended.
+    """
+
+    def __init__(self, on_received: Callable[[], None]) -> None:
+        self._on_received = on_received
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._received = b""
+        self._read = 0  # of _received
+        self._outgoing: list[bytes] = []
+        self._flush_soon: asyncio.Handle | None = None
+        self.ended = False
+
+    # -- asyncio's side ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self._read < len(self._received):
+            self._received = self._received[self._read :] + data
+        else:
+            self._received = data
+        self._read = 0
+        self._on_received()
+
+    def eof_received(self) -> bool:
+        return False  # close: the broker ended the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self._outgoing.clear()
+        self._on_received()  # paho reads b"": the connection is lost
+
+    # -- paho's side -------------------------------------------------------------
+
+    @property
+    def unread(self) -> bool:
+        return self._read < len(self._received)
+
+    def recv(self, buffer_size: int) -> bytes:
+        start = self._read
+        if start >= len(self._received):
+            if self.ended:
+                return b""
+            raise BlockingIOError
+        self._read = start + buffer_size
+        return self._received[start : start + buffer_size]
+
+    def send(self, buffer: bytes | bytearray) -> int:
+        if self.ended:
+            raise ConnectionResetError("the connection to the broker is closed")
+        self._outgoing.append(bytes(buffer))
+        if self._flush_soon is None:
+            self._flush_soon = self._loop.call_soon(self.flush)
+        return len(buffer)
+
+    def flush(self) -> None:
+        """Write what paho sent so far, in one write."""
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
+        outgoing = self._outgoing
+        if outgoing and self.transport is not None and not self.ended:
+            self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        outgoing.clear()
+
+    def setblocking(self, flag: bool) -> None:
+        """paho's socket calls: it is never blocking."""
+
+    def fileno(self) -> int:
+        sock = self.get_extra_info("socket")
+        return sock.fileno() if sock is not None else -1
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def get_extra_info(self, name: str) -> Any:
+        """The transport's (``"socket"``, ``"ssl_object"`` ...)."""
+        return self.transport.get_extra_info(name) if self.transport is not None else None
+
+
 class Broker:
     """A connection to the broker that comes back by itself.
 
@@ -150,7 +251,8 @@ class Broker:
         self.problem = "not connected yet"
         self._loop = asyncio.get_running_loop()
         self._client = self._make_client()
-        self._socket: Any = None
+        self._socket: TransportSocket | None = None
+        self._write_soon = False
         self._misc: asyncio.TimerHandle | None = None
         self._runner: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
@@ -174,9 +276,7 @@ class Broker:
         )
         if options.username is not None:
             client.username_pw_set(options.username, options.password)
-        if self._tls:
-            client.tls_set_context(options.tls or ssl.create_default_context())
-        elif options.tls is not None:
+        if options.tls is not None and not self._tls:
             raise ValueError("a TLS configuration needs an mqtts:// broker URL")
         if options.will is not None:
             topic, payload = options.will
@@ -189,7 +289,6 @@ class Broker:
         client.on_unsubscribe = self._acked
         client.on_socket_close = self._socket_closed
         client.on_socket_register_write = self._want_write
-        client.on_socket_unregister_write = self._written
         # paho's own log lines go to the logging module (never with a password)
         client.enable_logger(log)
         return client
@@ -241,6 +340,11 @@ class Broker:
             connections = self._connections
             try:
                 await self._connect()
+            except asyncio.TimeoutError:
+                self.problem = (
+                    f"cannot reach the broker at {self.options.url}: no connection "
+                    f"within {CONNECT_TIMEOUT_SECONDS:g} s"
+                )
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self.problem = f"cannot reach the broker at {self.options.url}: {exc}"
             else:
@@ -263,65 +367,79 @@ class Broker:
         options = self.options
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = options.session_expiry
+        context = (options.tls or ssl.create_default_context()) if self._tls else None
+        _, sock = await asyncio.wait_for(
+            self._loop.create_connection(
+                lambda: TransportSocket(self._readable),
+                self.host,
+                self.port,
+                ssl=context,
+                server_hostname=self.host if context is not None else None,
+            ),
+            CONNECT_TIMEOUT_SECONDS,
+        )
+        self._socket = sock
         client = self._client
-        # Opens TCP (and TLS) and writes CONNECT; blocking, so in a thread. The
-        # socket's callbacks are bound on the loop afterwards.
-        await self._loop.run_in_executor(
-            None,
-            lambda: client.connect(
+        # paho's connect opens its socket with _create_socket: here it takes
+        # the connection just opened (asyncio sets TCP_NODELAY on it: with
+        # Nagle, a small PUBLISH or PUBACK written while an earlier one is
+        # unacknowledged waits for the broker's delayed ACK), and only writes
+        # CONNECT
+        client._create_socket = lambda: sock  # type: ignore[method-assign]
+        try:
+            client.connect(
                 self.host,
                 self.port,
                 options.keepalive,
                 clean_start=options.session_expiry == 0,
                 properties=properties,
-            ),
-        )
-        self._socket = client.socket()
-        if self._socket is None:
-            raise OSError("paho opened no socket")
-        # paho leaves Nagle on: a small PUBLISH or PUBACK written while an earlier
-        # one is unacknowledged waits for the peer's delayed ACK (40 ms on Linux),
-        # and the broker's 20 messages in flight per client fill up behind it
-        self._socket.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-        self._loop.add_reader(self._socket, self._readable)
-        if client.want_write():
-            self._loop.add_writer(self._socket, self._writable)
+            )
+        except BaseException:
+            self._close_socket()
+            raise
         self._misc = self._loop.call_later(1.0, self._keep_alive)
 
     def _close_socket(self) -> None:
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
-        if self._socket is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._socket)
-                self._loop.remove_writer(self._socket)
-            self._socket = None
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close()
 
     # -- paho's socket, driven by the loop -------------------------------------
 
     def _readable(self) -> None:
-        client = self._client
+        """Bytes came (or the connection ended): paho reads all of them."""
+        client, sock = self._client, self._socket
+        if sock is None:
+            return
         client.loop_read()
-        socket = self._socket
-        # TLS may hold decrypted bytes the file descriptor no longer signals
-        while isinstance(socket, ssl.SSLSocket) and socket is self._socket and socket.pending():
-            client.loop_read()
+        # paho reads at most as many packets per call as it has messages in flight
+        while sock.unread and self._socket is sock:
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                break
+        sock.flush()
 
-    def _writable(self) -> None:
-        self._client.loop_write()
+    def _want_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        """paho has packets to send: it sends them at the end of this turn of the loop."""
+        if sock is self._socket and sock is not None and not self._write_soon:
+            self._write_soon = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._write_soon = False
+        sock = self._socket
+        if sock is not None:
+            self._client.loop_write()
+            sock.flush()
 
     def _flush_writes(self) -> None:
-        with contextlib.suppress(Exception):
-            self._client.loop_write()
-
-    def _want_write(self, client: Any, userdata: Any, socket: Any) -> None:
-        if socket is self._socket and socket is not None:
-            self._loop.add_writer(socket, self._writable)
-
-    def _written(self, client: Any, userdata: Any, socket: Any) -> None:
-        if socket is self._socket and socket is not None:
-            self._loop.remove_writer(socket)
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                self._client.loop_write()
+            sock.flush()
 
     def _keep_alive(self) -> None:
         self._misc = None
