@@ -39,6 +39,7 @@ import pytest
 import trustme
 import websockets
 
+from ocpp_nodes.fleet import gateway as gateway_module
 from ocpp_nodes.fleet.broker import BrokerOptions, broker_address, publish_properties
 from ocpp_nodes.fleet.gateway import ConfigError, Gateway, load_config
 from ocpp_nodes.fleet.remote import FleetOptions, FleetServer, fleet_options, frame_message_id
@@ -52,8 +53,9 @@ from ocpp_nodes.fleet.topics import (
 )
 from ocpp_nodes.rpc import CallAborted, CallReceived, ResultReceived
 from ocpp_nodes.transport.auth_list import AuthList
-from ocpp_nodes.transport.csms_server import ServerOptions
+from ocpp_nodes.transport.csms_server import AuthDecision, ServerOptions
 from ocpp_nodes.transport.link import LinkOptions, StationLink
+from ocpp_nodes.transport.passwords import make_hash
 from tests.common import OCPP201, auth_header
 from tests.fleetkit import Mosquitto, running_mosquitto
 from tests.flowkit import until
@@ -698,3 +700,86 @@ async def test_junk_on_a_stations_down_topic_is_named_and_dropped(
             )
             # the station got none of it, and is served as before
             assert (await call(ws, [2, "", "Heartbeat", {}], "h1"))[:2] == [3, "h1"]
+
+
+async def test_logins_the_broker_dropped_are_fetched_and_their_stations_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that queues fewer messages for a client than there are retained auth
+    entries drops the rest when a gateway subscribes (Mosquitto's max_queued_messages:
+    1,000 by default; here 10, with 20 in flight, for 300 entries). The gateway used to
+    become ready with 30 of the 300 and refuse the other stations 401 until the list
+    changed. The CSMS node's auth index names every entry: the gateway fetches the
+    ones it lacks, a batch of topics at a time, says so in its log, and until an
+    entry is here answers its station 503 (try again), not 401."""
+    stations = {f"CS{i:03}": f"password-of-station-{i:03}" for i in range(300)}
+    hashed = make_hash(stations["CS299"], "pbkdf2-sha256", cost=1000)
+    listed = {cb_id: hashed for cb_id in stations}  # published as they are
+    with running_mosquitto(tmp_path / "broker", settings=["max_queued_messages 10"]) as broker:
+        setup_dir = tmp_path / "gw"
+        setup_dir.mkdir()
+        server = FleetServer(
+            ServerOptions(host=None, port=0, path=""),
+            Csms(),  # type: ignore[arg-type]
+            FleetOptions(
+                BrokerOptions(
+                    url=broker.url,
+                    client_id="unit-node-dropped",
+                    username=broker.username,
+                    password=broker.password,
+                ),
+                GROUP,
+            ),
+        )
+        server.publish_auth(AuthList.parse(listed))
+        await server.start()
+        port = free_port()
+        config = {
+            "id": "gwd",
+            "group": GROUP,
+            "broker": {"url": broker.url, "username": broker.username, "password": broker.password},
+            "listen": {"host": "127.0.0.1", "port": port, "path": "/ocpp"},
+        }
+        gateway = None
+        try:
+            assert server.broker is not None
+            await until(lambda: len(server._auth) == 300, 10, "the node's list published")
+            await asyncio.wait_for(server.broker._all_acked.wait(), 10)
+            caplog.set_level("INFO", logger="ocpp_nodes.fleet.gateway")
+            gateway = Gateway(load_config(write_config(setup_dir, **config)))
+            await gateway.start()
+            await until(lambda: gateway.auth_received, 30, "the gateway to be ready")
+            await until(lambda: len(gateway.auth) == 300, 30, "every login fetched")
+            assert gateway.auth_missing() == set()
+            log_text = caplog.text
+            assert "did not come when it subscribed" in log_text
+            assert "max_queued_messages" in log_text
+            assert "are still not" not in log_text and "not on the broker" not in log_text
+            async with websockets.connect(
+                f"ws://127.0.0.1:{port}/ocpp/CS299",
+                subprotocols=OCPP201,
+                additional_headers=auth_header("CS299", stations["CS299"]),
+            ) as ws:
+                assert ws.subprotocol == "ocpp2.0.1"
+            # An index naming an entry that is not on the broker (yet): its station is
+            # answered 503 while the gateway looks for it, then 401, and the log says so.
+            monkeypatch.setattr(gateway_module, "AUTH_FETCH_WAIT_S", 0.2)
+            index = {"stations": [*stations, "CS-late"]}
+            gateway._auth_index(json.dumps(index).encode())
+            fetch = gateway._auth_fetch
+            assert fetch is not None and not fetch.done()
+            login = ("CS-late", "x" * 16)
+            assert await gateway.authenticate("CS-late", login, None) is AuthDecision.BUSY
+            await asyncio.wait_for(fetch, 10)
+            assert "names 1 stations whose logins are not on the broker (e.g. CS-late)" in (
+                caplog.text
+            )
+            assert gateway.auth_missing() == {"CS-late"}
+            decision = await gateway.authenticate("CS-late", login, None)
+            assert decision is AuthDecision.UNKNOWN_IDENTITY
+            decision = await gateway.authenticate("CS-none", ("CS-none", "x" * 16), None)
+            assert decision is AuthDecision.UNKNOWN_IDENTITY
+        finally:
+            if gateway is not None:
+                await gateway.stop()
+            await server.stop()

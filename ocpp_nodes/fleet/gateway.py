@@ -13,7 +13,14 @@ Theory of operation:
    ``auth/<cbId>``; no password leaves the gateway. Until the broker has
    been reached, while it is unreachable, and while no CSMS node has
    published a list, a station is answered HTTP 503 (it retries with its
-   back-off): it could not reach a CSMS anyway.
+   back-off): it could not reach a CSMS anyway. The gateway is ready when
+   its own ``gateway/<id>`` record, published after subscribing, comes back
+   (the retained entries came before it); it publishes the record again
+   every :data:`READY_RETRY_S` until then, since a broker that drops what it
+   queued for a client drops that record too. The CSMS nodes' ``auth-index``
+   names every entry: those that did not come with the subscription (the
+   broker dropped them) are fetched a batch of topics at a time, and their
+   stations are answered 503 meanwhile, not 401.
 2. An admitted station: the gateway subscribes to ``station/<cbId>/down``
    and publishes its online presence before reading any frame from it.
 3. A station's CALL goes to ``station/<cbId>/up``. It is answered by what
@@ -48,6 +55,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -55,6 +63,7 @@ import secrets
 import signal
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -86,7 +95,7 @@ from ..transport.link import LinkOptions, StationLink
 from ..transport.passwords import HashFormatError, parse_hash
 from ..transport.tls import TlsMaterial, server_context
 from . import topics as fleet
-from .broker import Broker, BrokerOptions, publish_properties
+from .broker import Broker, BrokerOptions, BrokerUnreachable, publish_properties
 from .topics import Presence, Topics, group_problem
 
 __all__ = ["Gateway", "GatewayConfig", "load_config", "run_gateway"]
@@ -99,6 +108,19 @@ DEFAULT_SESSION_EXPIRY = 300
 
 #: seconds after subscribing by which the gateway expects to be ready (rule 1)
 READY_WARNING_S = 10.0
+
+#: seconds between publishing its own record again until it comes back (rule 1)
+READY_RETRY_S = 2.0
+
+#: auth entries fetched per SUBSCRIBE when the broker dropped some (rule 1): well
+#: under Mosquitto's default queue of 1,000 messages per client
+AUTH_FETCH_BATCH = 200
+
+#: seconds to wait for one batch of fetched auth entries
+AUTH_FETCH_WAIT_S = 3.0
+
+#: batches an entry is asked for before the gateway says it is not on the broker
+AUTH_FETCH_TRIES = 3
 
 
 class ConfigError(ValueError):
@@ -313,7 +335,20 @@ class Gateway:
         self.auth = AuthList({})
         #: the broker's auth entries have arrived (rule 1)
         self.auth_received = False
-        self._ready_marker: str | None = None
+        #: the own records published since the last subscription (rule 1)
+        self._ready_markers: set[str] = set()
+        #: the cbIds of the auth-index: entries there should be (None: no index yet)
+        self.auth_expected: set[str] | None = None
+        #: entries on the broker that are not a hash the gateway can check
+        self._auth_unreadable: set[str] = set()
+        #: cbIds being fetched, and what wakes the fetch when they have all come
+        self._auth_awaited: set[str] = set()
+        self._auth_came: asyncio.Event | None = None
+        self._auth_fetch: asyncio.Task[None] | None = None
+        #: entries the index names that fetching did not bring: not on the broker
+        self._auth_absent: set[str] = set()
+        #: entries held when the gateway became ready: what the broker delivered at once
+        self._auth_at_ready = 0
         self.held: dict[str, Held] = {}
         #: the last presence record of every station of the fleet
         self.presence: dict[str, Presence] = {}
@@ -372,6 +407,9 @@ class Gateway:
         topics = self.topics
         broker = self.broker
         try:
+            # the index first, alone: a broker that drops what it cannot queue for us
+            # drops from the flood of retained records the next subscription brings
+            await broker.subscribe([topics.auth_index])
             await broker.subscribe([topics.all_auth, topics.all_gateways, topics.all_presence])
             if not session_present:
                 await broker.subscribe(topics.down(cb_id) for cb_id in list(self.held))
@@ -380,18 +418,27 @@ class Gateway:
             return
         # When this record comes back, the retained auth entries the broker sent
         # on subscribing have come before it: logins can be checked (rule 1).
-        self._ready_marker = _now()
-        broker.publish(
-            topics.gateway(self.config.id),
-            json.dumps({"online": True, "since": self._ready_marker}),
-            retain=True,
-        )
-        self._loop.call_later(READY_WARNING_S, self._not_ready_yet, self._ready_marker)
+        self._ready_markers.clear()
+        self._announce(self._loop.time())
         for cb_id, held in self.held.items():
             self._publish_presence(cb_id, held)
 
-    def _not_ready_yet(self, marker: str) -> None:
-        if not self.auth_received and marker == self._ready_marker and self.broker.connected:
+    def _announce(self, first: float) -> None:
+        """Publish the gateway's own record; again until it comes back (rule 1)."""
+        marker = _now()  # to the microsecond: it names this publication
+        self._ready_markers.add(marker)
+        self.broker.publish(
+            self.topics.gateway(self.config.id),
+            json.dumps({"online": True, "since": marker}),
+            retain=True,
+        )
+        self._loop.call_later(READY_RETRY_S, self._not_ready_yet, first, marker)
+
+    def _not_ready_yet(self, first: float, marker: str) -> None:
+        if self.auth_received or marker not in self._ready_markers or not self.broker.connected:
+            return
+        waited = self._loop.time() - first
+        if waited >= READY_WARNING_S and waited < READY_WARNING_S + READY_RETRY_S:
             log.error(
                 "gateway %s: its own record has not come back from the broker after %g s, "
                 "so it admits no station yet: the broker may be dropping messages it queued "
@@ -399,6 +446,7 @@ class Gateway:
                 self.config.id,
                 READY_WARNING_S,
             )
+        self._announce(first)
 
     def _broker_lost(self, reason: str) -> None:
         log.warning(
@@ -421,18 +469,117 @@ class Gateway:
             self._presence(name, Presence.from_json(message.payload))
         elif kind == "auth":
             self._auth(name, message.payload)
+        elif kind == "auth-index":
+            self._auth_index(message.payload)
         elif kind == "gateway":
             self._gateway(name, message.payload)
 
     def _auth(self, cb_id: str, payload: bytes) -> None:
         if not payload:
             self.auth.remove(cb_id)
-            return
+            self._auth_unreadable.discard(cb_id)
+        else:
+            try:
+                self.auth.put(cb_id, parse_hash(payload.decode()))
+                self._auth_unreadable.discard(cb_id)
+            except (HashFormatError, UnicodeDecodeError) as exc:
+                log.warning(
+                    "auth entry of %s on the broker is not a hash we can check: %s", cb_id, exc
+                )
+                self.auth.remove(cb_id)
+                self._auth_unreadable.add(cb_id)
+        if cb_id in self._auth_awaited:
+            self._auth_awaited.discard(cb_id)
+            if not self._auth_awaited and self._auth_came is not None:
+                self._auth_came.set()
+
+    def _auth_index(self, payload: bytes) -> None:
         try:
-            self.auth.put(cb_id, parse_hash(payload.decode()))
-        except (HashFormatError, UnicodeDecodeError) as exc:
-            log.warning("auth entry of %s on the broker is not a hash we can check: %s", cb_id, exc)
-            self.auth.remove(cb_id)
+            stations = json.loads(payload)["stations"] if payload else []
+            expected = {str(cb_id) for cb_id in stations}
+        except (ValueError, KeyError, TypeError):
+            log.warning('the auth index on the broker is not {"stations": [...]}: ignored')
+            return
+        self.auth_expected = expected
+        self._auth_absent.clear()
+        self._check_auth()
+
+    def auth_missing(self) -> set[str]:
+        """cbIds the auth index names whose entries the gateway does not hold."""
+        if self.auth_expected is None:
+            return set()
+        return {cb_id for cb_id in self.auth_expected if self._lacks(cb_id)}
+
+    def _check_auth(self) -> None:
+        """Fetch the entries the index names that the subscription did not bring (rule 1)."""
+        if not self.auth_received or (self._auth_fetch is not None and not self._auth_fetch.done()):
+            return
+        if self.auth_missing():
+            self._auth_fetch = asyncio.ensure_future(self._fetch_auth())
+            self._tasks.add(self._auth_fetch)
+            self._auth_fetch.add_done_callback(self._tasks.discard)
+
+    def _lacks(self, cb_id: str) -> bool:
+        expected = self.auth_expected
+        return (
+            expected is not None
+            and cb_id in expected
+            and cb_id not in self.auth
+            and cb_id not in self._auth_unreadable
+        )
+
+    async def _fetch_auth(self) -> None:
+        """Subscribe to the missing entries' own topics, a batch at a time, small
+        enough for what the broker delivered at once when the gateway subscribed."""
+        missing = sorted(self.auth_missing())
+        size = min(AUTH_FETCH_BATCH, max(1, self._auth_at_ready // 2))
+        log.warning(
+            "gateway %s: %d of %d station logins did not come when it subscribed: the broker "
+            "dropped them (Mosquitto: raise max_queued_messages; docs/fleet.md, Sizing); "
+            "fetching them %d at a time, their stations are answered 503 meanwhile",
+            self.config.id,
+            len(missing),
+            len(self.auth_expected or ()),
+            size,
+        )
+        pending = deque(missing)
+        tries: dict[str, int] = {}
+        try:
+            while pending:
+                batch = [pending.popleft() for _ in range(min(size, len(pending)))]
+                self._auth_awaited = {cb_id for cb_id in batch if self._lacks(cb_id)}
+                if not self._auth_awaited:
+                    continue
+                self._auth_came = came = asyncio.Event()
+                topics = [self.topics.auth(cb_id) for cb_id in self._auth_awaited]
+                await self.broker.subscribe(topics)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(came.wait(), AUTH_FETCH_WAIT_S)
+                await self.broker.unsubscribe(topics)
+                left = [cb_id for cb_id in batch if self._lacks(cb_id)]
+                if left and len(left) < len(batch):
+                    size = max(1, size // 2)  # part came: the broker dropped the rest again
+                for cb_id in left:
+                    tries[cb_id] = tries.get(cb_id, 0) + 1
+                    if tries[cb_id] < AUTH_FETCH_TRIES:
+                        pending.append(cb_id)
+        except BrokerUnreachable:
+            return  # subscribing again after the reconnect checks again
+        finally:
+            self._auth_awaited = set()
+            self._auth_came = None
+        still = self.auth_missing()
+        self._auth_absent = still
+        if still:
+            log.error(
+                "gateway %s: the auth index names %d stations whose logins are not on the "
+                "broker (e.g. %s): they are refused here",
+                self.config.id,
+                len(still),
+                ", ".join(sorted(still)[:5]),
+            )
+        else:
+            log.info("gateway %s: all %d station logins are here", self.config.id, len(self.auth))
 
     def _gateway(self, gateway_id: str, payload: bytes) -> None:
         try:
@@ -440,10 +587,12 @@ class Gateway:
             online = bool(record.get("online"))
         except (ValueError, AttributeError):
             return
-        if gateway_id == self.config.id and online and record.get("since") == self._ready_marker:
+        if gateway_id == self.config.id and online and record.get("since") in self._ready_markers:
             if not self.auth_received:
                 log.info("gateway %s: ready, %d station logins known", gateway_id, len(self.auth))
+                self._auth_at_ready = len(self.auth)
             self.auth_received = True
+            self._check_auth()
         if online:
             self.gateways_gone.discard(gateway_id)
             return
@@ -507,6 +656,8 @@ class Gateway:
             if not len(self.auth):
                 return AuthDecision.BUSY  # no CSMS node has published its list yet (rule 1)
             if cb_id not in self.auth:
+                if self._lacks(cb_id) and cb_id not in self._auth_absent:
+                    return AuthDecision.BUSY  # its entry is being fetched (rule 1)
                 return AuthDecision.UNKNOWN_IDENTITY
             if credentials is None or credentials[0] != cb_id:
                 return AuthDecision.BAD_CREDENTIALS
@@ -851,7 +1002,20 @@ class _GatewayCollector(Collector):
         waiting.add_metric(
             [gateway.config.id], sum(len(held.forwarded) for held in gateway.held.values())
         )
-        yield from (connected, answered, waiting)
+        ready = GaugeMetricFamily(
+            "ocpp_nodes_gateway_ready",
+            "1 once the gateway has its stations' logins from the broker and admits stations",
+            labels=["gateway"],
+        )
+        ready.add_metric([gateway.config.id], 1 if gateway.auth_received else 0)
+        missing = GaugeMetricFamily(
+            "ocpp_nodes_gateway_auth_missing",
+            "Stations named in the CSMS nodes' auth index whose login entries the gateway "
+            "does not hold (the broker dropped them; they are being fetched)",
+            labels=["gateway"],
+        )
+        missing.add_metric([gateway.config.id], len(gateway.auth_missing()))
+        yield from (connected, answered, waiting, ready, missing)
 
 
 async def run_gateway(config: GatewayConfig) -> int:

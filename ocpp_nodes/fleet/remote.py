@@ -364,6 +364,10 @@ class FleetServer:
                 broker.publish(self.topics.auth(cb_id), hashed, retain=True)
         for cb_id in set(self._auth) - set(wanted):
             broker.publish(self.topics.auth(cb_id), b"", retain=True)
+        if full or set(self._auth) != set(wanted):
+            # after the entries: a gateway that reads it has been sent them already
+            index = json.dumps({"stations": sorted(wanted)}, separators=(",", ":"))
+            broker.publish(self.topics.auth_index, index, retain=True)
         self._auth = wanted
 
     # -- the broker ---------------------------------------------------------------

@@ -21,6 +21,8 @@ topic                         published by                carries
 ``gateway/<id>``              a gateway (retained); its   ``{"online": true|false, "since"}``
                               last will says offline
 ``auth/<cbId>``               CSMS nodes (retained)       the station's password hash
+``auth-index``                CSMS nodes (retained)       ``{"stations": [cbId, ...]}``: whose
+                                                          ``auth/<cbId>`` entries there are
 ============================  ==========================  =====================================
 
 Everything is QoS 1. A cbId may hold characters that MQTT gives a meaning in
@@ -95,6 +97,9 @@ class Topics:
         self.all_presence = f"{self.prefix}presence/+"
         self.all_gateways = f"{self.prefix}gateway/+"
         self.all_auth = f"{self.prefix}auth/+"
+        #: the cbIds of the ``auth/<cbId>`` entries: a gateway that got fewer when it
+        #: subscribed (a broker dropped retained messages) fetches the others
+        self.auth_index = f"{self.prefix}auth-index"
 
     def up(self, cb_id: str) -> str:
         return f"{self.prefix}station/{topic_level(cb_id)}/up"
@@ -116,8 +121,8 @@ class Topics:
 
     def parse(self, topic: str) -> tuple[str, str] | None:
         """``(kind, name)`` of a fleet topic: ``("up", cbId)``, ``("presence", cbId)``,
-        ``("gateway", id)``, ``("auth", cbId)``, ``("down", cbId)``,
-        ``("answers", instance)``; ``None`` for any other topic."""
+        ``("gateway", id)``, ``("auth", cbId)``, ``("auth-index", "")``,
+        ``("down", cbId)``, ``("answers", instance)``; ``None`` for any other topic."""
         if not topic.startswith(self.prefix):
             return None
         levels = topic[len(self.prefix) :].split("/")
@@ -129,6 +134,8 @@ class Topics:
             return "gateway", levels[1]
         if len(levels) == 3 and levels[0] == "node" and levels[2] == "answers":
             return "answers", levels[1]
+        if levels == ["auth-index"]:
+            return "auth-index", ""
         return None
 
 
