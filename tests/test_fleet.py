@@ -708,10 +708,10 @@ async def test_logins_the_broker_dropped_are_fetched_and_their_stations_wait(
     """A broker that queues fewer messages for a client than there are retained auth
     entries drops the rest when a gateway subscribes (Mosquitto's max_queued_messages:
     1,000 by default; here 10, with 20 in flight, for 300 entries). The gateway used to
-    become ready with 30 of the 300 and refuse the other stations 401 until the list
+    become ready with 30 of the 300 and refuse the other stations 404 until the list
     changed. The CSMS node's auth index names every entry: the gateway fetches the
     ones it lacks, a batch of topics at a time, says so in its log, and until an
-    entry is here answers its station 503 (try again), not 401."""
+    entry is here answers its station 503 (try again), not 404."""
     stations = {f"CS{i:03}": f"password-of-station-{i:03}" for i in range(300)}
     hashed = make_hash(stations["CS299"], "pbkdf2-sha256", cost=1000)
     listed = {cb_id: hashed for cb_id in stations}  # published as they are
@@ -762,7 +762,7 @@ async def test_logins_the_broker_dropped_are_fetched_and_their_stations_wait(
             ) as ws:
                 assert ws.subprotocol == "ocpp2.0.1"
             # An index naming an entry that is not on the broker (yet): its station is
-            # answered 503 while the gateway looks for it, then 401, and the log says so.
+            # answered 503 while the gateway looks for it, then 404, and the log says so.
             monkeypatch.setattr(gateway_module, "AUTH_FETCH_WAIT_S", 0.2)
             index = {"stations": [*stations, "CS-late"]}
             gateway._auth_index(json.dumps(index).encode())

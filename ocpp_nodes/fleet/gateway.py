@@ -20,7 +20,7 @@ Theory of operation:
    queued for a client drops that record too. The CSMS nodes' ``auth-index``
    names every entry: those that did not come with the subscription (the
    broker dropped them) are fetched a batch of topics at a time, and their
-   stations are answered 503 meanwhile, not 401.
+   stations are answered 503 meanwhile, not 404.
 2. An admitted station: the gateway subscribes to ``station/<cbId>/down``
    and publishes its online presence before reading any frame from it.
 3. A station's CALL goes to ``station/<cbId>/up``. It is answered by what
@@ -532,7 +532,9 @@ class Gateway:
         """Subscribe to the missing entries' own topics, a batch at a time, small
         enough for what the broker delivered at once when the gateway subscribed."""
         missing = sorted(self.auth_missing())
-        size = min(AUTH_FETCH_BATCH, max(1, self._auth_at_ready // 2))
+        # half of what came at once fits what the broker queues for us; nothing came
+        # (the list was published after the gateway subscribed): the default
+        size = min(AUTH_FETCH_BATCH, self._auth_at_ready // 2) or AUTH_FETCH_BATCH
         log.warning(
             "gateway %s: %d of %d station logins did not come when it subscribed: the broker "
             "dropped them (Mosquitto: raise max_queued_messages; docs/fleet.md, Sizing); "
@@ -542,6 +544,7 @@ class Gateway:
             len(self.auth_expected or ()),
             size,
         )
+        index = self.auth_expected
         pending = deque(missing)
         tries: dict[str, int] = {}
         try:
@@ -568,6 +571,9 @@ class Gateway:
         finally:
             self._auth_awaited = set()
             self._auth_came = None
+        if self.auth_expected is not index:  # a new index came meanwhile: it is checked
+            self._loop.call_soon(self._check_auth)  # once this fetch is done
+            return
         still = self.auth_missing()
         self._auth_absent = still
         if still:
