@@ -367,6 +367,8 @@ async def test_without_the_broker_station_calls_get_internal_error_at_once(
             assert 'ocpp_nodes_stations_connected{node="gwu",version="2.0.1"} 1.0' in text
             assert 'ocpp_nodes_gateway_broker_connected{gateway="gwu"} 1.0' in text
             assert 'ocpp_nodes_gateway_forwarded_waiting{gateway="gwu"} 1.0' in text
+            assert 'ocpp_nodes_gateway_ready{gateway="gwu"} 1.0' in text
+            assert 'ocpp_nodes_gateway_auth_missing{gateway="gwu"} 0.0' in text
             assert 'ocpp_nodes_handshakes_total{node="gwu",outcome="accepted"} 1.0' in text
             assert (await scrape(metrics_port, "/health"))[0] == 200
             await asyncio.to_thread(mosquitto.stop)
