@@ -329,6 +329,9 @@ def measure(clients: list[str], rounds: int, seconds: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> None:
     clients = [c for c in args.clients.split(",") if c]
+    unknown = [c for c in clients if c not in CLIENTS]
+    if unknown or not clients:
+        raise SystemExit(f"--clients: {', '.join(unknown) or 'none'}; known: {', '.join(CLIENTS)}")
     floor = measure(clients, args.rounds, args.seconds)
     floor["load_average"] = os.getloadavg()
     results = BENCH / "results" / "mqtt-floor.json"

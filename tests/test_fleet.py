@@ -781,6 +781,12 @@ async def test_logins_the_broker_dropped_are_fetched_and_their_stations_wait(
             assert decision is AuthDecision.UNKNOWN_IDENTITY
             decision = await gateway.authenticate("CS-none", ("CS-none", "x" * 16), None)
             assert decision is AuthDecision.UNKNOWN_IDENTITY
+            # junk on the index is named and changes nothing
+            for junk in (b"not json", b'{"stations": "CS1"}', b'{"stations": [1]}', b"[]"):
+                caplog.clear()
+                gateway._auth_index(junk)
+                assert "the auth index on the broker is not" in caplog.text
+                assert gateway.auth_expected == {*stations, "CS-late"}
         finally:
             if gateway is not None:
                 await gateway.stop()

@@ -419,7 +419,6 @@ class Broker:
         while sock.unread and self._socket is sock:
             if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
                 break
-        sock.flush()
 
     def _want_write(self, client: Any, userdata: Any, sock: Any) -> None:
         """paho has packets to send: it sends them at the end of this turn of the loop."""

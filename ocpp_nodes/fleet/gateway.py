@@ -496,10 +496,12 @@ class Gateway:
     def _auth_index(self, payload: bytes) -> None:
         try:
             stations = json.loads(payload)["stations"] if payload else []
-            expected = {str(cb_id) for cb_id in stations}
         except (ValueError, KeyError, TypeError):
-            log.warning('the auth index on the broker is not {"stations": [...]}: ignored')
+            stations = None
+        if not isinstance(stations, list) or not all(isinstance(c, str) for c in stations):
+            log.warning('the auth index on the broker is not {"stations": ["cbId", ...]}: ignored')
             return
+        expected = set(stations)
         self.auth_expected = expected
         self._auth_absent.clear()
         self._check_auth()
